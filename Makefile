@@ -1,0 +1,37 @@
+# The two commands: `make dev` runs the service on a private local PostgreSQL with pg_cron;
+# `make test` runs the test suite. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint format check system-deps install clean
+
+$(BIN)/processor: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/processor
+
+system-deps:
+	@deploy/local/install-system-deps.sh
+
+dev: system-deps install
+	$(BIN)/processor dev
+
+test: system-deps install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

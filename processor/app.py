@@ -1,0 +1,184 @@
+"""The HTTP service: the route table, the lifespan, and the queue endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from processor.auth import require_token
+from processor.db import Database
+from processor.dispatch import Dispatcher
+from processor.errors import DatabaseError
+from processor.queue import JobQueue
+from processor.settings import Settings
+
+log = structlog.get_logger("processor.app")
+
+CLAIM_FIELDS = ("limit", "job_types", "wait")
+
+
+class ApiResponse(JSONResponse):
+    """JSON that also carries datetimes and UUIDs."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_encode, separators=(",", ":")).encode()
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+async def process_jobs(request: Request) -> Response:
+    """Requeues expired leases, claims due jobs, answers at once, and dispatches them."""
+    require_token(request)
+    limit, job_types, wait = parse_claim_request(
+        await request.body(), request.app.state.settings.max_claim
+    )
+    structlog.contextvars.bind_contextvars(
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+    )
+    settings: Settings = request.app.state.settings
+    queue: JobQueue = request.app.state.queue
+    dispatcher: Dispatcher = request.app.state.dispatcher
+
+    requeued = await queue.requeue_expired()
+    if requeued:
+        log.warning("leases_expired_requeued", jobs=requeued)
+    jobs = await queue.claim(settings.worker_id, limit, job_types, settings.lease_seconds)
+    claimed = [{"id": str(j.id), "job_type": j.job_type, "attempt": j.attempt} for j in jobs]
+    for job in jobs:
+        log.info("job_claimed", job_id=str(job.id), job_type=job.job_type, attempt=job.attempt)
+
+    body: dict[str, Any] = {
+        "claimed": claimed,
+        "message": f"Claimed {len(jobs)} job(s)" if jobs else "No jobs to process",
+    }
+    if requeued:
+        body["requeued_expired"] = requeued
+    tasks = dispatcher.start(jobs)
+    if wait:
+        outcomes = await asyncio.gather(*tasks)
+        body["outcomes"] = [o.as_dict() for o in outcomes]
+    return ApiResponse(body)
+
+
+def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool]:
+    """Validates the optional body {"limit", "job_types", "wait"}; 400 names what is wrong."""
+    if not raw.strip():
+        return 1, None, False
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, f"body must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(CLAIM_FIELDS))
+    if unknown:
+        raise HTTPException(
+            400, f"unknown field(s): {', '.join(unknown)}; expected {', '.join(CLAIM_FIELDS)}"
+        )
+    limit = data.get("limit", 1)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= max_limit:
+        raise HTTPException(400, f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
+    job_types = data.get("job_types")
+    if job_types is not None and (
+        not isinstance(job_types, list)
+        or not job_types
+        or not all(isinstance(t, str) and t.strip() for t in job_types)
+    ):
+        raise HTTPException(400, "job_types must be a non-empty list of job type names")
+    wait = data.get("wait", False)
+    if not isinstance(wait, bool):
+        raise HTTPException(400, f"wait must be true or false, got {wait!r}")
+    return limit, job_types, wait
+
+
+async def get_job(request: Request) -> Response:
+    require_token(request)
+    raw = request.path_params["job_id"]
+    try:
+        job_id = uuid.UUID(raw)
+    except ValueError:
+        raise HTTPException(400, f"job id must be a UUID, got {raw!r}") from None
+    job = await request.app.state.queue.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return ApiResponse(job)
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        await request.app.state.queue.ping()
+    except DatabaseError as exc:
+        return ApiResponse({"status": "error", "database": str(exc)}, status_code=503)
+    return ApiResponse(
+        {"status": "ok", "database": "ok", "running_jobs": request.app.state.dispatcher.running}
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ApiResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    log.error("database_error", error=str(exc))
+    return ApiResponse(
+        {"error": f"database unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
+routes = [
+    Route("/process-jobs", process_jobs, methods=["POST"]),
+    Route("/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None) -> Starlette:
+    """Builds the service. Pass an httpx client to control how handlers are reached (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = Database(settings.database_url, max_size=settings.db_pool_max)
+        await db.open()
+        client = http_client or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        )
+        queue = JobQueue(db)
+        app.state.settings = settings
+        app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
+        app.state.queue = queue
+        app.state.dispatcher = Dispatcher(queue, settings, client)
+        log.info("processor_started", worker=settings.worker_id, routes=sorted(settings.routes()))
+        try:
+            yield
+        finally:
+            await app.state.dispatcher.drain(settings.shutdown_grace)
+            if http_client is None:
+                await client.aclose()
+            await db.close()
+            log.info("processor_stopped")
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, DatabaseError: database_error},
+    )

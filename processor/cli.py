@@ -1,0 +1,247 @@
+"""The `processor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import uvicorn
+from psycopg.types.json import Jsonb
+
+from processor import db, migrate
+from processor.errors import ConfigError, ProcessorError
+from processor.logging import configure
+from processor.pgcluster import LocalCluster
+from processor.settings import Settings
+
+DEFAULT_PG_PORT = 54320
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/db)")
+    return url
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    from processor.app import create_app
+
+    configure(settings.log_format, settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise ProcessorError(f"the server did not start on {host}:{port} (see the log above)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    url = os.environ.get("PROCESSOR_URL") or f"http://{args.host}:{args.port}"
+    _serve(Settings.from_env(processor_url=url.rstrip("/")), args.host, args.port)
+    return 0
+
+
+def _dev_token(folder: Path) -> tuple[str, str]:
+    """PROCESSOR_TOKEN from the environment, else one generated once and kept in a 0600 file.
+    Returns (token, how to get it in a shell) so the token itself is never printed."""
+    if os.environ.get("PROCESSOR_TOKEN"):
+        return os.environ["PROCESSOR_TOKEN"], "$PROCESSOR_TOKEN"
+    path = folder / "token"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip(), f"$(cat {path})"
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    # uvicorn re-raises the signal that stopped it once it has shut down; as an exception
+    # SIGTERM, like Ctrl-C, lets the `finally` below stop the database too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    root = Path.cwd()
+    cluster = LocalCluster.for_project(root, args.pg_port)
+    print(f"Starting private PostgreSQL (pg_cron) in {cluster.data_dir} on port {cluster.port} ...")
+    cluster.start()
+    try:
+        applied = migrate.migrate(cluster.url)
+        print(f"Migrations: {len(applied)} applied" if applied else "Migrations: up to date")
+        token, token_ref = _dev_token(cluster.data_dir.parent)
+        base = f"http://{args.host}:{args.port}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": cluster.url,
+            "PROCESSOR_TOKEN": token,
+            "PROCESSOR_URL": os.environ.get("PROCESSOR_URL", base),
+        }
+        settings = Settings.from_env(env)
+        print(_dev_banner(cluster.url, base, token_ref))
+        _serve(settings, args.host, args.port)
+    finally:
+        print("Stopping private PostgreSQL ...", flush=True)
+        cluster.stop()
+    return 0
+
+
+def _dev_banner(database_url: str, base: str, token_ref: str) -> str:
+    return f"""
+processor dev
+  DATABASE_URL={database_url}
+  serving on   {base}
+  token        {token_ref}
+
+Try it (another terminal):
+  psql {database_url} -c "insert into job_queue (job_type, payload) values ('generate-image', '{{\\"project_id\\": \\"p1\\", \\"product\\": {{\\"name\\": \\"Mug\\"}}}}')"
+  curl -s -X POST {base}/process-jobs -H "Authorization: Bearer {token_ref}" -d '{{"wait": true}}'
+  curl -s {base}/jobs/<id> -H "Authorization: Bearer {token_ref}"
+Ctrl-C stops the server and the database.
+"""  # noqa: E501
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = migrate.migrate(_database_url())
+    for m in applied:
+        print(f"applied {m.path.name}")
+    if not applied:
+        print("up to date")
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"payload is not valid JSON: {exc}") from None
+    with db.connect(_database_url()) as conn:
+        row = db.run(
+            conn,
+            "enqueue_job",
+            {
+                "job_type": args.job_type,
+                "payload": Jsonb(payload),
+                "user_id": args.user_id,
+                "priority": args.priority,
+                "run_at": None,
+                "max_retries": args.max_retries,
+                "idempotency_key": args.idempotency_key,
+            },
+        )[0]
+    print(row["id"])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with db.connect(_database_url()) as conn:
+        rows = db.run(conn, "get_job", {"id": args.job_id})
+    if not rows:
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return 1
+    _print_json(rows[0])
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with db.connect(_database_url()) as conn:
+        rows = db.run(conn, "queue_stats")
+    if not rows:
+        print("the queue is empty")
+        return 0
+    print(f"{'job_type':<28} {'status':<11} {'jobs':>8} {'oldest pending':>15}")
+    for r in rows:
+        age = r["oldest_pending_seconds"]
+        print(
+            f"{r['job_type']:<28} {r['status']:<11} {r['jobs']:>8} "
+            f"{'' if age is None else f'{float(age):.0f}s':>15}"
+        )
+    return 0
+
+
+def _job_action(query: str, verb: str) -> Callable[[argparse.Namespace], int]:
+    def action(args: argparse.Namespace) -> int:
+        with db.connect(_database_url()) as conn:
+            ok = db.run(conn, query, {"id": args.job_id})[0]["ok"]
+        print(
+            f"{verb} {args.job_id}"
+            if ok
+            else f"job {args.job_id} cannot be {verb} "
+            "(no such job, or its status does not allow it)"
+        )
+        return 0 if ok else 1
+
+    return action
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dev", help="private PostgreSQL with pg_cron, migrations, and the server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--pg-port", type=int, default=int(os.environ.get("PROCESSOR_PG_PORT", DEFAULT_PG_PORT))
+    )
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("serve", help="run the HTTP service against DATABASE_URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL").set_defaults(
+        func=cmd_migrate
+    )
+
+    p = sub.add_parser("enqueue", help="add a job; prints its id")
+    p.add_argument("job_type", metavar="TYPE")
+    p.add_argument("payload", metavar="JSON", nargs="?", default="{}")
+    p.add_argument("--user-id")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--max-retries", type=int, default=3)
+    p.add_argument("--idempotency-key")
+    p.set_defaults(func=cmd_enqueue)
+
+    for name, func, help_text in (
+        ("status", cmd_status, "show one job"),
+        ("retry", _job_action("retry_job", "retried"), "put a failed or cancelled job back"),
+        ("cancel", _job_action("cancel_job", "cancelled"), "cancel a pending or running job"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job_id", metavar="ID", type=UUID)
+        p.set_defaults(func=func)
+
+    sub.add_parser("stats", help="jobs per type and status").set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ProcessorError as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,101 @@
+"""The database gateway: owns the connection pool and translates psycopg errors.
+
+Nothing outside this module sees a psycopg exception: callers get DatabaseError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from processor.errors import DatabaseError
+from processor.sql import query
+
+Row = dict[str, Any]
+
+
+def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
+    # dicts go to PostgreSQL as jsonb; lists stay arrays (wrap them in Jsonb to send JSON).
+    return {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a database error that never includes the connection string."""
+    # libpq's messages name host, port and user, never the password.
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class Database:
+    """Async access for the service: one pool, named queries, rows as dicts."""
+
+    def __init__(self, url: str, *, max_size: int = 10, application_name: str = "processor"):
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": application_name,
+            },
+            timeout=10.0,
+        )
+
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=15.0)
+        except (psycopg.Error, PoolTimeout) as exc:
+            await self._pool.close()
+            raise DatabaseError(f"cannot connect to the database: {describe(exc)}") from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def fetch_all(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute(query(name), _adapt(params or {}))
+                return await cur.fetchall() if cur.description else []
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DatabaseError(f"{name} failed: {describe(exc)}") from exc
+
+    async def fetch_one(self, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
+        rows = await self.fetch_all(name, params)
+        return rows[0] if rows else None
+
+
+@contextmanager
+def connect(url: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection[Row]]:
+    """A plain connection for the command line and migrations, errors translated."""
+    try:
+        conn = psycopg.connect(
+            url,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            application_name="processor-cli",
+            connect_timeout=10,
+        )
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to the database: {describe(exc)}") from exc
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise DatabaseError(describe(exc)) from exc
+
+
+def run(
+    conn: psycopg.Connection[Row], name: str, params: Mapping[str, Any] | None = None
+) -> list[Row]:
+    """Runs a named query on a plain connection."""
+    cur = conn.execute(query(name), _adapt(params or {}))
+    return cur.fetchall() if cur.description else []

@@ -1,0 +1,30 @@
+"""The processor's own errors. Lower-level errors are translated where they enter the code.
+
+ProcessorError
+├── ConfigError          a setting is missing or malformed
+├── DatabaseError        PostgreSQL unreachable or a query failed
+│   └── MigrationError   a migration could not be applied, or was edited after it was
+└── ClusterError         the private local PostgreSQL could not be set up or started
+"""
+
+from __future__ import annotations
+
+
+class ProcessorError(Exception):
+    """Base of every error the processor raises on purpose."""
+
+
+class ConfigError(ProcessorError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class DatabaseError(ProcessorError):
+    """PostgreSQL could not be reached, or a query failed."""
+
+
+class MigrationError(DatabaseError):
+    """A migration could not be applied, or an applied one was changed afterwards."""
+
+
+class ClusterError(ProcessorError):
+    """The private local PostgreSQL cluster could not be created or started."""

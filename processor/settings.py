@@ -1,0 +1,181 @@
+"""Settings, read once from the environment into typed values."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from processor.errors import ConfigError
+
+# Built-in job types and the path of this service that handles each (contract).
+BUILTIN_ROUTES: dict[str, str] = {
+    "generate-image": "/process-image",
+    "generate-images": "/process-image",  # the seeds' spelling, kept as an alias
+    "generate-complete-pack": "/process-complete-pack",
+    "generate-aplus": "/process-aplus",
+}
+
+# How long a handler may take per call before the attempt counts as timed out.
+BUILTIN_TIMEOUTS: dict[str, float] = {
+    "/process-image": 300.0,
+    "/process-complete-pack": 1800.0,
+    "/process-aplus": 600.0,
+}
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where jobs of one type are sent, and how long the handler may take."""
+
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    token: Secret
+    previous_token: Secret | None = None
+    processor_url: str = "http://127.0.0.1:8000"
+    job_routes: Mapping[str, Route] = field(default_factory=dict)
+    handler_timeout: float = 120.0
+    lease_seconds: float = 60.0
+    max_claim: int = 50
+    shutdown_grace: float = 30.0
+    db_pool_max: int = 10
+    log_format: str = "auto"
+    log_level: str = "info"
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a running job's lease is extended: three chances before it expires."""
+        return self.lease_seconds / 3
+
+    def routes(self) -> dict[str, Route]:
+        """Every job type this processor can run: built-ins first, then JOB_ROUTES over them."""
+        base = self.processor_url.rstrip("/")
+        table = {
+            job_type: Route(base + path, BUILTIN_TIMEOUTS[path])
+            for job_type, path in BUILTIN_ROUTES.items()
+        }
+        table.update(self.job_routes)
+        return table
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Reads the environment; raises ConfigError naming the variable that is wrong."""
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL", "")
+        token = env.get("PROCESSOR_TOKEN", "")
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "token": Secret(token),
+            "previous_token": (
+                Secret(env["PROCESSOR_TOKEN_PREVIOUS"])
+                if env.get("PROCESSOR_TOKEN_PREVIOUS")
+                else None
+            ),
+            "processor_url": _url(env, "PROCESSOR_URL", "http://127.0.0.1:8000"),
+            "handler_timeout": _number(env, "HANDLER_TIMEOUT", 120.0),
+            "lease_seconds": _number(env, "LEASE_SECONDS", 60.0, minimum=3.0),
+            "max_claim": int(_number(env, "MAX_CLAIM", 50, minimum=1)),
+            "shutdown_grace": _number(env, "SHUTDOWN_GRACE", 30.0, minimum=0.0),
+            "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
+            "log_format": _choice(env, "LOG_FORMAT", "auto", ("auto", "json", "console")),
+            "log_level": _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        }
+        values.update(overrides)
+        timeout = float(values["handler_timeout"])  # type: ignore[arg-type]
+        values["job_routes"] = parse_job_routes(env.get("JOB_ROUTES", ""), timeout)
+        settings = cls(**values)  # type: ignore[arg-type]
+        if not settings.database_url:
+            raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/db)")
+        if not settings.token:
+            raise ConfigError("PROCESSOR_TOKEN is not set: /process-jobs needs a bearer token")
+        if len(settings.token.reveal()) < 16:
+            raise ConfigError("PROCESSOR_TOKEN is too short: use at least 16 characters")
+        return settings
+
+
+def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
+    """JOB_ROUTES: {"type": "https://url"} or {"type": {"url": "...", "timeout": seconds}}."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"JOB_ROUTES is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("JOB_ROUTES must be a JSON object mapping job types to URLs")
+    routes: dict[str, Route] = {}
+    for job_type, spec in data.items():
+        where = f"JOB_ROUTES[{job_type!r}]"
+        if isinstance(spec, str):
+            url, timeout = spec, default_timeout
+        elif isinstance(spec, dict) and isinstance(spec.get("url"), str):
+            url = spec["url"]
+            timeout = spec.get("timeout", default_timeout)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+                raise ConfigError(f"{where}.timeout must be a positive number of seconds")
+        else:
+            raise ConfigError(f'{where} must be a URL or {{"url": ..., "timeout": seconds}}')
+        _check_http_url(url, where)
+        routes[job_type] = Route(url, float(timeout))
+    return routes
+
+
+def _check_http_url(url: str, where: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where} must be an http:// or https:// URL, got {url!r}")
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    _check_http_url(value, name)
+    return value.rstrip("/")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0.001) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value

@@ -1,0 +1,75 @@
+-- Named queries used by the processor. Each block starts with a "-- name --" line; Python asks
+-- for queries["name"]. Parameters are psycopg named placeholders.
+
+-- requeue_expired --
+select requeue_expired_jobs() as requeued;
+
+-- claim_jobs --
+select id, job_type, payload, user_id, retry_count + 1 as attempt, max_retries, lease_token,
+       locked_until
+from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
+                make_interval(secs => %(lease_seconds)s));
+
+-- complete_job --
+select mark_job_completed(%(id)s, %(lease_token)s, %(result)s) as ok;
+
+-- fail_job --
+select mark_job_failed(%(id)s, %(lease_token)s, %(error)s, %(retryable)s) as status;
+
+-- extend_lease --
+select extend_job_lease(%(id)s, %(lease_token)s, make_interval(secs => %(lease_seconds)s))
+    as locked_until;
+
+-- get_job --
+select id, job_type, status, priority, payload, user_id, retry_count, max_retries,
+       retry_count + 1 as attempt, run_at, error_message, errors, result, progress,
+       locked_by, locked_until, created_at, processed_at, completed_at, updated_at
+from job_queue
+where id = %(id)s;
+
+-- enqueue_job --
+select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
+                   %(priority)s::integer, coalesce(%(run_at)s::timestamptz, now()),
+                   %(max_retries)s::integer, %(idempotency_key)s::text) as id;
+
+-- cancel_job --
+select cancel_job(%(id)s) as ok;
+
+-- retry_job --
+select retry_job(%(id)s) as ok;
+
+-- queue_stats --
+select job_type, status, count(*) as jobs,
+       extract(epoch from now() - min(created_at) filter (where status = 'pending'))
+           as oldest_pending_seconds
+from job_queue
+group by job_type, status
+order by job_type, status;
+
+-- ping --
+select 1 as ok;
+
+-- migrations_lock --
+-- Serialises concurrent migrators (any constant works if every processor uses the same one).
+select pg_advisory_lock(1886547811);
+
+-- migrations_unlock --
+select pg_advisory_unlock(1886547811);
+
+-- migrations_table --
+create table if not exists processor_migrations (
+    version integer primary key,
+    name text not null,
+    checksum text not null,
+    applied_at timestamptz not null default now()
+);
+
+-- migrations_exists --
+select to_regclass('processor_migrations') is not null as ok;
+
+-- migrations_applied --
+select version, name, checksum, applied_at from processor_migrations order by version;
+
+-- migrations_record --
+insert into processor_migrations (version, name, checksum)
+values (%(version)s, %(name)s, %(checksum)s);

@@ -1,0 +1,104 @@
+"""Fixtures: one real PostgreSQL cluster with pg_cron per test session, a migrated template
+database, and a fresh copy of it for every test that asks for one."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from processor.migrate import migrate
+from processor.pgcluster import LocalCluster, free_port
+from tests.support import ScriptedHandler, ThreadedServer
+
+TEMPLATE = "processor_template"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    folder = Path(tempfile.mkdtemp(prefix="processor-test-"))
+    folder.chmod(0o755)
+    pg = LocalCluster(folder / "pg", free_port(), fast=True)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def template_db(cluster: LocalCluster) -> str:
+    cluster.create_database(TEMPLATE)
+    migrate(cluster.url_for(TEMPLATE))
+    return TEMPLATE
+
+
+@pytest.fixture
+def database_url(cluster: LocalCluster, template_db: str) -> Iterator[str]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    cluster.create_database(name, template=template_db)
+    try:
+        yield cluster.url_for(name)
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def handler_server() -> Iterator[tuple[ThreadedServer, ScriptedHandler]]:
+    handler = ScriptedHandler()
+    with ThreadedServer(handler.app()) as server:
+        yield server, handler
+
+
+@pytest.fixture
+def handler(handler_server: tuple[ThreadedServer, ScriptedHandler]) -> ScriptedHandler:
+    handler_server[1].reset()
+    return handler_server[1]
+
+
+@pytest.fixture
+def handler_url(handler_server: tuple[ThreadedServer, ScriptedHandler]) -> str:
+    return handler_server[0].url
+
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture
+def make_service(database_url: str, handler_url: str) -> Iterator:
+    """Starts the processor on a real port against this test's database. Job types
+    'ok', 'slow' … all route to the scripted handler; extra settings override the defaults."""
+    from processor.app import create_app
+    from processor.settings import Settings
+
+    servers: list[ThreadedServer] = []
+
+    def start(env: dict[str, str] | None = None, **overrides: object) -> ThreadedServer:
+        routes = {t: f"{handler_url}/{t}" for t in ("ok", "echo", "flaky", "slow", "bad")}
+        base = {
+            "DATABASE_URL": database_url,
+            "PROCESSOR_TOKEN": TOKEN,
+            "JOB_ROUTES": json.dumps(routes),
+            "LOG_FORMAT": "json",
+            **(env or {}),
+        }
+        settings = Settings.from_env(base, **overrides)
+        server = ThreadedServer(create_app(settings)).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

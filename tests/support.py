@@ -1,0 +1,101 @@
+"""Test support: real HTTP servers in threads, and a scriptable job handler."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from processor.pgcluster import free_port
+
+
+class ThreadedServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class HandlerCall:
+    job_id: str
+    attempt: int
+    authorization: str
+    body: dict[str, Any]
+    started: float
+
+
+@dataclass
+class ScriptedHandler:
+    """A job handler whose answer is chosen by the job's payload:
+
+    {"respond": {"status": 200, "body": {...}, "text": "...", "delay": 0.5, "fail_times": 2}}
+
+    fail_times answers 500 for the first N attempts, then the scripted answer.
+    """
+
+    calls: list[HandlerCall] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+
+    def calls_for(self, job_id: str) -> list[HandlerCall]:
+        with self.lock:
+            return [c for c in self.calls if c.job_id == str(job_id)]
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.json()
+        call = HandlerCall(
+            body["job_id"],
+            body["attempt"],
+            request.headers.get("authorization", ""),
+            body,
+            time.monotonic(),
+        )
+        with self.lock:
+            self.calls.append(call)
+        spec = body["payload"].get("respond", {})
+        if spec.get("delay"):
+            await asyncio.sleep(spec["delay"])
+        if body["attempt"] <= spec.get("fail_times", 0):
+            return JSONResponse({"error": f"transient failure on attempt {body['attempt']}"}, 500)
+        status = spec.get("status", 200)
+        if "text" in spec:
+            return PlainTextResponse(spec["text"], status_code=status)
+        default = {"result": {"handled": body["job_id"], "attempt": body["attempt"]}}
+        return JSONResponse(spec.get("body", default), status_code=status)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST"])])
