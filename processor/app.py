@@ -16,14 +16,20 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from processor import handlers
 from processor.auth import require_token
 from processor.db import Database
 from processor.dispatch import Dispatcher
 from processor.errors import DatabaseError
+from processor.handlers.common import HandlerContext
+from processor.providers.registry import build as build_providers
+from processor.providers.registry import storage_for
 from processor.queue import JobQueue
 from processor.settings import Settings
+from processor.storage import FILES_PREFIX, LocalStorage
 
 log = structlog.get_logger("processor.app")
 
@@ -147,6 +153,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
 
 routes = [
     Route("/process-jobs", process_jobs, methods=["POST"]),
+    *handlers.routes,
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]
@@ -162,7 +169,11 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         client = http_client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
         )
+        providers = build_providers(settings.providers, client, settings.processor_url)
         queue = JobQueue(db)
+        app.state.handler_context = HandlerContext(
+            db, providers, client, settings.providers.pack_concurrency
+        )
         app.state.settings = settings
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
         app.state.queue = queue
@@ -177,8 +188,13 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             await db.close()
             log.info("processor_stopped")
 
+    app_routes: list[BaseRoute] = list(routes)
+    if isinstance(storage := storage_for(settings.providers, settings.processor_url), LocalStorage):
+        # Generated files are served by the app itself, so result URLs open in a browser.
+        storage.root.mkdir(parents=True, exist_ok=True)
+        app_routes.append(Mount(FILES_PREFIX, StaticFiles(directory=storage.root), name="files"))
     return Starlette(
-        routes=routes,
+        routes=app_routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, DatabaseError: database_error},
     )

@@ -44,6 +44,7 @@ class Verdict:
     result: Any = None
     error: str | None = None
     retryable: bool = False
+    postpone_seconds: float | None = None  # a 429 with Retry-After: wait, spend no attempt
 
 
 class LeaseLost(Exception):
@@ -64,7 +65,21 @@ def judge(response: httpx.Response) -> Verdict:
     if 300 <= status < 400:
         where = response.headers.get("location", "?")
         return Verdict(ok=False, error=f"{summary} to {where}; configure the final URL")
-    return Verdict(ok=False, error=error, retryable=status >= 500 or status in RETRYABLE_STATUS)
+    postpone = _retry_after(response) if status == 429 else None
+    return Verdict(
+        ok=False,
+        error=error,
+        retryable=status >= 500 or status in RETRYABLE_STATUS,
+        postpone_seconds=postpone,
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def _json(response: httpx.Response) -> Any:
@@ -230,9 +245,17 @@ class Dispatcher:
             done = await _persist(lambda: self.queue.complete(job, verdict.result))
             log.info("job_completed" if done else "job_lease_lost")
             return outcome("completed" if done else None)
-        status = await _persist(
-            lambda: self.queue.fail(job, verdict.error or "failed", retryable=verdict.retryable)
-        )
+        error = verdict.error or "failed"
+        if verdict.postpone_seconds is not None:
+            delay = verdict.postpone_seconds
+            status = await _persist(lambda: self.queue.postpone(job, delay, error))
+            if status == "pending":
+                log.warning("job_postponed", error=error, retry_after=delay)
+                return outcome(status)
+        else:
+            status = await _persist(
+                lambda: self.queue.fail(job, error, retryable=verdict.retryable)
+            )
         if status == "pending":
             log.warning("job_retry_scheduled", error=verdict.error)
         elif status == "failed":

@@ -87,6 +87,19 @@ class JobQueue:
         )
         return row["status"] if row else None
 
+    async def postpone(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
+        """Back to pending after a rate limit without spending an attempt (capped in SQL)."""
+        row = await self.db.fetch_one(
+            "postpone_job",
+            {
+                "id": job.id,
+                "lease_token": job.lease_token,
+                "delay_seconds": delay_seconds,
+                "reason": reason,
+            },
+        )
+        return row["status"] if row else None
+
     async def extend(self, job: ClaimedJob, lease_seconds: float) -> bool:
         row = await self.db.fetch_one(
             "extend_lease",

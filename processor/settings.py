@@ -56,6 +56,64 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    """Providers, storage and handler tuning (model ids are configuration: vendors retire them)."""
+
+    image_provider: str = "demo"
+    gemini_api_key: Secret | None = None
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_image_model: str = "gemini-3.1-flash-image"
+    gemini_text_model: str = "gemini-3.5-flash"
+    openai_api_key: Secret | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_image_model: str = "gpt-image-2"
+    removebg_api_key: Secret | None = None
+    removebg_base_url: str = "https://api.remove.bg/v1.0"
+    supabase_url: str | None = None
+    supabase_service_role_key: Secret | None = None
+    storage_bucket: str = "generated-images"
+    storage_public: bool = True
+    local_storage_dir: str = ".data/storage"
+    pack_concurrency: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProviderSettings:
+        def secret(name: str) -> Secret | None:
+            return Secret(env[name]) if env.get(name) else None
+
+        gemini, openai = secret("GEMINI_API_KEY"), secret("OPENAI_API_KEY")
+        default = "gemini" if gemini else "openai" if openai else "demo"
+        provider = _choice(env, "IMAGE_PROVIDER", default, ("gemini", "openai", "demo"))
+        if provider == "gemini" and not gemini:
+            raise ConfigError("IMAGE_PROVIDER=gemini needs GEMINI_API_KEY")
+        if provider == "openai" and not openai:
+            raise ConfigError("IMAGE_PROVIDER=openai needs OPENAI_API_KEY")
+        supabase_url = env.get("SUPABASE_URL") or None
+        if supabase_url:
+            _check_http_url(supabase_url, "SUPABASE_URL")
+            if not env.get("SUPABASE_SERVICE_ROLE_KEY"):
+                raise ConfigError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        return cls(
+            image_provider=provider,
+            gemini_api_key=gemini,
+            gemini_base_url=_url(env, "GEMINI_BASE_URL", cls.gemini_base_url),
+            gemini_image_model=env.get("GEMINI_IMAGE_MODEL") or cls.gemini_image_model,
+            gemini_text_model=env.get("GEMINI_TEXT_MODEL") or cls.gemini_text_model,
+            openai_api_key=openai,
+            openai_base_url=_url(env, "OPENAI_BASE_URL", cls.openai_base_url),
+            openai_image_model=env.get("OPENAI_IMAGE_MODEL") or cls.openai_image_model,
+            removebg_api_key=secret("REMOVEBG_API_KEY"),
+            removebg_base_url=_url(env, "REMOVEBG_BASE_URL", cls.removebg_base_url),
+            supabase_url=supabase_url,
+            supabase_service_role_key=secret("SUPABASE_SERVICE_ROLE_KEY"),
+            storage_bucket=env.get("STORAGE_BUCKET") or cls.storage_bucket,
+            storage_public=_choice(env, "STORAGE_PUBLIC", "true", ("true", "false")) == "true",
+            local_storage_dir=env.get("LOCAL_STORAGE_DIR") or cls.local_storage_dir,
+            pack_concurrency=int(_number(env, "PACK_CONCURRENCY", 3, minimum=1)),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     token: Secret
@@ -70,6 +128,7 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    providers: ProviderSettings = field(default_factory=ProviderSettings)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -109,6 +168,7 @@ class Settings:
             "log_format": _choice(env, "LOG_FORMAT", "auto", ("auto", "json", "console")),
             "log_level": _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         }
+        values["providers"] = ProviderSettings.from_env(env)
         values.update(overrides)
         timeout = float(values["handler_timeout"])  # type: ignore[arg-type]
         values["job_routes"] = parse_job_routes(env.get("JOB_ROUTES", ""), timeout)

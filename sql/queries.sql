@@ -73,3 +73,31 @@ select version, name, checksum, applied_at from processor_migrations order by ve
 -- migrations_record --
 insert into processor_migrations (version, name, checksum)
 values (%(version)s, %(name)s, %(checksum)s);
+
+-- postpone_job --
+select postpone_job(%(id)s, %(lease_token)s, make_interval(secs => %(delay_seconds)s),
+                    %(reason)s) as status;
+
+-- set_progress --
+select set_job_progress(%(id)s, %(lease_token)s, %(progress)s::jsonb) as ok;
+
+-- images_for_job --
+select slot, kind, storage_path, url, width, height, mime_type, provider, model
+from generated_images
+where job_id = %(job_id)s
+order by id;
+
+-- record_image --
+insert into generated_images (job_id, project_id, user_id, kind, slot, storage_path, url,
+                              width, height, mime_type, provider, model, prompt)
+values (%(job_id)s, %(project_id)s, %(user_id)s, %(kind)s, %(slot)s, %(storage_path)s, %(url)s,
+        %(width)s, %(height)s, %(mime_type)s, %(provider)s, %(model)s, %(prompt)s)
+on conflict (job_id, slot) do nothing;
+
+-- aplus_for_job --
+select content, provider, model from aplus_contents where job_id = %(job_id)s;
+
+-- record_aplus --
+insert into aplus_contents (job_id, project_id, user_id, content, provider, model)
+values (%(job_id)s, %(project_id)s, %(user_id)s, %(content)s::jsonb, %(provider)s, %(model)s)
+on conflict (job_id) do nothing;

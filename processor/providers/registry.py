@@ -1,0 +1,64 @@
+"""Builds the configured providers and storage once, at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from processor.providers import BackgroundRemover, ImageGenerator, TextGenerator
+from processor.providers.demo import DemoImages, DemoText
+from processor.providers.gemini import Gemini
+from processor.providers.openai import OpenAIImages
+from processor.providers.removebg import RemoveBg
+from processor.settings import ProviderSettings
+from processor.storage import LocalStorage, Storage, SupabaseStorage
+
+
+@dataclass(frozen=True)
+class Providers:
+    images: ImageGenerator
+    text: TextGenerator
+    background: BackgroundRemover | None  # None: the local cut-out is used
+    storage: Storage
+
+
+def build(cfg: ProviderSettings, client: httpx.AsyncClient, processor_url: str) -> Providers:
+    images: ImageGenerator
+    text: TextGenerator
+    if cfg.image_provider == "gemini" and cfg.gemini_api_key:
+        images = Gemini(
+            client, cfg.gemini_base_url, cfg.gemini_api_key.reveal(), cfg.gemini_image_model
+        )
+    elif cfg.image_provider == "openai" and cfg.openai_api_key:
+        images = OpenAIImages(
+            client, cfg.openai_base_url, cfg.openai_api_key.reveal(), cfg.openai_image_model
+        )
+    else:
+        images = DemoImages()
+    # A+ copy needs a JSON-schema text model: Gemini when there is a key, else the demo writer.
+    if cfg.gemini_api_key:
+        text = Gemini(
+            client, cfg.gemini_base_url, cfg.gemini_api_key.reveal(), cfg.gemini_text_model
+        )
+    else:
+        text = DemoText()
+    background = (
+        RemoveBg(client, cfg.removebg_base_url, cfg.removebg_api_key.reveal())
+        if cfg.removebg_api_key
+        else None
+    )
+    return Providers(images, text, background, storage_for(cfg, processor_url))
+
+
+def storage_for(cfg: ProviderSettings, processor_url: str) -> Storage:
+    """Supabase Storage when SUPABASE_URL is set, else the local folder served at /files."""
+    if cfg.supabase_url and cfg.supabase_service_role_key:
+        return SupabaseStorage(
+            cfg.supabase_url,
+            cfg.supabase_service_role_key.reveal(),
+            cfg.storage_bucket,
+            public=cfg.storage_public,
+        )
+    return LocalStorage(Path(cfg.local_storage_dir).resolve(), processor_url)

@@ -1,0 +1,58 @@
+"""remove.bg: the product cut out of its photo, as a PNG with alpha."""
+
+from __future__ import annotations
+
+import httpx
+
+from processor.providers.errors import (
+    Permanent,
+    ProviderError,
+    Transient,
+    by_status,
+    json_or_none,
+    network,
+    retry_after,
+)
+
+NAME = "remove.bg"
+
+
+class RemoveBg:
+    name = NAME
+
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, api_key: str, *, timeout: float = 60.0
+    ) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.timeout = timeout
+
+    async def remove(self, image: bytes) -> bytes:
+        try:
+            response = await self.client.post(
+                f"{self.base_url}/removebg",
+                headers={"X-Api-Key": self._key},
+                timeout=self.timeout,
+                data={"size": "full", "type": "product", "format": "png"},
+                files={"image_file": ("product.png", image, "application/octet-stream")},
+            )
+        except httpx.HTTPError as exc:
+            raise network(NAME, exc) from exc
+        if response.status_code >= 400:
+            raise _error(response)
+        if not response.content.startswith(b"\x89PNG"):
+            raise Transient(NAME, "answered 200 without a PNG image")
+        return response.content
+
+
+def _error(response: httpx.Response) -> ProviderError:
+    data = json_or_none(response)
+    errors = data.get("errors") if isinstance(data, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    parts = [first.get("title"), first.get("code"), first.get("detail")]
+    message = " / ".join(p for p in parts if p) or response.text[:300] or response.reason_phrase
+    summary = f"{response.status_code}: {message}"
+    if response.status_code == 402:
+        return Permanent(NAME, f"out of credits: {summary}")
+    return by_status(NAME, response.status_code, summary, retry_after(response.headers))

@@ -1,0 +1,126 @@
+"""Where generated files go: Supabase Storage when SUPABASE_URL is set, else a local folder that
+the service itself serves under /files/, so every URL in a job's result opens in a browser."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from processor.providers.errors import Permanent, ProviderError, Transient
+
+FILES_PREFIX = "/files"
+
+
+class Storage(Protocol):
+    name: str
+
+    async def put(self, path: str, data: bytes, content_type: str) -> str:
+        """Stores (overwriting) and returns a URL for the file."""
+        ...
+
+    async def get(self, path: str) -> bytes: ...
+
+
+def safe_path(path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise ValueError(f"invalid storage path {path!r}")
+    return "/".join(parts)
+
+
+class LocalStorage:
+    name = "local"
+
+    def __init__(self, root: Path, base_url: str) -> None:
+        self.root = root
+        self.base_url = base_url.rstrip("/")
+
+    def _file(self, path: str) -> Path:
+        return self.root / safe_path(path)
+
+    async def put(self, path: str, data: bytes, content_type: str) -> str:
+        await asyncio.to_thread(self._write, self._file(path), data)
+        return f"{self.base_url}{FILES_PREFIX}/{safe_path(path)}"
+
+    @staticmethod
+    def _write(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write aside and rename, so a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+
+    async def get(self, path: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._file(path).read_bytes)
+        except FileNotFoundError:
+            raise Permanent("storage", f"no file at {path!r} in {self.root}") from None
+
+
+class SupabaseStorage:
+    """Supabase Storage through the `supabase` package (storage3 underneath)."""
+
+    name = "supabase"
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        bucket: str,
+        *,
+        public: bool = True,
+        signed_url_seconds: int = 7 * 24 * 3600,
+    ) -> None:
+        self.url = url
+        self._key = key
+        self.bucket = bucket
+        self.public = public
+        self.signed_url_seconds = signed_url_seconds
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _bucket(self) -> Any:
+        async with self._lock:
+            if self._client is None:
+                from supabase import acreate_client
+
+                self._client = await acreate_client(self.url, self._key)
+        return self._client.storage.from_(self.bucket)
+
+    async def put(self, path: str, data: bytes, content_type: str) -> str:
+        path = safe_path(path)
+        bucket = await self._bucket()
+        try:
+            await bucket.upload(
+                path, data, file_options={"content-type": content_type, "upsert": "true"}
+            )
+            if self.public:
+                return str(await bucket.get_public_url(path))
+            signed = await bucket.create_signed_url(path, self.signed_url_seconds)
+            return str(signed["signedURL"])
+        except Exception as exc:  # storage3 raises its own error types and httpx's
+            raise _storage_error(exc) from exc
+
+    async def get(self, path: str) -> bytes:
+        bucket = await self._bucket()
+        try:
+            return bytes(await bucket.download(safe_path(path)))
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+
+
+def _storage_error(exc: Exception) -> ProviderError:
+    status = getattr(exc, "status", None) or getattr(exc, "statusCode", None)
+    message = getattr(exc, "message", None) or " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        code = int(status) if status is not None else None
+    except (TypeError, ValueError):
+        code = None
+    if code is not None and 400 <= code < 500 and code not in (408, 429):
+        return Permanent("supabase storage", f"{code}: {message}")
+    return Transient("supabase storage", f"{code or 'error'}: {message}")
