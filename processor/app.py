@@ -167,7 +167,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         db = Database(settings.database_url, max_size=settings.db_pool_max)
         await db.open()
         client = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            timeout=60.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
         )
         providers = build_providers(settings.providers, client, settings.processor_url)
         queue = JobQueue(db)

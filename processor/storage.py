@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
+
 from processor.providers.errors import Permanent, ProviderError, Transient
 
 FILES_PREFIX = "/files"
@@ -75,21 +77,26 @@ class SupabaseStorage:
         *,
         public: bool = True,
         signed_url_seconds: int = 7 * 24 * 3600,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = url
         self._key = key
         self.bucket = bucket
         self.public = public
         self.signed_url_seconds = signed_url_seconds
+        self._http = client
         self._client: Any = None
         self._lock = asyncio.Lock()
 
     async def _bucket(self) -> Any:
         async with self._lock:
             if self._client is None:
-                from supabase import acreate_client
+                from supabase import AsyncClientOptions, acreate_client
 
-                self._client = await acreate_client(self.url, self._key)
+                # Our own httpx client: its timeouts apply, and tests can watch its requests.
+                http = self._http or httpx.AsyncClient(timeout=60)
+                options = AsyncClientOptions(httpx_client=http)
+                self._client = await acreate_client(self.url, self._key, options)
         return self._client.storage.from_(self.bucket)
 
     async def put(self, path: str, data: bytes, content_type: str) -> str:

@@ -77,7 +77,7 @@ TOKEN = "test-token-0123456789abcdef"
 
 
 @pytest.fixture
-def make_service(database_url: str, handler_url: str) -> Iterator:
+def make_service(database_url: str, handler_url: str, tmp_path: Path) -> Iterator:
     """Starts the processor on a real port against this test's database. Job types
     'ok', 'slow' … all route to the scripted handler; extra settings override the defaults."""
     from processor.app import create_app
@@ -87,15 +87,18 @@ def make_service(database_url: str, handler_url: str) -> Iterator:
 
     def start(env: dict[str, str] | None = None, **overrides: object) -> ThreadedServer:
         routes = {t: f"{handler_url}/{t}" for t in ("ok", "echo", "flaky", "slow", "bad")}
+        port = free_port()
         base = {
             "DATABASE_URL": database_url,
             "PROCESSOR_TOKEN": TOKEN,
+            "PROCESSOR_URL": f"http://127.0.0.1:{port}",
             "JOB_ROUTES": json.dumps(routes),
+            "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
             "LOG_FORMAT": "json",
             **(env or {}),
         }
         settings = Settings.from_env(base, **overrides)
-        server = ThreadedServer(create_app(settings)).__enter__()
+        server = ThreadedServer(create_app(settings), port).__enter__()
         servers.append(server)
         return server
 

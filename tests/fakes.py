@@ -1,0 +1,136 @@
+"""Local stand-ins for the AI providers, speaking their real request and response shapes
+(see the provider modules): a Gemini generateContent server that draws real PNGs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+def product_photo(
+    size: tuple[int, int] = (800, 800), backdrop=(200, 200, 200), fmt: str = "PNG"
+) -> bytes:
+    """A product (a red box) on a plain backdrop: what a seller's photo looks like."""
+    image = Image.new("RGB", size, backdrop)
+    w, h = size
+    ImageDraw.Draw(image).rectangle([w * 0.3, h * 0.2, w * 0.7, h * 0.8], fill=(200, 30, 30))
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+APLUS = {
+    "headline": "Meet the Mug",
+    "modules": {
+        "header": {
+            "headline": "Coffee, better",
+            "body": "A mug for slow mornings.",
+            "image_alt_text": "Mug on a table",
+            "image_prompt": "Mug on an oak table",
+        },
+        "four_images": [
+            {
+                "headline": f"Tile {i}",
+                "body": f"Body {i}",
+                "image_alt_text": f"Alt {i}",
+                "image_prompt": f"Prompt {i}",
+            }
+            for i in range(4)
+        ],
+        "highlights": {
+            "headline": "Why",
+            "bullets": ["Warm", "Sturdy"],
+            "image_alt_text": "Close-up",
+            "image_prompt": "Close-up of glaze",
+        },
+    },
+}
+
+
+@dataclass
+class FakeGemini:
+    """POST /v1beta/models/{model}:generateContent. Script failures by call number:
+    fail = {4: (503, None)} answers call 4 with 503; (429, "7s") adds RetryInfo."""
+
+    api_key: str = "fake-gemini-key"
+    delay: float = 0.0
+    fail: dict[int, tuple[int, str | None]] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def image_calls(self) -> int:
+        with self.lock:
+            return sum(
+                1
+                for c in self.calls
+                if "IMAGE" in c["body"]["generationConfig"].get("responseModalities", [])
+            )
+
+    async def generate(self, request: Request) -> Response:
+        if request.headers.get("x-goog-api-key") != self.api_key:
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "API key not valid.",
+                        "status": "INVALID_ARGUMENT",
+                    }
+                },
+                400,
+            )
+        body = await request.json()
+        with self.lock:
+            self.calls.append({"model": request.path_params["model"], "body": body})
+            number = len(self.calls)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if number in self.fail:
+            status, retry = self.fail[number]
+            details = (
+                [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry}]
+                if retry
+                else []
+            )
+            names = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 500: "INTERNAL"}
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": status,
+                        "message": "scripted failure",
+                        "status": names.get(status, "UNKNOWN"),
+                        "details": details,
+                    }
+                },
+                status,
+            )
+        config = body["generationConfig"]
+        if config.get("responseMimeType") == "application/json":
+            parts = [{"text": "thinking…", "thought": True}, {"text": json.dumps(APLUS)}]
+        else:
+            data = base64.b64encode(product_photo((640, 640))).decode()
+            parts = [
+                {"text": "Here is your image."},
+                {"inlineData": {"mimeType": "image/png", "data": data}},
+            ]
+        return JSONResponse(
+            {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}]}
+        )
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1beta/models/{model}:generateContent", self.generate, methods=["POST"])
+            ]
+        )

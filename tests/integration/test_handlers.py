@@ -1,0 +1,293 @@
+"""The built-in job types end to end: a job row, /process-jobs, the processor's own handler
+routes over HTTP, the demo provider or a local fake Gemini server, local storage, and the
+result tables, all real."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+from psycopg.types.json import Jsonb
+
+from processor.imaging import product_fill
+from tests.conftest import TOKEN
+from tests.fakes import FakeGemini, product_photo
+from tests.support import ThreadedServer
+
+PRODUCT = {
+    "name": "Ceramic Mug",
+    "description": "A 350 ml stoneware mug.",
+    "features": ["Holds 350 ml", "Dishwasher safe"],
+}
+
+
+def enqueue(conn, job_type: str, payload: dict) -> str:
+    return str(
+        conn.execute("select enqueue_job(%s, %s) as id", (job_type, Jsonb(payload))).fetchone()[
+            "id"
+        ]
+    )
+
+
+def run(server, **body) -> dict:
+    response = httpx.post(
+        f"{server.url}/process-jobs",
+        json={"wait": True, **body},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def job(conn, job_id: str) -> dict:
+    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
+
+
+def make_due(conn, job_id: str) -> None:
+    conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
+
+
+@pytest.fixture
+def fake_gemini():
+    fake = FakeGemini()
+    with ThreadedServer(fake.app()) as server:
+        yield (
+            fake,
+            {
+                "GEMINI_API_KEY": fake.api_key,
+                "GEMINI_BASE_URL": f"{server.url}/v1beta",
+                "IMAGE_PROVIDER": "gemini",
+            },
+        )
+
+
+def white_corners(image: Image.Image) -> bool:
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    return all(
+        rgb.getpixel(p) == (255, 255, 255) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))
+    )
+
+
+def test_a_demo_pack_stores_six_real_images_and_links_them(make_service, conn, tmp_path):
+    server = make_service()
+    job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
+    outcome = run(server)["outcomes"][0]
+    assert outcome["status"] == "completed", outcome
+    row = job(conn, job_id)
+    images = row["result"]["images"]
+    assert [i["slot"] for i in images] == [
+        "main",
+        "lifestyle",
+        "infographic",
+        "detail",
+        "in_use",
+        "packaging",
+    ]
+    assert row["result"]["demo"] is True
+    assert row["progress"]["done"] == row["progress"]["total"] == 6
+    files = sorted(p.name for p in (tmp_path / "storage" / "p1" / job_id).iterdir())
+    assert files == [
+        "detail.png",
+        "in_use.png",
+        "infographic.png",
+        "lifestyle.png",
+        "main.jpg",
+        "packaging.png",
+    ]
+    for image in images:  # every URL in the result opens, and is the image it says it is
+        response = httpx.get(image["url"])
+        assert response.status_code == 200
+        opened = Image.open(io.BytesIO(response.content))
+        assert opened.size == (image["width"], image["height"])
+    recorded = conn.execute(
+        "select count(*) as n from generated_images where job_id = %s", (job_id,)
+    ).fetchone()["n"]
+    assert recorded == 6
+
+
+def test_the_main_image_is_the_product_on_pure_white_filling_about_85_percent(
+    make_service, conn, tmp_path
+):
+    server = make_service()
+    job_id = enqueue(
+        conn, "generate-image", {"project_id": "p1", "product": PRODUCT, "kind": "main"}
+    )
+    run(server)
+    data = (tmp_path / "storage" / "p1" / job_id / "main.jpg").read_bytes()
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG"
+    assert image.size[0] == image.size[1] >= 1600
+    assert white_corners(image)
+    assert 0.85 <= product_fill(image) <= 0.90
+    assert job(conn, job_id)["result"]["image"]["provider"] == "demo + local cut-out"
+
+
+def test_the_main_image_from_a_source_photo_url(make_service, conn, tmp_path):
+    photo = product_photo((900, 600), backdrop=(180, 190, 200), fmt="JPEG")
+
+    async def serve(request):
+        from starlette.responses import Response
+
+        return Response(photo, media_type="image/jpeg")
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    with ThreadedServer(Starlette(routes=[Route("/photo.jpg", serve)])) as photos:
+        server = make_service()
+        job_id = enqueue(
+            conn,
+            "generate-image",
+            {"project_id": "p1", "product": PRODUCT, "source_image_url": f"{photos.url}/photo.jpg"},
+        )
+        run(server)
+    image = Image.open(tmp_path / "storage" / "p1" / job_id / "main.jpg")
+    assert white_corners(image)
+    assert 0.85 <= product_fill(image) <= 0.90
+    # The product (a red box) survived the cut-out with its colour.
+    r, g, b = image.convert("RGB").getpixel((800, 800))
+    assert r > 150 and g < 80 and b < 80
+
+
+def test_an_invalid_payload_fails_at_once_naming_each_bad_field(make_service, conn, fake_gemini):
+    fake, env = fake_gemini
+    server = make_service(env)
+    job_id = enqueue(
+        conn,
+        "generate-image",
+        {"project_id": "p1", "product": {"features": "x"}, "kind": "poster", "aspect_ratio": "5:4"},
+    )
+    run(server)
+    row = job(conn, job_id)
+    assert row["status"] == "failed"
+    assert row["retry_count"] == 0
+    for field in (
+        "product.name is required",
+        "product.features must be a list",
+        "kind must be one of",
+        "aspect_ratio must be one of",
+    ):
+        assert field in row["error_message"]
+    assert fake.calls == []  # nothing was spent on a job that could never succeed
+
+
+def test_a_pack_against_fake_gemini_completes(make_service, conn, fake_gemini):
+    fake, env = fake_gemini
+    server = make_service(env)
+    job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p9", "product": PRODUCT})
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    assert fake.image_calls == 6
+    providers = {i["provider"] for i in job(conn, job_id)["result"]["images"]}
+    assert providers == {"gemini", "gemini + local cut-out"}
+    first = fake.calls[0]["body"]
+    assert first["generationConfig"]["responseModalities"] == ["TEXT", "IMAGE"]
+    assert fake.calls[0]["model"] == "gemini-3.1-flash-image"
+
+
+def test_a_pack_that_fails_mid_way_regenerates_only_the_missing_images(
+    make_service, conn, fake_gemini
+):
+    fake, env = fake_gemini
+    fake.fail = {4: (503, None)}
+    server = make_service({**env, "PACK_CONCURRENCY": "1"})
+    job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
+    assert run(server)["outcomes"][0]["status"] == "pending"
+    first = job(conn, job_id)
+    assert first["retry_count"] == 1
+    assert "503" in first["error_message"]
+    assert first["progress"]["done"] == 3
+    assert fake.image_calls == 4  # three images stored, the fourth call failed
+
+    make_due(conn, job_id)
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    assert fake.image_calls == 4 + 3  # only the three missing images were generated again
+    slots = [
+        r["slot"]
+        for r in conn.execute(
+            "select slot from generated_images where job_id = %s order by id", (job_id,)
+        )
+    ]
+    assert sorted(slots) == sorted(
+        ["main", "lifestyle", "infographic", "detail", "in_use", "packaging"]
+    )
+
+
+def test_a_provider_rate_limit_postpones_the_job_without_spending_an_attempt(
+    make_service, conn, fake_gemini
+):
+    fake, env = fake_gemini
+    fake.fail = {1: (429, "42s")}
+    server = make_service(env)
+    job_id = enqueue(
+        conn, "generate-image", {"project_id": "p1", "product": PRODUCT, "kind": "lifestyle"}
+    )
+    before = time.time()
+    assert run(server)["outcomes"][0]["status"] == "pending"
+    row = job(conn, job_id)
+    assert (row["retry_count"], row["postponements"]) == (0, 1)
+    wait = row["run_at"].timestamp() - before
+    assert 40 <= wait <= 45
+    assert "RESOURCE_EXHAUSTED" in row["error_message"]
+
+
+def test_aplus_writes_a_checked_document_and_module_images_at_their_sizes(
+    make_service, conn, fake_gemini
+):
+    fake, env = fake_gemini
+    server = make_service(env)
+    job_id = enqueue(conn, "generate-aplus", {"project_id": "p1", "product": PRODUCT})
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    aplus = job(conn, job_id)["result"]["aplus"]
+    modules = aplus["document"]["modules"]
+    assert (modules["header"]["image"]["width"], modules["header"]["image"]["height"]) == (970, 600)
+    assert {(t["image"]["width"], t["image"]["height"]) for t in modules["four_images"]} == {
+        (220, 220)
+    }
+    assert (modules["highlights"]["image"]["width"], modules["highlights"]["image"]["height"]) == (
+        300,
+        300,
+    )
+    text_call = next(c for c in fake.calls if "responseJsonSchema" in c["body"]["generationConfig"])
+    assert text_call["model"] == "gemini-3.5-flash"
+    assert "PRODUCT_JSON" in text_call["body"]["contents"][0]["parts"][0]["text"]
+    stored = conn.execute(
+        "select content from aplus_contents where job_id = %s", (job_id,)
+    ).fetchone()["content"]
+    assert stored["document"]["headline"] == "Meet the Mug"
+
+
+def test_a_pack_with_aplus_includes_the_document(make_service, conn):
+    server = make_service()
+    job_id = enqueue(
+        conn,
+        "generate-complete-pack",
+        {"project_id": "p1", "product": PRODUCT, "include_aplus": True},
+    )
+    run(server)
+    row = job(conn, job_id)
+    assert row["status"] == "completed"
+    assert row["result"]["aplus"]["document"]["headline"] == "Meet the Ceramic Mug"
+    assert row["progress"]["done"] == row["progress"]["total"] == 13
+
+
+def test_handlers_refuse_calls_without_the_token(make_service):
+    server = make_service()
+    body = {
+        "job_id": "00000000-0000-0000-0000-000000000000",
+        "lease_token": "00000000-0000-0000-0000-000000000000",
+        "payload": {},
+    }
+    response = httpx.post(f"{server.url}/process-image", json=body)
+    assert response.status_code == 401
+    bad = httpx.post(
+        f"{server.url}/process-image",
+        content=json.dumps({"x": 1}),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert bad.status_code == 400
