@@ -113,7 +113,7 @@ processor dev
   token        {token_ref}
 
 Try it (another terminal):
-  psql {database_url} -c "insert into job_queue (job_type, payload) values ('generate-image', '{{\\"project_id\\": \\"p1\\", \\"product\\": {{\\"name\\": \\"Mug\\"}}}}')"
+  psql {database_url} -c "insert into job_queue (job_type, payload) values ('generate-complete-pack', '{{\\"project_id\\": \\"p1\\", \\"product\\": {{\\"name\\": \\"Ceramic Mug\\"}}}}')"
   curl -s -X POST {base}/process-jobs -H "Authorization: Bearer {token_ref}" -d '{{"wait": true}}'
   curl -s {base}/jobs/<id> -H "Authorization: Bearer {token_ref}"
 Ctrl-C stops the server and the database.

@@ -1,0 +1,117 @@
+"""Wall time of one image and of a complete pack, through the whole stack, against the local
+fake Gemini server adding a fixed delay to every call.
+
+    .venv/bin/python bench/pack_wall_time.py [--delay 2.0] [--concurrency 1,3,6]
+
+A job is enqueued, /process-jobs is called with {"wait": true}, and the time until the answer
+(the job completed) is measured. With a delay d per provider call, a pack of six images ideally
+takes ceil(6 / concurrency) * d; the report shows how close the stack comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+from psycopg.types.json import Jsonb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from processor.app import create_app
+from processor.logging import configure
+from processor.migrate import migrate
+from processor.pgcluster import LocalCluster, free_port
+from processor.settings import Settings
+from tests.fakes import FakeGemini
+from tests.support import ThreadedServer
+
+TOKEN = "bench-token-0123456789"
+PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
+
+
+def timed_job(url: str, server: ThreadedServer, job_type: str, payload: dict) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select enqueue_job(%s, %s)", (job_type, Jsonb(payload)))
+    started = time.perf_counter()
+    body = httpx.post(
+        f"{server.url}/process-jobs",
+        json={"wait": True},
+        timeout=600,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()
+    elapsed = time.perf_counter() - started
+    status = body["outcomes"][0]["status"]
+    assert status == "completed", body
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--delay", type=float, default=2.0)
+    parser.add_argument("--concurrency", default="1,3,6")
+    args = parser.parse_args()
+    configure("console", "warning")
+
+    folder = Path(tempfile.mkdtemp(prefix="processor-bench-"))
+    folder.chmod(0o755)
+    cluster = LocalCluster(folder / "pg", free_port())
+    cluster.start()
+    fake = FakeGemini(delay=args.delay)
+    try:
+        migrate(cluster.url)
+        with ThreadedServer(fake.app()) as gemini:
+            print(f"fake Gemini delay per call: {args.delay:.1f} s")
+            print(f"{'job':<34} {'calls':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6}")
+            for concurrency in map(int, args.concurrency.split(",")):
+                port = free_port()
+                env = {
+                    "DATABASE_URL": cluster.url,
+                    "PROCESSOR_TOKEN": TOKEN,
+                    "PROCESSOR_URL": f"http://127.0.0.1:{port}",
+                    "GEMINI_API_KEY": fake.api_key,
+                    "GEMINI_BASE_URL": f"{gemini.url}/v1beta",
+                    "LOCAL_STORAGE_DIR": str(folder / "storage"),
+                    "PACK_CONCURRENCY": str(concurrency),
+                    "LOG_LEVEL": "warning",
+                }
+                with ThreadedServer(create_app(Settings.from_env(env)), port) as server:
+                    runs = [
+                        ("generate-image (lifestyle)", "generate-image", {"kind": "lifestyle"}, 1),
+                        ("generate-image (main)", "generate-image", {"kind": "main"}, 1),
+                        (
+                            f"complete pack, concurrency {concurrency}",
+                            "generate-complete-pack",
+                            {},
+                            math.ceil(6 / concurrency),
+                        ),
+                    ]
+                    for label, job_type, extra, rounds in runs:
+                        if (
+                            concurrency != int(args.concurrency.split(",")[0])
+                            and job_type == "generate-image"
+                        ):
+                            continue
+                        before = len(fake.calls)
+                        wall = timed_job(
+                            cluster.url,
+                            server,
+                            job_type,
+                            {"project_id": "bench", "product": PRODUCT, **extra},
+                        )
+                        ideal = rounds * args.delay
+                        print(
+                            f"{label:<34} {len(fake.calls) - before:>5} {wall:>8.2f} "
+                            f"{ideal:>8.2f} {wall / ideal:>6.2f}"
+                        )
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
