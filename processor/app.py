@@ -23,17 +23,19 @@ from processor import handlers
 from processor.auth import require_token
 from processor.db import Database
 from processor.dispatch import Dispatcher
+from processor.drainer import Drainer
 from processor.errors import DatabaseError
 from processor.handlers.common import HandlerContext
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
 from processor.queue import JobQueue
+from processor.relay import Relay
 from processor.settings import Settings
 from processor.storage import FILES_PREFIX, LocalStorage
 
 log = structlog.get_logger("processor.app")
 
-CLAIM_FIELDS = ("limit", "job_types", "wait")
+CLAIM_FIELDS = ("limit", "job_types", "wait", "drain")
 
 
 class ApiResponse(JSONResponse):
@@ -54,7 +56,7 @@ def _encode(value: Any) -> Any:
 async def process_jobs(request: Request) -> Response:
     """Requeues expired leases, claims due jobs, answers at once, and dispatches them."""
     require_token(request)
-    limit, job_types, wait = parse_claim_request(
+    limit, job_types, wait, drain = parse_claim_request(
         await request.body(), request.app.state.settings.max_claim
     )
     structlog.contextvars.bind_contextvars(
@@ -79,16 +81,19 @@ async def process_jobs(request: Request) -> Response:
     if requeued:
         body["requeued_expired"] = requeued
     tasks = dispatcher.start(jobs)
+    if drain:
+        request.app.state.drainer.request(job_types)
     if wait:
         outcomes = await asyncio.gather(*tasks)
         body["outcomes"] = [o.as_dict() for o in outcomes]
     return ApiResponse(body)
 
 
-def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool]:
-    """Validates the optional body {"limit", "job_types", "wait"}; 400 names what is wrong."""
+def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool, bool]:
+    """Validates the optional body {"limit", "job_types", "wait", "drain"}; 400 names what is
+    wrong. drain: keep claiming due jobs for DRAIN_SECONDS after answering (the trigger path)."""
     if not raw.strip():
-        return 1, None, False
+        return 1, None, False, False
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -113,7 +118,10 @@ def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | No
     wait = data.get("wait", False)
     if not isinstance(wait, bool):
         raise HTTPException(400, f"wait must be true or false, got {wait!r}")
-    return limit, job_types, wait
+    drain = data.get("drain", False)
+    if not isinstance(drain, bool):
+        raise HTTPException(400, f"drain must be true or false, got {drain!r}")
+    return limit, job_types, wait, drain
 
 
 async def get_job(request: Request) -> Response:
@@ -178,11 +186,21 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
         app.state.queue = queue
         app.state.dispatcher = Dispatcher(queue, settings, client)
+        app.state.drainer = Drainer(queue, app.state.dispatcher, settings)
+        relay = (
+            asyncio.create_task(Relay(settings.database_url, client).run())
+            if settings.run_relay
+            else None
+        )
         log.info("processor_started", worker=settings.worker_id, routes=sorted(settings.routes()))
         try:
             yield
         finally:
-            await app.state.dispatcher.drain(settings.shutdown_grace)
+            if relay is not None:
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+            await app.state.drainer.stop()
+            await app.state.dispatcher.shutdown(settings.shutdown_grace)
             if http_client is None:
                 await client.aclose()
             await db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -16,7 +17,7 @@ from uuid import UUID
 import uvicorn
 from psycopg.types.json import Jsonb
 
-from processor import db, migrate
+from processor import db, migrate, relay, schedule, verify
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.pgcluster import LocalCluster
@@ -96,7 +97,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "PROCESSOR_TOKEN": token,
             "PROCESSOR_URL": os.environ.get("PROCESSOR_URL", base),
         }
-        settings = Settings.from_env(env)
+        settings = Settings.from_env(env, run_relay=True)
+        result = schedule.schedule(cluster.url, env["PROCESSOR_URL"], token, local=True)
+        print(
+            f"Cron job '{schedule.JOB_NAME}': every '{result.schedule}' "
+            f"(pg_cron {result.cron_version}), instant pickup on insert, "
+            f"pg_net: {result.net} (the relay runs inside this server)"
+        )
         print(_dev_banner(cluster.url, base, token_ref))
         _serve(settings, args.host, args.port)
     finally:
@@ -118,6 +125,46 @@ Try it (another terminal):
   curl -s {base}/jobs/<id> -H "Authorization: Bearer {token_ref}"
 Ctrl-C stops the server and the database.
 """  # noqa: E501
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    url = args.url or os.environ.get("PROCESSOR_URL")
+    if not url:
+        raise ConfigError("give the processor's URL: --url https://… (or set PROCESSOR_URL)")
+    result = schedule.schedule(
+        _database_url(),
+        url,
+        os.environ.get("PROCESSOR_TOKEN", ""),
+        local=args.local,
+        instant_pickup=args.instant_pickup == "on",
+    )
+    print(
+        f"scheduled '{schedule.JOB_NAME}': every '{result.schedule}' "
+        f"(pg_cron {result.cron_version}) → {url.rstrip('/')}/process-jobs"
+    )
+    print(
+        f"url and token stored in {result.secrets_in}; pg_net: {result.net}; "
+        f"instant pickup on insert: {args.instant_pickup}"
+    )
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_unschedule(args: argparse.Namespace) -> int:
+    removed = schedule.unschedule(_database_url())
+    print(f"removed '{schedule.JOB_NAME}'" if removed else f"no cron job '{schedule.JOB_NAME}'")
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    configure(os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"))
+    asyncio.run(relay.run_forever(_database_url()))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return 0 if verify.verify(_database_url()) else 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -233,6 +280,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     sub.add_parser("stats", help="jobs per type and status").set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("schedule", help="install the pg_cron job that calls /process-jobs")
+    p.add_argument("--url", help="where the database reaches the processor (PROCESSOR_URL)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="install the local pg_net stand-in (development; never on Supabase)",
+    )
+    p.add_argument(
+        "--instant-pickup",
+        choices=("on", "off"),
+        default="on",
+        help="call the processor from an insert trigger too (default on)",
+    )
+    p.set_defaults(func=cmd_schedule)
+    sub.add_parser("unschedule", help="remove the pg_cron job").set_defaults(func=cmd_unschedule)
+    sub.add_parser("relay", help="send the local pg_net stand-in's requests").set_defaults(
+        func=cmd_relay
+    )
+    sub.add_parser("verify", help="check every link of the trigger chain").set_defaults(
+        func=cmd_verify
+    )
     return parser
 
 

@@ -127,7 +127,14 @@ class Dispatcher:
             tasks.append(task)
         return tasks
 
-    async def drain(self, grace: float) -> None:
+    async def wait_for_a_slot(self, within: float) -> None:
+        """Returns when a running job finishes (or after `within` seconds)."""
+        if self._running:
+            await asyncio.wait(
+                set(self._running), timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
+
+    async def shutdown(self, grace: float) -> None:
         """Waits up to `grace` seconds for running jobs, then interrupts the rest (each records a
         retryable failure, so nothing waits for its lease to expire)."""
         if not self._running:

@@ -7,14 +7,14 @@ from processor.app import parse_claim_request
 
 
 def test_an_empty_body_claims_one_job_without_waiting():
-    assert parse_claim_request(b"", 50) == (1, None, False)
-    assert parse_claim_request(b"  \n", 50) == (1, None, False)
-    assert parse_claim_request(b"{}", 50) == (1, None, False)
+    assert parse_claim_request(b"", 50) == (1, None, False, False)
+    assert parse_claim_request(b"  \n", 50) == (1, None, False, False)
+    assert parse_claim_request(b"{}", 50) == (1, None, False, False)
 
 
 def test_all_fields_are_read():
-    raw = b'{"limit": 7, "job_types": ["a", "b"], "wait": true}'
-    assert parse_claim_request(raw, 50) == (7, ["a", "b"], True)
+    raw = b'{"limit": 7, "job_types": ["a", "b"], "wait": true, "drain": true}'
+    assert parse_claim_request(raw, 50) == (7, ["a", "b"], True, True)
 
 
 def test_invalid_utf8_is_a_400():
