@@ -61,11 +61,21 @@ class Relay:
             await conn.execute(query("relay_listen"))
             log.info("relay_listening", channel=CHANNEL)
             rounds = 0
+            missing_logged = False
             while True:
-                await self.flush()
+                try:
+                    await self.flush()
+                except DatabaseError as exc:
+                    # e.g. the stand-in is not installed yet: keep listening, it may be soon.
+                    if not missing_logged:
+                        log.warning("relay_cannot_read_queue", error=str(exc))
+                        missing_logged = True
                 rounds += 1
                 if rounds % 600 == 0:
-                    await self.db.fetch_all("relay_prune", {"ttl_seconds": RESPONSE_TTL_SECONDS})
+                    with contextlib.suppress(DatabaseError):
+                        await self.db.fetch_all(
+                            "relay_prune", {"ttl_seconds": RESPONSE_TTL_SECONDS}
+                        )
                 async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
                     pass
 

@@ -58,6 +58,21 @@ def _store_secret(conn: psycopg.Connection[Row], name: str, value: str) -> str:
     return "processor_settings"
 
 
+def configure_endpoint(
+    conn: psycopg.Connection[Row], url: str, token: str, *, instant_pickup: bool = True
+) -> str:
+    """Stores where and how the database calls the processor; returns where the secrets went."""
+    with conn.transaction():
+        where = _store_secret(conn, "processor_url", url.rstrip("/"))
+        _store_secret(conn, "processor_token", token)
+        run(
+            conn,
+            "setting_upsert",
+            {"key": "instant_pickup", "value": "on" if instant_pickup else "off"},
+        )
+    return where
+
+
 def schedule(
     database_url: str, url: str, token: str, *, local: bool = False, instant_pickup: bool = True
 ) -> Scheduled:
@@ -80,19 +95,8 @@ def schedule(
             raise DatabaseError(f"cannot enable pg_cron here: {describe(exc)}") from exc
         version = run(conn, "cron_version")[0]["extversion"]
         expression, warning = cron_schedule_for(version)
-        with conn.transaction():
-            where = _store_secret(conn, "processor_url", url.rstrip("/"))
-            _store_secret(conn, "processor_token", token)
-            run(
-                conn,
-                "setting_upsert",
-                {"key": "instant_pickup", "value": "on" if instant_pickup else "off"},
-            )
-            run(
-                conn,
-                "cron_schedule",
-                {"name": JOB_NAME, "schedule": expression, "command": COMMAND},
-            )
+        where = configure_endpoint(conn, url, token, instant_pickup=instant_pickup)
+        run(conn, "cron_schedule", {"name": JOB_NAME, "schedule": expression, "command": COMMAND})
     return Scheduled(
         expression,
         version,

@@ -1,0 +1,253 @@
+"""The trigger path with real parts: the pg_net stand-in and its relay, the insert trigger,
+real pg_cron firing on its own, `processor schedule` and `processor verify`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from processor import migrate, schedule
+from processor.errors import ConfigError
+from processor.pgcluster import LocalCluster, free_port
+from processor.verify import verify
+from tests.conftest import TOKEN
+
+
+def wire(database_url: str, server_url: str, *, instant_pickup: bool = True) -> None:
+    """What `processor schedule --local` does, minus pg_cron (only the cron database has it)."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        schedule.install_standin(conn)
+        schedule.configure_endpoint(conn, server_url, TOKEN, instant_pickup=instant_pickup)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def count(conn, sql: str, *args) -> int:
+    return conn.execute(sql, args).fetchone()["n"]
+
+
+def test_schedule_refuses_a_database_without_pg_net_unless_local(database_url):
+    with pytest.raises(ConfigError, match=r"pg_net is not installed.*--local"):
+        schedule.schedule(database_url, "http://127.0.0.1:1", TOKEN)
+
+
+def test_the_standin_sends_only_after_commit_and_records_the_answer(
+    make_service, database_url, conn, handler, handler_url
+):
+    make_service(run_relay=True)
+    wire(database_url, "http://127.0.0.1:1")
+    body = '{"job_id": "j-commit", "attempt": 1, "payload": {}}'
+    with psycopg.connect(database_url, row_factory=dict_row) as tx:
+        request_id = tx.execute(
+            "select net.http_post(%s, %s::jsonb) as id", (f"{handler_url}/ok", body)
+        ).fetchone()["id"]
+        time.sleep(1.0)
+        assert handler.calls_for("j-commit") == []  # not sent while the transaction is open
+        committed = time.monotonic()
+    wait_until(lambda: handler.calls_for("j-commit"), 5, "the request after commit")
+    assert handler.calls_for("j-commit")[0].started - committed < 1.0
+    wait_until(
+        lambda: count(
+            conn, "select count(*) as n from net._http_response where id = %s", request_id
+        ),
+        5,
+        "the recorded response",
+    )
+    response = conn.execute(
+        "select * from net._http_response where id = %s", (request_id,)
+    ).fetchone()
+    assert (response["status_code"], response["timed_out"]) == (200, False)
+    assert count(conn, "select count(*) as n from net.http_request_queue") == 0
+
+
+def test_the_standin_records_timeouts_like_pg_net(make_service, database_url, conn, handler_url):
+    make_service(run_relay=True)
+    wire(database_url, "http://127.0.0.1:1")
+    slow = '{"job_id": "j-slow", "attempt": 1, "payload": {"respond": {"delay": 2}}}'
+    request_id = conn.execute(
+        "select net.http_post(%s, %s::jsonb, timeout_milliseconds => 300) as id",
+        (f"{handler_url}/slow", slow),
+    ).fetchone()["id"]
+    wait_until(
+        lambda: count(
+            conn, "select count(*) as n from net._http_response where id = %s", request_id
+        ),
+        5,
+        "the timeout to be recorded",
+    )
+    row = conn.execute("select * from net._http_response where id = %s", (request_id,)).fetchone()
+    assert row["timed_out"] is True
+    assert row["status_code"] is None
+    assert "300 ms" in row["error_msg"]
+
+
+def test_an_insert_starts_its_job_within_a_second_of_commit(
+    make_service, database_url, conn, handler
+):
+    server = make_service(run_relay=True)
+    wire(database_url, server.url)
+    job_id = conn.execute("insert into job_queue (job_type) values ('ok') returning id").fetchone()[
+        "id"
+    ]
+    committed = time.monotonic()  # autocommit: the insert has committed
+    wait_until(lambda: handler.calls_for(job_id), 5, "the handler call")
+    assert handler.calls_for(job_id)[0].started - committed < 1.0
+    wait_until(
+        lambda: (
+            conn.execute("select status from job_queue where id = %s", (job_id,)).fetchone()[
+                "status"
+            ]
+            == "completed"
+        ),
+        5,
+        "completion",
+    )
+
+
+def test_instant_pickup_can_be_switched_off(make_service, database_url, conn, handler):
+    server = make_service(run_relay=True)
+    wire(database_url, server.url, instant_pickup=False)
+    conn.execute("insert into job_queue (job_type) values ('ok')")
+    time.sleep(1.0)
+    assert count(conn, "select count(*) as n from net.http_request_queue") == 0
+    assert count(conn, "select count(*) as n from net._http_response") == 0
+    assert handler.calls == []
+
+
+def test_an_insert_never_fails_because_the_trigger_path_is_broken(database_url, conn):
+    # No pg_net, no endpoint: the job is stored and waits for cron, silently.
+    conn.execute("insert into job_queue (job_type) values ('ok')")
+    assert count(conn, "select count(*) as n from job_queue") == 1
+
+
+def test_a_bulk_insert_of_1000_jobs_makes_a_bounded_number_of_calls_and_all_finish(
+    make_service, database_url, conn, handler
+):
+    server = make_service({"DRAIN_SECONDS": "60", "MAX_RUNNING_JOBS": "40"}, run_relay=True)
+    wire(database_url, server.url)
+    conn.execute("insert into job_queue (job_type) select 'ok' from generate_series(1, 1000)")
+    wait_until(
+        lambda: (
+            count(conn, "select count(*) as n from job_queue where status = 'completed'") == 1000
+        ),
+        60,
+        "1000 completions",
+    )
+    calls = count(conn, "select count(*) as n from net._http_response")
+    queued = count(conn, "select count(*) as n from net.http_request_queue")
+    assert calls + queued == 1  # one INSERT statement, one call
+    assert len(handler.calls) == 1000
+    assert len({c.job_id for c in handler.calls}) == 1000
+
+
+# pg_cron lives in one database of the cluster (cron.database_name): these tests use it.
+
+
+@pytest.fixture
+def cron_db(cluster: LocalCluster) -> Iterator[str]:
+    migrate.migrate(cluster.url)
+    yield cluster.url
+    schedule.unschedule(cluster.url)
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        conn.execute("truncate job_queue cascade")
+        conn.execute("delete from processor_settings")
+
+
+def test_schedule_installs_one_job_whose_command_holds_no_secret(cron_db):
+    first = schedule.schedule(cron_db, "http://127.0.0.1:9/", TOKEN, local=True)
+    again = schedule.schedule(cron_db, "http://127.0.0.1:9", TOKEN, local=True)
+    assert first.schedule == again.schedule == "* * * * *"  # pg_cron 1.4 here
+    assert "1.5" in first.warning and "every ten minutes" in first.warning
+    with psycopg.connect(cron_db, autocommit=True, row_factory=dict_row) as conn:
+        jobs = conn.execute(
+            "select command from cron.job where jobname = 'process-job-queue'"
+        ).fetchall()
+        assert jobs == [{"command": "select invoke_job_processor()"}]
+        everything = conn.execute("select string_agg(command, ' ') as c from cron.job").fetchone()[
+            "c"
+        ]
+        assert TOKEN not in everything
+        conn.execute("create role curious_reader")
+        try:
+            conn.execute("set role curious_reader")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select * from processor_settings")
+        finally:
+            conn.execute("reset role")
+            conn.execute("drop role curious_reader")
+    assert schedule.unschedule(cron_db) is True
+    assert schedule.unschedule(cron_db) is False
+
+
+@pytest.mark.slow
+def test_pg_cron_fires_by_itself_and_the_job_completes(make_service, cron_db, handler):
+    server = make_service({"DATABASE_URL": cron_db}, run_relay=True)
+    schedule.schedule(cron_db, server.url, TOKEN, local=True, instant_pickup=False)
+    with psycopg.connect(cron_db, autocommit=True, row_factory=dict_row) as conn:
+        job_id = conn.execute(
+            "insert into job_queue (job_type) values ('ok') returning id"
+        ).fetchone()["id"]
+        # Nothing else calls the endpoint: only the next minute's cron tick can run this job.
+        wait_until(
+            lambda: (
+                conn.execute("select status from job_queue where id = %s", (job_id,)).fetchone()[
+                    "status"
+                ]
+                == "completed"
+            ),
+            75,
+            "the cron tick",
+        )
+        runs = conn.execute("""select d.status from cron.job_run_details d
+                               join cron.job j using (jobid)
+                               where j.jobname = 'process-job-queue'""").fetchall()
+    assert {"status": "succeeded"} in runs
+    assert len(handler.calls_for(job_id)) == 1
+
+
+def test_verify_is_all_green_on_a_working_stack_and_names_a_stopped_server(make_service, cron_db):
+    server = make_service({"DATABASE_URL": cron_db}, run_relay=True)
+    schedule.schedule(cron_db, server.url, TOKEN, local=True)
+    with psycopg.connect(cron_db, autocommit=True) as conn:
+        conn.execute("insert into job_queue (job_type) values ('ok')")
+    time.sleep(0.5)
+    lines: list[str] = []
+    assert verify(cron_db, lines.append) is True, lines
+    assert all(line.startswith("✓") for line in lines)
+    assert len(lines) == 8
+
+    server.__exit__(None, None, None)  # the processor goes away
+    lines.clear()
+    assert verify(cron_db, lines.append) is False
+    failed = [line for line in lines if line.startswith("✗")]
+    assert failed[0].startswith(f"✗ processor unreachable at {server.url}")
+    assert "fix: start it" in failed[0]
+    # The links before it still hold (a cron tick in this very second could add a pg_net line).
+    assert all(line.startswith("✓") for line in lines[:4])
+
+
+def test_verify_names_a_wrong_token(make_service, cron_db):
+    server = make_service({"DATABASE_URL": cron_db})
+    schedule.schedule(cron_db, server.url, "a-different-token-entirely", local=True)
+    lines: list[str] = []
+    assert verify(cron_db, lines.append) is False
+    assert any(
+        line.startswith(f"✗ processor at {server.url} rejects the stored token (401)")
+        for line in lines
+    )
+
+
+def test_verify_says_when_the_database_is_unreachable():
+    lines: list[str] = []
+    assert verify(f"postgresql://postgres@127.0.0.1:{free_port()}/x", lines.append) is False
+    assert lines[0].startswith("✗ database unreachable")
