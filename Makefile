@@ -26,6 +26,7 @@ test: system-deps install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy processor
 
 format: install
 	$(BIN)/ruff format .

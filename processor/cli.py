@@ -104,6 +104,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"(pg_cron {result.cron_version}), instant pickup on insert, "
             f"pg_net: {result.net} (the relay runs inside this server)"
         )
+        if result.warning:
+            print(f"Note: {result.warning}")
         print(_dev_banner(cluster.url, base, token_ref))
         _serve(settings, args.host, args.port)
     finally:
@@ -119,10 +121,12 @@ processor dev
   serving on   {base}
   token        {token_ref}
 
-Try it (another terminal):
-  psql {database_url} -c "insert into job_queue (job_type, payload) values ('generate-complete-pack', '{{\\"project_id\\": \\"p1\\", \\"product\\": {{\\"name\\": \\"Ceramic Mug\\"}}}}')"
-  curl -s -X POST {base}/process-jobs -H "Authorization: Bearer {token_ref}" -d '{{"wait": true}}'
+Try it (another terminal): a new job starts at once, nobody calls anything
+  export DATABASE_URL={database_url}
+  psql "$DATABASE_URL" -c "insert into job_queue (job_type, payload) values ('generate-complete-pack', '{{\"project_id\": \"p1\", \"product\": {{\"name\": \"Ceramic Mug\"}}}}') returning id"
+  psql "$DATABASE_URL" -c "select id, status, progress->>'done' as done, result->'images'->0->>'url' as main from job_queue"
   curl -s {base}/jobs/<id> -H "Authorization: Bearer {token_ref}"
+  .venv/bin/processor verify
 Ctrl-C stops the server and the database.
 """  # noqa: E501
 

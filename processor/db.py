@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -64,7 +64,8 @@ class Database:
         try:
             async with self._pool.connection() as conn, conn.cursor() as cur:
                 await cur.execute(query(name), _adapt(params or {}))
-                return await cur.fetchall() if cur.description else []
+                rows = await cur.fetchall() if cur.description else []
+                return cast(list[Row], rows)  # the pool's connections use dict_row
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseError(f"{name} failed: {describe(exc)}") from exc
 

@@ -4,6 +4,7 @@ the marketplace main image, and exact module sizes."""
 from __future__ import annotations
 
 import io
+from typing import cast
 
 from PIL import Image, ImageChops, ImageFilter, UnidentifiedImageError
 
@@ -44,12 +45,18 @@ def cutout_local(image: Image.Image, tolerance: int = 28) -> Image.Image:
     """The product on a transparent background, for photos shot on a plain backdrop: the
     backdrop colour is read from the border, and what differs from it is kept. (remove.bg does
     this properly for busy backgrounds; this is the fallback when no key is configured.)"""
-    if image.mode in ("RGBA", "LA") and image.getextrema()[-1][0] < 255:
+    low, _ = (
+        cast(tuple[int, int], image.getchannel("A").getextrema())
+        if image.mode in ("RGBA", "LA")
+        else (255, 255)
+    )
+    if low < 255:
         return image.convert("RGBA")  # already has transparency
     rgb = image.convert("RGB")
     w, h = rgb.size
-    border = [rgb.getpixel((x, y)) for x in range(0, w, max(1, w // 50)) for y in (0, h - 1)]
-    border += [rgb.getpixel((x, y)) for y in range(0, h, max(1, h // 50)) for x in (0, w - 1)]
+    points = [(x, y) for x in range(0, w, max(1, w // 50)) for y in (0, h - 1)]
+    points += [(x, y) for y in range(0, h, max(1, h // 50)) for x in (0, w - 1)]
+    border = [cast(tuple[int, int, int], rgb.getpixel(p)) for p in points]
     backdrop = tuple(sorted(c[i] for c in border)[len(border) // 2] for i in range(3))
     diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, backdrop)).convert("L")
     mask = diff.point(lambda v: 255 if v > tolerance else 0).filter(ImageFilter.MedianFilter(5))

@@ -76,7 +76,7 @@ def migrate(url: str, migrations: list[Migration] | None = None) -> list[Migrati
             for m in todo:
                 try:
                     with conn.transaction():
-                        conn.execute(m.text)  # type: ignore[arg-type]
+                        conn.execute(m.text)
                         run(
                             conn,
                             "migrations_record",

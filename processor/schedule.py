@@ -43,7 +43,7 @@ def install_standin(conn: psycopg.Connection[Row]) -> None:
     state = run(conn, "net_state")[0]
     if state["pg_net_version"]:
         return  # the real pg_net is here: never shadow it
-    conn.execute((sql_dir() / "local" / "pg_net_standin.sql").read_text())  # type: ignore[arg-type]
+    conn.execute((sql_dir() / "local" / "pg_net_standin.sql").read_text())
 
 
 def _store_secret(conn: psycopg.Connection[Row], name: str, value: str) -> str:

@@ -35,7 +35,7 @@ def parse_queries(text: str) -> dict[str, str]:
 def queries() -> dict[str, sql.SQL]:
     """The named queries, loaded once."""
     text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
-    return {name: sql.SQL(body) for name, body in parse_queries(text).items()}  # type: ignore[arg-type]
+    return {name: sql.SQL(body) for name, body in parse_queries(text).items()}
 
 
 def query(name: str) -> sql.SQL:
