@@ -10,20 +10,16 @@ claims with 200,000 finished rows in the table, to show the partial index keeps 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg
-
-from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from common import private_database
 
 
 def run(url: str, jobs: int, workers: int, batch: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate job_queue")
+        conn.execute("truncate job_queue cascade")
         conn.execute(
             "insert into job_queue (job_type) select 'bench' from generate_series(1, %s)", (jobs,)
         )
@@ -59,7 +55,7 @@ def run(url: str, jobs: int, workers: int, batch: int) -> float:
 def claim_latency(url: str, finished: int) -> float:
     """Mean milliseconds of one claim+complete with `finished` completed rows in the table."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate job_queue")
+        conn.execute("truncate job_queue cascade")
         conn.execute(
             "insert into job_queue (job_type, status) "
             "select 'bench', 'completed' from generate_series(1, %s)",
@@ -85,12 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", default="1,10")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="processor-bench-"))
-    folder.chmod(0o755)
-    cluster = LocalCluster(folder / "pg", free_port())  # fsync on: as a real server runs
-    cluster.start()
-    try:
-        migrate(cluster.url)
+    with private_database() as (cluster, _):
         print(f"{args.jobs} jobs, claim + complete, fsync on")
         print(f"{'workers':>8} {'batch':>6} {'jobs/s':>10}")
         for batch in map(int, args.batch.split(",")):
@@ -103,8 +94,6 @@ def main() -> None:
             f"one claim+complete: {empty:.2f} ms with no finished rows, "
             f"{full:.2f} ms with 200,000 (ratio {full / empty:.2f})"
         )
-    finally:
-        cluster.destroy()
 
 
 if __name__ == "__main__":

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import psycopg
+from common import TOKEN, private_database
 from psycopg.types.json import Jsonb
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from processor.app import create_app
 from processor.logging import configure
-from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from processor.pgcluster import free_port
 from processor.settings import Settings
 from tests.fakes import FakeGemini
 from tests.support import ThreadedServer
 
-TOKEN = "bench-token-0123456789"
 PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
 
 
@@ -57,60 +51,51 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,3,6")
     args = parser.parse_args()
     configure("console", "warning")
+    levels = [int(c) for c in args.concurrency.split(",")]
 
-    folder = Path(tempfile.mkdtemp(prefix="processor-bench-"))
-    folder.chmod(0o755)
-    cluster = LocalCluster(folder / "pg", free_port())
-    cluster.start()
     fake = FakeGemini(delay=args.delay)
-    try:
-        migrate(cluster.url)
-        with ThreadedServer(fake.app()) as gemini:
-            print(f"fake Gemini delay per call: {args.delay:.1f} s")
-            print(f"{'job':<34} {'calls':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6}")
-            for concurrency in map(int, args.concurrency.split(",")):
-                port = free_port()
-                env = {
-                    "DATABASE_URL": cluster.url,
-                    "PROCESSOR_TOKEN": TOKEN,
-                    "PROCESSOR_URL": f"http://127.0.0.1:{port}",
-                    "GEMINI_API_KEY": fake.api_key,
-                    "GEMINI_BASE_URL": f"{gemini.url}/v1beta",
-                    "LOCAL_STORAGE_DIR": str(folder / "storage"),
-                    "PACK_CONCURRENCY": str(concurrency),
-                    "LOG_LEVEL": "warning",
-                }
-                with ThreadedServer(create_app(Settings.from_env(env)), port) as server:
-                    runs = [
-                        ("generate-image (lifestyle)", "generate-image", {"kind": "lifestyle"}, 1),
-                        ("generate-image (main)", "generate-image", {"kind": "main"}, 1),
-                        (
-                            f"complete pack, concurrency {concurrency}",
-                            "generate-complete-pack",
-                            {},
-                            math.ceil(6 / concurrency),
-                        ),
-                    ]
-                    for label, job_type, extra, rounds in runs:
-                        if (
-                            concurrency != int(args.concurrency.split(",")[0])
-                            and job_type == "generate-image"
-                        ):
-                            continue
-                        before = len(fake.calls)
-                        wall = timed_job(
-                            cluster.url,
-                            server,
-                            job_type,
-                            {"project_id": "bench", "product": PRODUCT, **extra},
-                        )
-                        ideal = rounds * args.delay
-                        print(
-                            f"{label:<34} {len(fake.calls) - before:>5} {wall:>8.2f} "
-                            f"{ideal:>8.2f} {wall / ideal:>6.2f}"
-                        )
-    finally:
-        cluster.destroy()
+    with private_database() as (cluster, folder), ThreadedServer(fake.app()) as gemini:
+        print(f"fake Gemini delay per call: {args.delay:.1f} s")
+        print(f"{'job':<34} {'calls':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6}")
+        for concurrency in levels:
+            port = free_port()
+            env = {
+                "DATABASE_URL": cluster.url,
+                "PROCESSOR_TOKEN": TOKEN,
+                "PROCESSOR_URL": f"http://127.0.0.1:{port}",
+                "GEMINI_API_KEY": fake.api_key,
+                "GEMINI_BASE_URL": f"{gemini.url}/v1beta",
+                "LOCAL_STORAGE_DIR": str(folder / "storage"),
+                "PACK_CONCURRENCY": str(concurrency),
+                "LOG_LEVEL": "warning",
+            }
+            runs = [
+                (
+                    f"complete pack, concurrency {concurrency}",
+                    "generate-complete-pack",
+                    {},
+                    math.ceil(6 / concurrency),
+                )
+            ]
+            if concurrency == levels[0]:  # single images do not depend on the concurrency
+                runs[:0] = [
+                    ("generate-image (lifestyle)", "generate-image", {"kind": "lifestyle"}, 1),
+                    ("generate-image (main)", "generate-image", {"kind": "main"}, 1),
+                ]
+            with ThreadedServer(create_app(Settings.from_env(env)), port) as server:
+                for label, job_type, extra, rounds in runs:
+                    before = len(fake.calls)
+                    wall = timed_job(
+                        cluster.url,
+                        server,
+                        job_type,
+                        {"project_id": "bench", "product": PRODUCT, **extra},
+                    )
+                    ideal = rounds * args.delay
+                    print(
+                        f"{label:<34} {len(fake.calls) - before:>5} {wall:>8.2f} "
+                        f"{ideal:>8.2f} {wall / ideal:>6.2f}"
+                    )
 
 
 if __name__ == "__main__":

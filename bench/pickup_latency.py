@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import psycopg
+from common import TOKEN, private_database
 from psycopg.rows import dict_row
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from processor import schedule
 from processor.app import create_app
 from processor.logging import configure
-from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from processor.pgcluster import free_port
 from processor.settings import Settings
 from tests.support import ScriptedHandler, ThreadedServer
-
-TOKEN = "bench-token-0123456789"
 
 
 def insert_jobs(url: str, jobs: int, gap: float) -> dict[str, float]:
@@ -80,37 +73,29 @@ def main() -> None:
     args = parser.parse_args()
     configure("console", "warning")
 
-    folder = Path(tempfile.mkdtemp(prefix="processor-bench-"))
-    folder.chmod(0o755)
-    cluster = LocalCluster(folder / "pg", free_port())
-    cluster.start()
     handler = ScriptedHandler()
-    try:
-        migrate(cluster.url)
-        with ThreadedServer(handler.app()) as handlers:
-            port = free_port()
-            env = {
-                "DATABASE_URL": cluster.url,
-                "PROCESSOR_TOKEN": TOKEN,
-                "PROCESSOR_URL": f"http://127.0.0.1:{port}",
-                "LOG_LEVEL": "warning",
-                "JOB_ROUTES": f'{{"bench": "{handlers.url}/bench"}}',
-            }
-            settings = Settings.from_env(env, run_relay=True)
-            with psycopg.connect(cluster.url, autocommit=True, row_factory=dict_row) as conn:
-                schedule.install_standin(conn)
-                schedule.configure_endpoint(conn, settings.processor_url, TOKEN)
-            with ThreadedServer(create_app(settings), port):
-                time.sleep(0.5)  # the relay is listening
-                for label, gap in (
-                    (f"one insert per {args.gap_ms:g} ms", args.gap_ms / 1000),
-                    ("back-to-back inserts", 0.0),
-                ):
-                    before = net_calls(cluster.url)
-                    latencies = measure(cluster.url, handler, args.jobs, gap)
-                    report(label, latencies, net_calls(cluster.url) - before)
-    finally:
-        cluster.destroy()
+    port = free_port()
+    with private_database() as (cluster, _), ThreadedServer(handler.app()) as handlers:
+        env = {
+            "DATABASE_URL": cluster.url,
+            "PROCESSOR_TOKEN": TOKEN,
+            "PROCESSOR_URL": f"http://127.0.0.1:{port}",
+            "LOG_LEVEL": "warning",
+            "JOB_ROUTES": f'{{"bench": "{handlers.url}/bench"}}',
+        }
+        settings = Settings.from_env(env, run_relay=True)
+        with psycopg.connect(cluster.url, autocommit=True, row_factory=dict_row) as conn:
+            schedule.install_standin(conn)
+            schedule.configure_endpoint(conn, settings.processor_url, TOKEN)
+        with ThreadedServer(create_app(settings), port):
+            time.sleep(0.5)  # the relay is listening
+            for label, gap in (
+                (f"one insert per {args.gap_ms:g} ms", args.gap_ms / 1000),
+                ("back-to-back inserts", 0.0),
+            ):
+                before = net_calls(cluster.url)
+                latencies = measure(cluster.url, handler, args.jobs, gap)
+                report(label, latencies, net_calls(cluster.url) - before)
 
 
 if __name__ == "__main__":

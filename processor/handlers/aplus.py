@@ -17,9 +17,9 @@ from processor.handlers.common import (
     public_image,
     run_bounded,
 )
+from processor.handlers.image import generate
 from processor.handlers.payload import ImageJob, parse
 from processor.imaging import encode, fit, load
-from processor.providers import ImageRequest
 from processor.providers.errors import Transient
 
 MAX_ALT = 100
@@ -234,19 +234,8 @@ async def _module_image(
     ctx: HandlerContext, assets: Assets, job: ImageJob, spec: ModuleImage, module: dict[str, Any]
 ) -> dict[str, Any]:
     prompt = f"{module['image_prompt']} Product: {job.product.name}. No text in the image."
-    generated = await ctx.providers.images.generate(
-        ImageRequest(
-            prompt=prompt,
-            kind=spec.kind,
-            product_name=job.product.name,
-            features=job.product.features,
-            aspect_ratio=spec.aspect_ratio,
-        )
-    )
-    try:
-        exact = await asyncio.to_thread(fit, load(generated.data), spec.width, spec.height)
-    except ValueError as exc:
-        raise Transient(generated.provider, f"returned {exc}") from None
+    generated = await generate(ctx, job, spec.kind, prompt, spec.aspect_ratio)
+    exact = await asyncio.to_thread(fit, load(generated.data), spec.width, spec.height)
     data = await asyncio.to_thread(encode, exact, "JPEG")
     row = await assets.store_image(
         spec.slot, spec.slot, data, "image/jpeg", generated.provider, generated.model, prompt

@@ -8,7 +8,7 @@ from typing import Any
 from processor.handlers.common import Assets, HandlerContext, JobCall, load_source, public_image
 from processor.handlers.payload import MAIN, ImageJob, parse
 from processor.imaging import ImageDataError, compose_main, cutout_local, encode, load
-from processor.providers import ImageRequest
+from processor.providers import GeneratedImage, ImageRequest
 from processor.providers.errors import Transient
 
 SCENES = {
@@ -52,18 +52,7 @@ async def make_image(
     if kind == MAIN:
         return public_image(await _main_image(ctx, assets, job, slot, source))
     prompt = prompt_for(job, kind, source is not None)
-    generated = await ctx.providers.images.generate(
-        ImageRequest(
-            prompt=prompt,
-            kind=kind,
-            product_name=job.product.name,
-            features=job.product.features,
-            aspect_ratio=job.aspect_ratio,
-            reference=source[0] if source else None,
-            reference_mime=source[1] if source else "image/png",
-        )
-    )
-    _check_image(generated.data, generated.provider)
+    generated = await generate(ctx, job, kind, prompt, job.aspect_ratio, source)
     row = await assets.store_image(
         slot, kind, generated.data, generated.mime_type, generated.provider, generated.model, prompt
     )
@@ -80,16 +69,7 @@ async def _main_image(
         photo, provider, model = source[0], "source photo", "-"
     else:
         prompt = prompt_for(job, MAIN, False)
-        generated = await ctx.providers.images.generate(
-            ImageRequest(
-                prompt=prompt,
-                kind=MAIN,
-                product_name=job.product.name,
-                features=job.product.features,
-                aspect_ratio="1:1",
-            )
-        )
-        _check_image(generated.data, generated.provider)
+        generated = await generate(ctx, job, MAIN, prompt, "1:1")
         photo, provider, model = generated.data, generated.provider, generated.model
     if ctx.providers.background is not None:
         cut = load(await ctx.providers.background.remove(photo))
@@ -106,11 +86,31 @@ async def _main_image(
     return await assets.store_image(slot, MAIN, data, "image/jpeg", provider, model, prompt)
 
 
-def _check_image(data: bytes, provider: str) -> None:
+async def generate(
+    ctx: HandlerContext,
+    job: ImageJob,
+    kind: str,
+    prompt: str,
+    aspect_ratio: str,
+    source: tuple[bytes, str] | None = None,
+) -> GeneratedImage:
+    """One call to the image provider; an answer that is not an image counts as transient."""
+    generated = await ctx.providers.images.generate(
+        ImageRequest(
+            prompt=prompt,
+            kind=kind,
+            product_name=job.product.name,
+            features=job.product.features,
+            aspect_ratio=aspect_ratio,
+            reference=source[0] if source else None,
+            reference_mime=source[1] if source else "image/png",
+        )
+    )
     try:
-        load(data)
+        load(generated.data)
     except ImageDataError as exc:
-        raise Transient(provider, f"returned {exc}") from None
+        raise Transient(generated.provider, f"returned {exc}") from None
+    return generated
 
 
 async def process_image(ctx: HandlerContext, call: JobCall) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
 
 @dataclass(frozen=True)
 class ImageRequest:
@@ -50,3 +52,25 @@ class BackgroundRemover(Protocol):
     async def remove(self, image: bytes) -> bytes:
         """A PNG whose alpha channel is the product's cut-out."""
         ...
+
+
+class HttpProvider:
+    """A provider API reached through an injected httpx client: base URL, key, model, timeout."""
+
+    name = "provider"
+    default_timeout = 120.0
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        model: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.model = model
+        self.timeout = timeout or self.default_timeout

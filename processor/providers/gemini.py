@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from processor.providers import GeneratedImage, ImageRequest
+from processor.providers import GeneratedImage, HttpProvider, ImageRequest
 from processor.providers.errors import (
     Permanent,
     ProviderError,
@@ -34,27 +34,12 @@ SAFETY_REASONS = {
 }
 
 
-class Gemini:
+class Gemini(HttpProvider):
     """One Gemini model over HTTP. `model` is an image or a text model, by use."""
 
     name = NAME
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        api_key: str,
-        model: str,
-        *,
-        image_size: str = "2K",
-        timeout: float = 120.0,
-    ) -> None:
-        self.client = client
-        self.base_url = base_url.rstrip("/")
-        self._key = api_key
-        self.model = model
-        self.image_size = image_size
-        self.timeout = timeout
+    image_size = "2K"
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/models/{self.model}:generateContent"

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from processor.providers import GeneratedImage, ImageRequest
+from processor.providers import GeneratedImage, HttpProvider, ImageRequest
 from processor.providers.errors import (
     Permanent,
     ProviderError,
@@ -33,25 +33,11 @@ SIZES = {
 REFUSALS = {"moderation_blocked", "content_policy_violation"}
 
 
-class OpenAIImages:
+class OpenAIImages(HttpProvider):
     name = NAME
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        api_key: str,
-        model: str,
-        *,
-        quality: str = "high",
-        timeout: float = 180.0,
-    ) -> None:
-        self.client = client
-        self.base_url = base_url.rstrip("/")
-        self._key = api_key
-        self.model = model
-        self.quality = quality
-        self.timeout = timeout
+    default_timeout = 180.0
+    quality = "high"
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         prompt, aspect_ratio = request.prompt, request.aspect_ratio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from processor.providers import HttpProvider
 from processor.providers.errors import (
     Permanent,
     ProviderError,
@@ -17,16 +18,10 @@ from processor.providers.errors import (
 NAME = "remove.bg"
 
 
-class RemoveBg:
+class RemoveBg(HttpProvider):
     name = NAME
 
-    def __init__(
-        self, client: httpx.AsyncClient, base_url: str, api_key: str, *, timeout: float = 60.0
-    ) -> None:
-        self.client = client
-        self.base_url = base_url.rstrip("/")
-        self._key = api_key
-        self.timeout = timeout
+    default_timeout = 60.0
 
     async def remove(self, image: bytes) -> bytes:
         try:
