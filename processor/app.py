@@ -15,7 +15,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -137,6 +137,49 @@ async def get_job(request: Request) -> Response:
     return ApiResponse(job)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text: the queue by type and status, and this process's attempts."""
+    require_token(request)
+    rows = await request.app.state.queue.db.fetch_all("queue_stats")
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    lines = [
+        "# HELP processor_jobs Jobs in job_queue by type and status.",
+        "# TYPE processor_jobs gauge",
+    ]
+    lines += [
+        f'processor_jobs{{job_type="{_label(r["job_type"])}",status="{r["status"]}"}} {r["jobs"]}'
+        for r in rows
+    ]
+    lines += [
+        "# HELP processor_oldest_pending_seconds Age of the oldest pending job by type.",
+        "# TYPE processor_oldest_pending_seconds gauge",
+    ]
+    lines += [
+        f'processor_oldest_pending_seconds{{job_type="{_label(r["job_type"])}"}} '
+        f"{float(r['oldest_pending_seconds']):.3f}"
+        for r in rows
+        if r["oldest_pending_seconds"] is not None
+    ]
+    lines += [
+        "# HELP processor_running_jobs Jobs this process is running now.",
+        "# TYPE processor_running_jobs gauge",
+        f"processor_running_jobs {dispatcher.running}",
+        "# HELP processor_attempts_total Attempts this process finished, by outcome.",
+        "# TYPE processor_attempts_total counter",
+    ]
+    lines += [
+        f'processor_attempts_total{{outcome="{k}"}} {v}'
+        for k, v in sorted(dispatcher.finished.items())
+    ]
+    return PlainTextResponse(
+        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 async def healthz(request: Request) -> Response:
     try:
         await request.app.state.queue.ping()
@@ -164,6 +207,7 @@ routes = [
     *handlers.routes,
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]
 
 

@@ -215,16 +215,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with db.connect(_database_url()) as conn:
-        rows = db.run(conn, "queue_stats")
+        rows = db.run(conn, "dashboard_stats")
     if not rows:
         print("the queue is empty")
         return 0
-    print(f"{'job_type':<28} {'status':<11} {'jobs':>8} {'oldest pending':>15}")
+
+    def seconds(value: object) -> str:
+        return "" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
+
+    print(f"{'job_type':<26} {'status':<11} {'jobs':>7} {'oldest due':>11} {'p50':>8} {'p95':>8}")
     for r in rows:
-        age = r["oldest_pending_seconds"]
         print(
-            f"{r['job_type']:<28} {r['status']:<11} {r['jobs']:>8} "
-            f"{'' if age is None else f'{float(age):.0f}s':>15}"
+            f"{r['job_type']:<26} {r['status']:<11} {r['jobs']:>7} "
+            f"{seconds(r['oldest_due_seconds']):>11} {seconds(r['p50_seconds']):>8} "
+            f"{seconds(r['p95_seconds']):>8}"
         )
     return 0
 

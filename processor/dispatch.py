@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -112,6 +113,7 @@ class Dispatcher:
         self.client = client
         self.routes: dict[str, Route] = settings.routes()
         self._running: set[asyncio.Task[Outcome]] = set()
+        self.finished: Counter[str] = Counter()  # attempts by outcome, since start (/metrics)
 
     @property
     def running(self) -> int:
@@ -165,6 +167,7 @@ class Dispatcher:
             verdict = await self._call_with_heartbeat(job, route)
         except LeaseLost:
             log.warning("job_lease_lost")
+            self.finished["lost"] += 1
             return Outcome(
                 str(job.id),
                 job.job_type,
@@ -240,6 +243,7 @@ class Dispatcher:
 
     async def _record(self, job: ClaimedJob, verdict: Verdict) -> Outcome:
         def outcome(status: str | None) -> Outcome:
+            self.finished[status or "lost"] += 1
             return Outcome(
                 str(job.id),
                 job.job_type,

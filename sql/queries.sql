@@ -193,3 +193,8 @@ select count(*) as queued, min(id) as oldest_id from net.http_request_queue;
 
 -- server_version --
 select current_setting('server_version') as version;
+
+-- dashboard_stats --
+select job_type, status, jobs, oldest_due_seconds, p50_seconds, p95_seconds
+from job_queue_stats
+order by job_type, status;

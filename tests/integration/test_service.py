@@ -312,3 +312,21 @@ def test_expired_leases_are_requeued_by_the_next_call(make_service, conn):
     assert body["requeued_expired"] == 1
     assert body["claimed"] == [{"id": str(job_id), "job_type": "ok", "attempt": 2}]
     assert row(conn, job_id)["status"] == "completed"
+
+
+def test_metrics_count_jobs_by_type_and_status_and_attempts_by_outcome(make_service, conn):
+    server = make_service()
+    enqueue(conn, "ok")
+    enqueue(conn, "bad", respond={"status": 400})
+    enqueue(conn, 'we"ird')
+    post(server, {"limit": 3, "job_types": ["ok", "bad"], "wait": True})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+    text = httpx.get(f"{server.url}/metrics", headers=auth).text
+    lines = set(text.splitlines())
+    assert 'processor_jobs{job_type="ok",status="completed"} 1' in lines
+    assert 'processor_jobs{job_type="bad",status="failed"} 1' in lines
+    assert 'processor_jobs{job_type="we\\"ird",status="pending"} 1' in lines
+    assert 'processor_attempts_total{outcome="completed"} 1' in lines
+    assert 'processor_attempts_total{outcome="failed"} 1' in lines
+    assert "processor_running_jobs 0" in lines
