@@ -251,3 +251,30 @@ def test_verify_says_when_the_database_is_unreachable():
     lines: list[str] = []
     assert verify(f"postgresql://postgres@127.0.0.1:{free_port()}/x", lines.append) is False
     assert lines[0].startswith("✗ database unreachable")
+
+
+def test_the_trigger_still_calls_when_pg_nets_queue_cannot_be_read(
+    make_service, database_url, conn, handler
+):
+    # Some pg_net installations keep net.http_request_queue from the function's owner.
+    server = make_service(run_relay=True)
+    wire(database_url, server.url)
+    conn.execute("create role queue_owner_without_read")
+    try:
+        conn.execute(
+            "alter function invoke_job_processor(boolean) owner to queue_owner_without_read"
+        )
+        conn.execute("grant usage on schema net to queue_owner_without_read")
+        conn.execute(
+            "grant execute on function net.http_post(text, jsonb, jsonb, jsonb, integer) "
+            "to queue_owner_without_read"
+        )
+        conn.execute("grant execute on function processor_endpoint() to queue_owner_without_read")
+        job_id = conn.execute(
+            "insert into job_queue (job_type) values ('ok') returning id"
+        ).fetchone()["id"]
+        wait_until(lambda: handler.calls_for(job_id), 5, "the handler call")
+    finally:
+        conn.execute("alter function invoke_job_processor(boolean) owner to current_user")
+        conn.execute("drop owned by queue_owner_without_read")
+        conn.execute("drop role queue_owner_without_read")
