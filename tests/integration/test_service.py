@@ -330,3 +330,18 @@ def test_metrics_count_jobs_by_type_and_status_and_attempts_by_outcome(make_serv
     assert 'processor_attempts_total{outcome="completed"} 1' in lines
     assert 'processor_attempts_total{outcome="failed"} 1' in lines
     assert "processor_running_jobs 0" in lines
+
+
+def test_the_token_never_reaches_the_logs(make_service, conn):
+    from structlog.testing import capture_logs
+
+    server = make_service()
+    enqueue(conn, "ok")
+    enqueue(conn, "bad", respond={"status": 422, "body": {"error": "nope"}})
+    with capture_logs() as logs:
+        post(server, {"limit": 2, "wait": True})
+        post(server, token="wrong-token-wrong-token-wrong")
+        httpx.get(f"{server.url}/jobs/{uuid.uuid4()}", headers={"Authorization": f"Bearer {TOKEN}"})
+    events = {entry["event"] for entry in logs}
+    assert {"job_claimed", "job_completed", "job_failed"} <= events  # the logs were captured
+    assert TOKEN not in repr(logs)
