@@ -338,50 +338,63 @@ language sql volatile as $$
     select exists (select 1 from retried)
 $$;
 
--- Supabase: users read their own jobs through the API and Realtime; the service connects as
--- the table owner and bypasses these policies. On plain PostgreSQL only the owner reads the table.
-alter table job_queue enable row level security;
-
-do $$
+-- Supabase: signed-in users read their own rows through the API and Realtime; the service
+-- connects as the table owner and bypasses these policies. On plain PostgreSQL (no auth.uid(),
+-- no supabase_realtime publication) only the owner reads the table.
+create function processor_share_own_rows(p_table regclass, p_realtime boolean) returns void
+language plpgsql as $$
 begin
+    execute format('alter table %s enable row level security', p_table);
     if exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
                where n.nspname = 'auth' and p.proname = 'uid')
        and exists (select 1 from pg_roles where rolname = 'authenticated') then
-        execute $p$create policy job_queue_owner_read on job_queue
-                   for select to authenticated using (user_id = auth.uid()::text)$p$;
-        execute 'grant select on job_queue to authenticated';
+        execute format('create policy %I on %s for select to authenticated '
+                       'using (user_id = auth.uid()::text)', p_table::text || '_owner_read',
+                       p_table);
+        execute format('grant select on %s to authenticated', p_table);
     end if;
-    if exists (select 1 from pg_publication where pubname = 'supabase_realtime') then
-        execute 'alter publication supabase_realtime add table job_queue';
+    if p_realtime and exists (select 1 from pg_publication where pubname = 'supabase_realtime')
+    then
+        execute format('alter publication supabase_realtime add table %s', p_table);
     end if;
 end;
 $$;
 
--- Functions are executable by PUBLIC by default, and Supabase exposes public functions over its
--- REST API: only the owner (the processor) and roles it grants may claim, finish or enqueue.
-do $$
+select processor_share_own_rows('job_queue', true);
+
+
+-- Functions are executable by PUBLIC by default, and Supabase exposes the public schema over its
+-- REST API to the anon and authenticated roles: every queue object is kept from all three. Only
+-- the owner (the processor) and roles it grants may claim, finish or enqueue.
+create function processor_keep_private(p_objects text[]) returns void
+language plpgsql as $$
 declare
-    v_fn text;
+    v_object text;
     v_role text;
 begin
-    foreach v_fn in array array[
-        'enqueue_job(text, jsonb, text, integer, timestamptz, integer, text)',
-        'get_next_job(text[])',
-        'mark_job_processing(uuid, text, interval)',
-        'claim_jobs(text, integer, text[], interval)',
-        'mark_job_completed(uuid, uuid, jsonb)',
-        'mark_job_failed(uuid, uuid, text, boolean)',
-        'extend_job_lease(uuid, uuid, interval)',
-        'requeue_expired_jobs()',
-        'cancel_job(uuid)',
-        'retry_job(uuid)'
-    ] loop
-        execute format('revoke execute on function %s from public', v_fn);
+    foreach v_object in array p_objects loop
+        execute format('revoke all on %s from public', v_object);
         foreach v_role in array array['anon', 'authenticated'] loop
             if exists (select 1 from pg_roles where rolname = v_role) then
-                execute format('revoke execute on function %s from %I', v_fn, v_role);
+                execute format('revoke all on %s from %I', v_object, v_role);
             end if;
         end loop;
     end loop;
 end;
 $$;
+
+select processor_keep_private(array[
+    'function enqueue_job(text, jsonb, text, integer, timestamptz, integer, text)',
+    'function get_next_job(text[])',
+    'function mark_job_processing(uuid, text, interval)',
+    'function claim_jobs(text, integer, text[], interval)',
+    'function mark_job_completed(uuid, uuid, jsonb)',
+    'function mark_job_failed(uuid, uuid, text, boolean)',
+    'function extend_job_lease(uuid, uuid, interval)',
+    'function requeue_expired_jobs()',
+    'function cancel_job(uuid)',
+    'function retry_job(uuid)',
+    'function job_backoff(integer, interval, interval)',
+    'function processor_keep_private(text[])',
+    'function processor_share_own_rows(regclass, boolean)'
+]);

@@ -95,37 +95,11 @@ begin
 end;
 $$;
 
-alter table generated_images enable row level security;
-alter table aplus_contents enable row level security;
 
-do $$
-declare
-    v_fn text;
-    v_role text;
-begin
-    foreach v_fn in array array[
-        'set_job_progress(uuid, uuid, jsonb)',
-        'postpone_job(uuid, uuid, interval, text, interval, integer)'
-    ] loop
-        execute format('revoke execute on function %s from public', v_fn);
-        foreach v_role in array array['anon', 'authenticated'] loop
-            if exists (select 1 from pg_roles where rolname = v_role) then
-                execute format('revoke execute on function %s from %I', v_fn, v_role);
-            end if;
-        end loop;
-    end loop;
+select processor_keep_private(array[
+    'function set_job_progress(uuid, uuid, jsonb)',
+    'function postpone_job(uuid, uuid, interval, text, interval, integer)'
+]);
 
-    if exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-               where n.nspname = 'auth' and p.proname = 'uid')
-       and exists (select 1 from pg_roles where rolname = 'authenticated') then
-        execute $p$create policy generated_images_owner_read on generated_images
-                   for select to authenticated using (user_id = auth.uid()::text)$p$;
-        execute $p$create policy aplus_contents_owner_read on aplus_contents
-                   for select to authenticated using (user_id = auth.uid()::text)$p$;
-        execute 'grant select on generated_images, aplus_contents to authenticated';
-    end if;
-    if exists (select 1 from pg_publication where pubname = 'supabase_realtime') then
-        execute 'alter publication supabase_realtime add table generated_images';
-    end if;
-end;
-$$;
+select processor_share_own_rows('generated_images', true);
+select processor_share_own_rows('aplus_contents', false);

@@ -10,7 +10,6 @@ create table processor_settings (
     updated_at timestamptz not null default now()
 );
 alter table processor_settings enable row level security;
-revoke all on processor_settings from public;
 
 -- The processor's URL and token: from Supabase Vault (secrets 'processor_url' and
 -- 'processor_token') where it exists, else from processor_settings. Never from cron.job.
@@ -189,31 +188,13 @@ $$;
 
 create view job_trigger_health as select * from job_trigger_health();
 
-do $$
-declare
-    v_name text;
-    v_role text;
-begin
-    foreach v_name in array array[
-        'function processor_endpoint()',
-        'function invoke_job_processor(boolean)',
-        'function job_trigger_health()',
-        'table job_queue_stats',
-        'table job_queue_recent_failures',
-        'table job_queue_stuck',
-        'table job_trigger_health'
-    ] loop
-        execute format('revoke all on %s from public', v_name);
-        foreach v_role in array array['anon', 'authenticated'] loop
-            if exists (select 1 from pg_roles where rolname = v_role) then
-                execute format('revoke all on %s from %I', v_name, v_role);
-            end if;
-        end loop;
-    end loop;
-    foreach v_role in array array['anon', 'authenticated'] loop
-        if exists (select 1 from pg_roles where rolname = v_role) then
-            execute format('revoke all on processor_settings from %I', v_role);
-        end if;
-    end loop;
-end;
-$$;
+select processor_keep_private(array[
+    'table processor_settings',
+    'function processor_endpoint()',
+    'function invoke_job_processor(boolean)',
+    'function job_trigger_health()',
+    'table job_queue_stats',
+    'table job_queue_recent_failures',
+    'table job_queue_stuck',
+    'table job_trigger_health'
+]);

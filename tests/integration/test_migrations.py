@@ -60,3 +60,48 @@ def test_a_failing_migration_is_rolled_back_and_named(database_url, conn, tmp_pa
     with pytest.raises(MigrationError, match=r'9999_broken\.sql failed: column "nonsense"'):
         migrate.migrate(database_url, migrate.available(tmp_path))
     assert conn.execute("select to_regclass('t_ok') as t").fetchone()["t"] is None
+
+
+def test_on_a_supabase_shaped_database_users_read_only_their_own_rows(cluster):
+    import psycopg
+
+    cluster.create_database("supabase_like")
+    url = cluster.url_for("supabase_like")
+    try:
+        with psycopg.connect(url, autocommit=True) as c:
+            # What Supabase provides before our migrations run.
+            c.execute(
+                "do $$ begin create role authenticated; exception when duplicate_object "
+                "then null; end $$"
+            )
+            c.execute("create schema auth")
+            c.execute(
+                "create function auth.uid() returns uuid language sql stable as "
+                "$$ select nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$"
+            )
+            c.execute("grant usage on schema auth to authenticated")
+            c.execute("create publication supabase_realtime")
+        migrate.migrate(url)
+        alice, bob = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(
+                "insert into job_queue (job_type, user_id) values ('t', %s), ('t', %s)",
+                (alice, bob),
+            )
+            published = {
+                r[0]
+                for r in c.execute(
+                    "select tablename from pg_publication_tables "
+                    "where pubname = 'supabase_realtime'"
+                )
+            }
+            c.execute("set role authenticated")
+            c.execute("select set_config('request.jwt.claim.sub', %s, false)", (alice,))
+            visible = [r[0] for r in c.execute("select user_id from job_queue")]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("select * from claim_jobs('sneaky')")
+            c.execute("reset role")
+    finally:
+        cluster.drop_database("supabase_like")
+    assert visible == [alice]
+    assert published == {"job_queue", "generated_images"}
