@@ -21,11 +21,14 @@ from starlette.staticfiles import StaticFiles
 
 from processor import handlers
 from processor.auth import require_token
+from processor.claim import Claimer
 from processor.db import Database
 from processor.dispatch import Dispatcher
 from processor.drainer import Drainer
 from processor.errors import DatabaseError
 from processor.handlers.common import HandlerContext
+from processor.listener import Listener, transaction_pooler
+from processor.outcomes import OutcomeWriter
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
 from processor.queue import JobQueue
@@ -54,37 +57,36 @@ def _encode(value: Any) -> Any:
 
 
 async def process_jobs(request: Request) -> Response:
-    """Requeues expired leases, claims due jobs, answers at once, and dispatches them."""
+    """Claims due jobs (never more than the free running slots), answers at once, and runs
+    them. With no free slot it claims nothing and answers "busy"."""
     require_token(request)
-    limit, job_types, wait, drain = parse_claim_request(
-        await request.body(), request.app.state.settings.max_claim
-    )
+    settings: Settings = request.app.state.settings
+    limit, job_types, wait, drain = parse_claim_request(await request.body(), settings.max_claim)
     structlog.contextvars.bind_contextvars(
         request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
     )
-    settings: Settings = request.app.state.settings
-    queue: JobQueue = request.app.state.queue
-    dispatcher: Dispatcher = request.app.state.dispatcher
-
-    requeued = await queue.requeue_expired()
-    if requeued:
-        log.warning("leases_expired_requeued", jobs=requeued)
-    jobs = await queue.claim(settings.worker_id, limit, job_types, settings.lease_seconds)
-    claimed = [{"id": str(j.id), "job_type": j.job_type, "attempt": j.attempt} for j in jobs]
-    for job in jobs:
-        log.info("job_claimed", job_id=str(job.id), job_type=job.job_type, attempt=job.attempt)
-
+    claim = await request.app.state.claimer.claim(limit, job_types, via="request")
     body: dict[str, Any] = {
-        "claimed": claimed,
-        "message": f"Claimed {len(jobs)} job(s)" if jobs else "No jobs to process",
+        "claimed": [
+            {"id": str(j.id), "job_type": j.job_type, "attempt": j.attempt} for j in claim.jobs
+        ]
     }
-    if requeued:
-        body["requeued_expired"] = requeued
-    tasks = dispatcher.start(jobs)
+    if claim.busy:
+        body["message"] = (
+            f"Busy: {claim.running} of {settings.max_running} jobs running; nothing claimed"
+        )
+        body["busy"] = True
+        body["running"] = claim.running
+    else:
+        body["message"] = (
+            f"Claimed {len(claim.jobs)} job(s)" if claim.jobs else "No jobs to process"
+        )
+    if claim.requeued:
+        body["requeued_expired"] = claim.requeued
     if drain:
         request.app.state.drainer.request(job_types)
     if wait:
-        outcomes = await asyncio.gather(*tasks)
+        outcomes = await asyncio.gather(*claim.tasks)
         body["outcomes"] = [o.as_dict() for o in outcomes]
     return ApiResponse(body)
 
@@ -218,35 +220,64 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.database_url, max_size=settings.db_pool_max)
         await db.open()
+        # Outcome writes get their own connections: they never wait behind claims or handlers.
+        outcome_db = Database(
+            settings.database_url, max_size=2, application_name="processor-outcomes"
+        )
+        await outcome_db.open()
         client = http_client or httpx.AsyncClient(
             timeout=60.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
         )
         providers = build_providers(settings.providers, client, settings.processor_url)
         queue = JobQueue(db)
+        writer = OutcomeWriter(JobQueue(outcome_db), give_up_after=settings.lease_seconds)
+        writer.start()
+        dispatcher = Dispatcher(queue, writer, settings)
+        await dispatcher.open()
+        claimer = Claimer(queue, dispatcher, settings)
+        drainer = Drainer(claimer, settings)
         app.state.handler_context = HandlerContext(
             db, providers, client, settings.providers.pack_concurrency
         )
         app.state.settings = settings
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
         app.state.queue = queue
-        app.state.dispatcher = Dispatcher(queue, settings, client)
-        app.state.drainer = Drainer(queue, app.state.dispatcher, settings)
-        relay = (
-            asyncio.create_task(Relay(settings.database_url, client).run())
-            if settings.run_relay
-            else None
+        app.state.dispatcher = dispatcher
+        app.state.claimer = claimer
+        app.state.drainer = drainer
+        background = []
+        if settings.run_relay:
+            background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
+        if not settings.listen:
+            log.info("listen_off", reason="LISTEN_FOR_JOBS=off")
+        elif transaction_pooler(settings.database_url):
+            log.warning(
+                "listen_unavailable",
+                reason="DATABASE_URL is a transaction-mode pooler, which drops LISTEN; new jobs "
+                "are picked up through pg_net and cron instead. Use the direct or session-mode "
+                "connection string (Supabase: port 5432) for millisecond pickup.",
+            )
+        else:
+            listener = Listener(settings.database_url, lambda: drainer.request(None))
+            background.append(asyncio.create_task(listener.run(), name="listener"))
+        log.info(
+            "processor_started",
+            worker=settings.worker_id,
+            routes=sorted(settings.routes()),
+            max_running=settings.max_running,
         )
-        log.info("processor_started", worker=settings.worker_id, routes=sorted(settings.routes()))
         try:
             yield
         finally:
-            if relay is not None:
-                relay.cancel()
-                await asyncio.gather(relay, return_exceptions=True)
-            await app.state.drainer.stop()
-            await app.state.dispatcher.shutdown(settings.shutdown_grace)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await drainer.stop()
+            await dispatcher.shutdown(settings.shutdown_grace)
+            await writer.stop()
             if http_client is None:
                 await client.aclose()
+            await outcome_db.close()
             await db.close()
             log.info("processor_stopped")
 

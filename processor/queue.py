@@ -1,4 +1,5 @@
-"""The queue's operations, each one SQL function call through the gateway."""
+"""The queue's operations, each one SQL function call through the gateway. Completions and
+failures are written in batches by processor.outcomes."""
 
 from __future__ import annotations
 
@@ -62,31 +63,6 @@ class JobQueue:
         )
         return [ClaimedJob.from_row(row) for row in rows]
 
-    async def complete(self, job: ClaimedJob, result: Any) -> bool:
-        """False when this worker no longer holds the job (nothing changed)."""
-        row = await self.db.fetch_one(
-            "complete_job",
-            {
-                "id": job.id,
-                "lease_token": job.lease_token,
-                "result": _jsonable(result),
-            },
-        )
-        return bool(row and row["ok"])
-
-    async def fail(self, job: ClaimedJob, error: str, *, retryable: bool) -> str | None:
-        """The job's new status ('pending' to retry, 'failed'), or None when the lease was lost."""
-        row = await self.db.fetch_one(
-            "fail_job",
-            {
-                "id": job.id,
-                "lease_token": job.lease_token,
-                "error": error,
-                "retryable": retryable,
-            },
-        )
-        return row["status"] if row else None
-
     async def postpone(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
         """Back to pending after a rate limit without spending an attempt (capped in SQL)."""
         row = await self.db.fetch_one(
@@ -100,16 +76,45 @@ class JobQueue:
         )
         return row["status"] if row else None
 
-    async def extend(self, job: ClaimedJob, lease_seconds: float) -> bool:
-        row = await self.db.fetch_one(
-            "extend_lease",
+    async def complete_many(self, done: list[tuple[ClaimedJob, Any]]) -> set[UUID]:
+        """Completes many jobs in one statement, each fenced by its lease token; returns the ids
+        completed (the others were no longer held by this worker, and nothing changed)."""
+        rows = await self.db.fetch_all(
+            "complete_jobs",
             {
-                "id": job.id,
-                "lease_token": job.lease_token,
+                "ids": [job.id for job, _ in done],
+                "lease_tokens": [job.lease_token for job, _ in done],
+                # Any result is stored as a JSON value; no result at all is SQL null.
+                "results": [None if r is None else Jsonb(r) for _, r in done],
+            },
+        )
+        return {row["id"] for row in rows}
+
+    async def fail_many(self, failed: list[tuple[ClaimedJob, str, bool]]) -> dict[UUID, str]:
+        """Records many failed attempts (job, error, retryable) in one statement; returns each
+        held job's new status: 'pending' (retry) or 'failed'."""
+        rows = await self.db.fetch_all(
+            "fail_jobs",
+            {
+                "ids": [job.id for job, _, _ in failed],
+                "lease_tokens": [job.lease_token for job, _, _ in failed],
+                "errors": [error for _, error, _ in failed],
+                "retryable": [retryable for _, _, retryable in failed],
+            },
+        )
+        return {row["job_id"]: row["new_status"] for row in rows}
+
+    async def extend_many(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
+        """Extends the leases of many jobs in one statement; returns the ids still held."""
+        rows = await self.db.fetch_all(
+            "extend_leases",
+            {
+                "ids": [j.id for j in jobs],
+                "lease_tokens": [j.lease_token for j in jobs],
                 "lease_seconds": lease_seconds,
             },
         )
-        return bool(row and row["locked_until"])
+        return {row["id"] for row in rows}
 
     async def get(self, job_id: UUID) -> Row | None:
         return await self.db.fetch_one("get_job", {"id": job_id})
@@ -117,8 +122,3 @@ class JobQueue:
     async def ping(self) -> bool:
         row = await self.db.fetch_one("ping")
         return bool(row and row["ok"] == 1)
-
-
-def _jsonable(value: Any) -> Any:
-    # Any result is stored as a JSON value; no result at all is SQL null.
-    return None if value is None else Jsonb(value)

@@ -7,14 +7,16 @@ Only for `processor dev` and the tests; on Supabase the real pg_net does this jo
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from typing import Any
 
 import httpx
 import psycopg
 import structlog
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
-from processor.db import Database, Row
+from processor.db import Row
 from processor.errors import DatabaseError
 from processor.sql import query
 
@@ -22,75 +24,86 @@ log = structlog.get_logger("processor.relay")
 CHANNEL = "processor_net"  # the channel net.http_post() notifies (sql/local/)
 RESPONSE_TTL_SECONDS = 6 * 3600  # pg_net keeps responses for 6 hours by default
 MAX_CONTENT = 64 * 1024
+PAUSE_SECONDS = 1.0  # pg_net's worker waits this long after each batch
 
 
 class Relay:
-    def __init__(
-        self,
-        database_url: str,
-        client: httpx.AsyncClient,
-        *,
-        batch: int = 50,
-        poll_seconds: float = 1.0,
-    ) -> None:
+    """Paced like pg_net 0.20's worker, so local timings carry over to Supabase:
+
+    - idle, it waits for a commit that queued a request (NOTIFY, delivered at commit);
+    - it takes a batch (up to 200, pg_net's default), sends it, and records every answer in
+      one transaction, so the batch's rows stay in net.http_request_queue until all its
+      answers are in;
+    - after each batch it waits a second; only the first commit since the round began cuts
+      that wait short. Under a steady trickle requests therefore go out about once a second.
+    """
+
+    def __init__(self, database_url: str, client: httpx.AsyncClient, *, batch: int = 200) -> None:
         self.database_url = database_url
-        self.db = Database(database_url, max_size=4, application_name="processor-relay")
         self.client = client
         self.batch = batch
-        self.poll_seconds = poll_seconds
         self.sent = 0
 
     async def run(self) -> None:
-        """Sends queued requests until cancelled: woken by NOTIFY (delivered at commit), and
-        every poll_seconds in case a notification was missed."""
-        await self.db.open()
-        try:
-            while True:
-                try:
-                    await self._listen()
-                except (psycopg.Error, DatabaseError) as exc:
-                    log.warning("relay_reconnecting", error=str(exc))
-                    await asyncio.sleep(self.poll_seconds)
-        finally:
-            await self.db.close()
-
-    async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True, application_name="processor-relay"
-        ) as conn:
-            await conn.execute(query("relay_listen"))
-            log.info("relay_listening", channel=CHANNEL)
-            rounds = 0
-            missing_logged = False
-            while True:
-                try:
-                    await self.flush()
-                except DatabaseError as exc:
-                    # e.g. the stand-in is not installed yet: keep listening, it may be soon.
-                    if not missing_logged:
-                        log.warning("relay_cannot_read_queue", error=str(exc))
-                        missing_logged = True
-                rounds += 1
-                if rounds % 600 == 0:
-                    with contextlib.suppress(DatabaseError):
-                        await self.db.fetch_all(
-                            "relay_prune", {"ttl_seconds": RESPONSE_TTL_SECONDS}
-                        )
-                async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
-                    pass
-
-    async def flush(self) -> int:
-        """Sends everything queued now; returns how many requests it sent."""
-        total = 0
+        """Sends queued requests until cancelled, reconnecting after a lost connection."""
         while True:
-            rows = await self.db.fetch_all("relay_take", {"batch": self.batch})
-            if not rows:
-                return total
-            await asyncio.gather(*(self._send(row) for row in rows))
-            total += len(rows)
-            self.sent += len(rows)
+            try:
+                await self._serve()
+            except (psycopg.Error, DatabaseError) as exc:
+                log.warning("relay_reconnecting", error=str(exc))
+                await asyncio.sleep(1.0)
 
-    async def _send(self, row: Row) -> None:
+    async def _serve(self) -> None:
+        async with (
+            await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name="processor-relay"
+            ) as listen,
+            await psycopg.AsyncConnection.connect(
+                self.database_url, row_factory=dict_row, application_name="processor-relay"
+            ) as work,
+        ):
+            await listen.execute(query("relay_listen"))
+            log.info("relay_listening", channel=CHANNEL)
+            should_wake = True  # one round at start, for anything queued while away
+            rounds = 0
+            while True:
+                if not should_wake:
+                    should_wake = await _notified(listen, None)
+                should_wake = False
+                while True:
+                    sent = await self._round(work)
+                    rounds += 1
+                    if rounds % 600 == 0:
+                        await self._prune(work)
+                    if should_wake:
+                        await _quiet(listen, PAUSE_SECONDS)  # later commits do not wake it
+                    else:
+                        should_wake = await _notified(listen, PAUSE_SECONDS)
+                    if sent == 0:
+                        break
+
+    async def _round(self, work: psycopg.AsyncConnection[Row]) -> int:
+        """One batch: taken, sent, answered and removed from the queue in one transaction."""
+        try:
+            async with work.transaction():
+                cur = await work.execute(query("relay_take"), {"batch": self.batch})
+                rows = await cur.fetchall()
+                if rows:
+                    answers = await asyncio.gather(*(self._send(row) for row in rows))
+                    async with work.cursor() as record:
+                        await record.executemany(query("relay_record"), answers)
+        except psycopg.errors.UndefinedTable as exc:
+            # The stand-in is not installed yet: keep listening, it may be soon.
+            log.warning("relay_cannot_read_queue", error=str(exc))
+            return 0
+        self.sent += len(rows)
+        return len(rows)
+
+    async def _prune(self, work: psycopg.AsyncConnection[Row]) -> None:
+        async with work.transaction():
+            await work.execute(query("relay_prune"), {"ttl_seconds": RESPONSE_TTL_SECONDS})
+
+    async def _send(self, row: Row) -> dict[str, Any]:
         timeout = row["timeout_milliseconds"] / 1000
         answer: dict[str, Any] = {
             "id": row["id"],
@@ -112,7 +125,7 @@ class Relay:
             answer.update(
                 status_code=response.status_code,
                 content_type=response.headers.get("content-type"),
-                headers=dict(response.headers),
+                headers=Jsonb(dict(response.headers)),
                 content=response.text[:MAX_CONTENT],
             )
         except httpx.TimeoutException:
@@ -121,14 +134,28 @@ class Relay:
             )
         except httpx.HTTPError as exc:
             answer["error_msg"] = " ".join(str(exc).split()) or type(exc).__name__
-        with contextlib.suppress(DatabaseError):
-            await self.db.fetch_all("relay_record", answer)
         log.debug(
             "relay_sent",
             request_id=row["id"],
             status=answer["status_code"],
             error=answer["error_msg"],
         )
+        return answer
+
+
+async def _notified(conn: psycopg.AsyncConnection[Any], within: float | None) -> bool:
+    """Waits for one notification; False when `within` seconds pass without one."""
+    async for _ in conn.notifies(timeout=within, stop_after=1):
+        return True
+    return False
+
+
+async def _quiet(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+    """Waits `seconds`, swallowing the notifications that arrive meanwhile."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        async for _ in conn.notifies(timeout=left):
+            pass
 
 
 async def run_forever(database_url: str) -> None:

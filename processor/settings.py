@@ -125,6 +125,7 @@ class Settings:
     max_claim: int = 50
     drain_seconds: float = 8.0
     max_running: int = 20
+    listen: bool = True  # LISTEN for inserts: millisecond pickup while running
     run_relay: bool = False  # `processor dev` runs the local pg_net relay inside the service
     shutdown_grace: float = 30.0
     db_pool_max: int = 10
@@ -168,6 +169,7 @@ class Settings:
             "max_claim": int(_number(env, "MAX_CLAIM", 50, minimum=1)),
             "drain_seconds": _number(env, "DRAIN_SECONDS", 8.0, minimum=0.0),
             "max_running": int(_number(env, "MAX_RUNNING_JOBS", 20, minimum=1)),
+            "listen": _choice(env, "LISTEN_FOR_JOBS", "on", ("on", "off")) == "on",
             "shutdown_grace": _number(env, "SHUTDOWN_GRACE", 30.0, minimum=0.0),
             "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
             "log_format": _choice(env, "LOG_FORMAT", "auto", ("auto", "json", "console")),

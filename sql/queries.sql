@@ -10,15 +10,22 @@ select id, job_type, payload, user_id, retry_count + 1 as attempt, max_retries, 
 from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
                 make_interval(secs => %(lease_seconds)s));
 
--- complete_job --
-select mark_job_completed(%(id)s, %(lease_token)s, %(result)s) as ok;
+-- complete_jobs --
+select c.id from complete_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
+    as c(id);
 
--- fail_job --
-select mark_job_failed(%(id)s, %(lease_token)s, %(error)s, %(retryable)s) as status;
+-- fail_jobs --
+select job_id, new_status
+from fail_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(errors)s::text[],
+               %(retryable)s::boolean[]);
 
--- extend_lease --
-select extend_job_lease(%(id)s, %(lease_token)s, make_interval(secs => %(lease_seconds)s))
-    as locked_until;
+-- extend_leases --
+select e.id
+from extend_job_leases(%(ids)s::uuid[], %(lease_tokens)s::uuid[],
+                       make_interval(secs => %(lease_seconds)s)) as e(id);
+
+-- listen_inserts --
+listen job_queue_insert;
 
 -- get_job --
 select id, job_type, status, priority, payload, user_id, retry_count, max_retries,
@@ -103,7 +110,8 @@ values (%(job_id)s, %(project_id)s, %(user_id)s, %(content)s::jsonb, %(provider)
 on conflict (job_id) do nothing;
 
 -- relay_take --
--- The local pg_net stand-in's queue: take a batch of committed requests to send.
+-- The local pg_net stand-in's queue: a batch of committed requests to send. The delete commits
+-- with their answers, so until then the rows stay visible in the queue, as with pg_net.
 delete from net.http_request_queue
 where id in (select id from net.http_request_queue order by id
              for update skip locked limit %(batch)s)
@@ -170,10 +178,12 @@ order by d.start_time desc
 limit 5;
 
 -- net_recent_responses --
-select status_code, timed_out, error_msg, created
-from net._http_response
-where created > now() - interval '1 hour'
-order by created desc
+-- Only the processor's own calls (pg_net's responses do not say where a request went).
+select r.status_code, r.timed_out, r.error_msg, r.created
+from net._http_response r
+join processor_net_calls c on c.request_id = r.id
+where r.created > now() - interval '1 hour'
+order by r.created desc
 limit 20;
 
 -- pending_health --

@@ -79,7 +79,9 @@ TOKEN = "test-token-0123456789abcdef"
 @pytest.fixture
 def make_service(database_url: str, handler_url: str, tmp_path: Path) -> Iterator:
     """Starts the processor on a real port against this test's database. Job types
-    'ok', 'slow' … all route to the scripted handler; extra settings override the defaults."""
+    'ok', 'slow' … all route to the scripted handler; extra settings override the defaults.
+    It does not LISTEN for inserts unless asked (LISTEN_FOR_JOBS=on): most tests drive
+    /process-jobs themselves and must not race the listener."""
     from processor.app import create_app
     from processor.settings import Settings
 
@@ -95,6 +97,7 @@ def make_service(database_url: str, handler_url: str, tmp_path: Path) -> Iterato
             "JOB_ROUTES": json.dumps(routes),
             "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
             "LOG_FORMAT": "json",
+            "LISTEN_FOR_JOBS": "off",
             **(env or {}),
         }
         settings = Settings.from_env(base, **overrides)

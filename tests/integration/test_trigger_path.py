@@ -91,7 +91,7 @@ def test_the_standin_records_timeouts_like_pg_net(make_service, database_url, co
     assert "300 ms" in row["error_msg"]
 
 
-def test_an_insert_starts_its_job_within_a_second_of_commit(
+def test_an_insert_starts_its_job_within_a_second_of_commit_through_pg_net(
     make_service, database_url, conn, handler
 ):
     server = make_service(run_relay=True)

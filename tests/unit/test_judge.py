@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import httpx
+import json
+
 import pytest
 
-from processor.dispatch import judge
+from processor.verdict import Answer, judge
 
 
-def answer(status: int, **kw) -> httpx.Response:
-    return httpx.Response(status, request=httpx.Request("POST", "http://h/x"), **kw)
+def answer(status: int, *, json_body=None, text=None, headers=None) -> Answer:
+    body = json.dumps(json_body).encode() if json_body is not None else (text or "").encode()
+    return Answer(status, body, headers or {})
 
 
 def test_2xx_completes_with_the_result_field():
-    verdict = judge(answer(200, json={"result": {"url": "u"}, "other": 1}))
+    verdict = judge(answer(200, json_body={"result": {"url": "u"}, "other": 1}))
     assert (verdict.ok, verdict.result) == (True, {"url": "u"})
 
 
 def test_2xx_without_a_result_field_keeps_the_whole_json_body():
-    assert judge(answer(201, json={"sent": True})).result == {"sent": True}
+    assert judge(answer(201, json_body={"sent": True})).result == {"sent": True}
     assert judge(answer(204)).result is None
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 410, 422])
 def test_4xx_fails_without_retry(status):
-    verdict = judge(answer(status, json={"error": "nope"}))
+    verdict = judge(answer(status, json_body={"error": "nope"}))
     assert (verdict.ok, verdict.retryable) == (False, False)
     assert verdict.error.endswith(": nope")
     assert verdict.error.startswith(f"handler answered {status} ")
@@ -57,7 +59,7 @@ def test_a_redirect_fails_and_says_where_it_pointed():
 )
 def test_the_reason_is_read_from_the_usual_fields(body, reason):
     assert (
-        judge(answer(422, json=body)).error
+        judge(answer(422, json_body=body)).error
         == f"handler answered 422 Unprocessable Entity: {reason}"
     )
 

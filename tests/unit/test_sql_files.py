@@ -19,9 +19,10 @@ def test_a_name_defined_twice_is_an_error():
 def test_every_query_the_code_uses_is_defined():
     assert {
         "claim_jobs",
-        "complete_job",
-        "fail_job",
-        "extend_lease",
+        "complete_jobs",
+        "fail_jobs",
+        "extend_leases",
+        "listen_inserts",
         "requeue_expired",
         "get_job",
         "migrations_record",

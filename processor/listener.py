@@ -1,0 +1,67 @@
+"""Instant pickup without pg_net: a running processor keeps one LISTEN connection, and the insert
+trigger's NOTIFY (delivered at commit) starts a drain within milliseconds.
+
+LISTEN needs a session that stays with one server connection: a direct connection or a
+session-mode pooler. A transaction-mode pooler (Supabase's port 6543, or any URL marked
+pgbouncer=true) hands each transaction to another connection and drops notifications, so there
+the listener stays off with a warning; pg_net and cron still wake the processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+import structlog
+
+from processor.db import describe
+from processor.sql import query
+
+log = structlog.get_logger("processor.listener")
+
+CHANNEL = "job_queue_insert"  # notified by job_queue_instant_pickup() (sql/migrations/0004)
+TRANSACTION_POOLER_PORT = 6543
+
+
+def transaction_pooler(url: str) -> bool:
+    """Whether a connection string points at a transaction-mode pooler (no LISTEN there)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    flags = parse_qs(parts.query)
+    return port == TRANSACTION_POOLER_PORT or flags.get("pgbouncer", [""])[0] == "true"
+
+
+class Listener:
+    def __init__(self, database_url: str, on_insert: Callable[[], None]) -> None:
+        self.database_url = database_url
+        self.on_insert = on_insert
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listens until cancelled, reconnecting after a lost connection; each (re)connect
+        also wakes the processor once, for anything inserted while it was not listening."""
+        delay = 0.5
+        while True:
+            try:
+                await self._listen()
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("listen_reconnecting", error=describe(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _listen(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True, application_name="processor-listen"
+        ) as conn:
+            await conn.execute(query("listen_inserts"))
+            self.connected.set()
+            log.info("listening", channel=CHANNEL)
+            self.on_insert()
+            async for _ in conn.notifies():
+                self.on_insert()

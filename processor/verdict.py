@@ -1,0 +1,92 @@
+"""How a handler's answer decides a job's fate. 2xx completes the job; 408/425/429/5xx retry it
+(a 429 with Retry-After postpones it without spending an attempt); a redirect or any other 4xx
+fails it at once with the handler's reason."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+REASON_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A handler's HTTP answer, read whole: status, headers (lower-case names) and body."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is empty or not JSON."""
+        if not self.body:
+            return None
+        try:
+            return json.loads(self.body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    postpone_seconds: float | None = None  # a 429 with Retry-After: wait, spend no attempt
+
+
+def judge(answer: Answer) -> Verdict:
+    """Turns a handler's answer into a verdict."""
+    status = answer.status
+    if 200 <= status < 300:
+        body = answer.json()
+        if isinstance(body, dict) and "result" in body:
+            return Verdict(ok=True, result=body["result"])
+        return Verdict(ok=True, result=body)
+    summary = f"handler answered {status} {answer.reason_phrase}".rstrip()
+    if 300 <= status < 400:
+        where = answer.headers.get("location", "?")
+        return Verdict(ok=False, error=f"{summary} to {where}; configure the final URL")
+    reason = _reason(answer)
+    return Verdict(
+        ok=False,
+        error=f"{summary}: {reason}" if reason else summary,
+        retryable=status >= 500 or status in RETRYABLE_STATUS,
+        postpone_seconds=_retry_after(answer) if status == 429 else None,
+    )
+
+
+def _retry_after(answer: Answer) -> float | None:
+    try:
+        return max(0.0, float(answer.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _reason(answer: Answer) -> str:
+    body = answer.json()
+    if isinstance(body, dict):
+        for key in ("error", "detail", "message", "reason"):
+            value = body.get(key)
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                value = value["message"]
+            if value:
+                text = value if isinstance(value, str) else json.dumps(value)
+                return text[:REASON_LIMIT]
+    return " ".join(answer.text.split())[:REASON_LIMIT]
