@@ -70,6 +70,7 @@ class Dispatcher:
         self._freed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._auth = {
             "Authorization": f"Bearer {self.settings.token.reveal()}",
             "Content-Type": "application/json",
@@ -80,7 +81,17 @@ class Dispatcher:
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_running, limit_per_host=0, keepalive_timeout=30
         )
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # handlers' cookies mean nothing here
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
+        )
+        self._timeouts = {
+            route.timeout: aiohttp.ClientTimeout(total=route.timeout)
+            for route in self.routes.values()
+        }
         self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
 
     async def close(self) -> None:
@@ -124,14 +135,10 @@ class Dispatcher:
         await self.close()
 
     async def _run(self, entry: _Running) -> Outcome:
-        job = entry.job
         try:
-            structlog.contextvars.bind_contextvars(
-                job_id=str(job.id), job_type=job.job_type, attempt=job.attempt
-            )
             return await self._attempt(entry)
         finally:
-            del self._running[job.id]
+            del self._running[entry.job.id]
             self._freed.set()
 
     async def _attempt(self, entry: _Running) -> Outcome:
@@ -152,7 +159,7 @@ class Dispatcher:
             task = asyncio.current_task()
             if entry.lost and task is not None and task.cancelling() <= 1:
                 task.uncancel()
-                log.warning("job_lease_lost")
+                _log(job).warning("job_lease_lost")
                 self.finished["lost"] += 1
                 return Outcome(
                     str(job.id),
@@ -192,7 +199,7 @@ class Dispatcher:
                 data=body,
                 headers=self._auth,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=route.timeout),
+                timeout=self._timeouts[route.timeout],
             ) as response:
                 content = await response.read()
                 answer = Answer(
@@ -234,7 +241,7 @@ class Dispatcher:
         try:
             return await self._write(job, verdict)
         except DatabaseError as exc:
-            log.error("job_outcome_unrecorded", error=str(exc))
+            _log(job).error("job_outcome_unrecorded", error=str(exc))
             self.finished["unrecorded"] += 1
             return Outcome(
                 str(job.id), job.job_type, job.attempt, "lost", f"outcome not recorded: {exc}"
@@ -253,24 +260,29 @@ class Dispatcher:
 
         if verdict.ok:
             done = await self.writer.complete(job, verdict.result)
-            log.info("job_completed" if done else "job_lease_lost")
+            _log(job).info("job_completed" if done else "job_lease_lost")
             return outcome("completed" if done else None)
         error = verdict.error or "failed"
         if verdict.postpone_seconds is not None:
             delay = verdict.postpone_seconds
             status = await _persist(lambda: self.queue.postpone(job, delay, error))
             if status == "pending":
-                log.warning("job_postponed", error=error, retry_after=delay)
+                _log(job).warning("job_postponed", error=error, retry_after=delay)
                 return outcome(status)
         else:
             status = await self.writer.fail(job, error, retryable=verdict.retryable)
         if status == "pending":
-            log.warning("job_retry_scheduled", error=verdict.error)
+            _log(job).warning("job_retry_scheduled", error=verdict.error)
         elif status == "failed":
-            log.error("job_failed", error=verdict.error, retryable=verdict.retryable)
+            _log(job).error("job_failed", error=verdict.error, retryable=verdict.retryable)
         else:
-            log.warning("job_lease_lost", error=verdict.error)
+            _log(job).warning("job_lease_lost", error=verdict.error)
         return outcome(status)
+
+
+def _log(job: ClaimedJob) -> Any:
+    """A logger whose lines carry the job's id, type and attempt."""
+    return log.bind(job_id=str(job.id), job_type=job.job_type, attempt=job.attempt)
 
 
 async def _persist(write: Callable[[], Awaitable[T]], attempts: int = 4) -> T:

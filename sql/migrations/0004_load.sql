@@ -4,13 +4,37 @@
 -- Claims up to p_limit due jobs in one statement: one scan of the claim index in get_next_job's
 -- order, rows locked FOR UPDATE SKIP LOCKED, all moved to processing under fresh leases.
 -- Returned in claim order. (get_next_job + mark_job_processing stay the single-job contract.)
+-- This and the batch functions below are plpgsql rather than sql: PostgreSQL caches a plpgsql
+-- function's plans for the session, but plans a data-modifying sql function on every call.
 create or replace function claim_jobs(
     p_worker text,
     p_limit integer default 1,
     p_job_types text[] default null,
     p_lease interval default interval '60 seconds'
 ) returns setof job_queue
-language sql volatile as $$
+language plpgsql volatile as $$
+begin
+    if coalesce(p_limit, 1) <= 1 then
+        -- One job: the plain SKIP LOCKED statement, nothing around it.
+        return query
+        update job_queue j
+        set status = 'processing',
+            locked_by = p_worker,
+            locked_until = now() + p_lease,
+            lease_token = gen_random_uuid(),
+            processed_at = now()
+        where j.id = (select id
+                      from job_queue
+                      where status = 'pending'
+                        and run_at <= now()
+                        and (p_job_types is null or job_type = any (p_job_types))
+                      order by priority desc, run_at, created_at
+                      limit 1
+                      for update skip locked)
+        returning j.*;
+        return;
+    end if;
+    return query
     with next as (
         select id
         from job_queue
@@ -18,7 +42,7 @@ language sql volatile as $$
           and run_at <= now()
           and (p_job_types is null or job_type = any (p_job_types))
         order by priority desc, run_at, created_at
-        limit greatest(coalesce(p_limit, 1), 1)
+        limit p_limit
         for update skip locked
     ), claimed as (
         update job_queue j
@@ -31,7 +55,8 @@ language sql volatile as $$
         where j.id = next.id
         returning j.*
     )
-    select * from claimed order by priority desc, run_at, created_at
+    select * from claimed order by priority desc, run_at, created_at;
+end;
 $$;
 
 -- Completes many jobs in one statement. A row changes only while the job is processing under
@@ -39,7 +64,9 @@ $$;
 -- Rows are locked in id order so two concurrent batches can never deadlock.
 create function complete_jobs(p_ids uuid[], p_lease_tokens uuid[], p_results jsonb[])
 returns setof uuid
-language sql volatile as $$
+language plpgsql volatile as $$
+begin
+    return query
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_results) as o(id, lease_token, result)
     ), held as (
@@ -58,7 +85,8 @@ language sql volatile as $$
         lease_token = null
     from held
     where j.id = held.id
-    returning j.id
+    returning j.id;
+end;
 $$;
 
 -- Records many failed attempts in one statement, with mark_job_failed's rules: a retryable
@@ -70,7 +98,9 @@ create function fail_jobs(
     p_errors text[],
     p_retryable boolean[]
 ) returns table (job_id uuid, new_status text)
-language sql volatile as $$
+language plpgsql volatile as $$
+begin
+    return query
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_errors, p_retryable)
             as o(id, lease_token, error, retryable)
@@ -99,14 +129,17 @@ language sql volatile as $$
         lease_token = null
     from held
     where j.id = held.id
-    returning j.id, j.status
+    returning j.id, j.status;
+end;
 $$;
 
 -- Extends the leases of many running jobs; returns the ids still held (a missing id means that
 -- job was requeued, cancelled or finished by someone else: its worker must stop).
 create function extend_job_leases(p_ids uuid[], p_lease_tokens uuid[], p_lease interval)
 returns setof uuid
-language sql volatile as $$
+language plpgsql volatile as $$
+begin
+    return query
     with held as (
         select j.id
         from job_queue j
@@ -120,26 +153,12 @@ language sql volatile as $$
     set locked_until = now() + p_lease
     from held
     where j.id = held.id
-    returning j.id
-$$;
-
--- The single-job contract, now one row of the batch functions (one set of rules, not two).
-create or replace function mark_job_completed(
-    p_job_id uuid,
-    p_lease_token uuid,
-    p_result jsonb default null
-) returns boolean
-language plpgsql as $$
-begin
-    perform 1 from complete_jobs(array[p_job_id], array[p_lease_token], array[p_result]);
-    if not found then
-        raise notice 'mark_job_completed: job % is not held under lease %', p_job_id, p_lease_token;
-        return false;
-    end if;
-    return true;
+    returning j.id;
 end;
 $$;
 
+-- The single-job failure contract is one row of fail_jobs (one set of retry rules, not two).
+-- mark_job_completed keeps its own one-row UPDATE from 0001: nothing to share but a SET list.
 create or replace function mark_job_failed(
     p_job_id uuid,
     p_lease_token uuid,
