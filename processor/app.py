@@ -27,7 +27,7 @@ from processor.dispatch import Dispatcher
 from processor.drainer import Drainer
 from processor.errors import DatabaseError
 from processor.handlers.common import HandlerContext
-from processor.listener import Listener, transaction_pooler
+from processor.listener import Listener, why_not_listen
 from processor.outcomes import OutcomeWriter
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
@@ -248,18 +248,14 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         background = []
         if settings.run_relay:
             background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
-        if not settings.listen:
-            log.info("listen_off", reason="LISTEN_FOR_JOBS=off")
-        elif transaction_pooler(settings.database_url):
-            log.warning(
-                "listen_unavailable",
-                reason="DATABASE_URL is a transaction-mode pooler, which drops LISTEN; new jobs "
-                "are picked up through pg_net and cron instead. Use the direct or session-mode "
-                "connection string (Supabase: port 5432) for millisecond pickup.",
-            )
-        else:
+        reason = why_not_listen(settings.database_url, settings.listen)
+        if reason is None:
             listener = Listener(settings.database_url, lambda: drainer.request(None))
             background.append(asyncio.create_task(listener.run(), name="listener"))
+        elif settings.listen:
+            log.warning("listen_unavailable", reason=reason)
+        else:
+            log.info("listen_off", reason=reason)
         log.info(
             "processor_started",
             worker=settings.worker_id,

@@ -1,11 +1,6 @@
-"""Runs claimed jobs: POSTs each to its handler over one shared keep-alive HTTP client, keeps the
-leases of all running jobs alive with one statement per beat, and hands every verdict to the
-outcome writer.
-
-The handler calls go through aiohttp rather than httpx: on this path (thousands of small
-requests a second on a few hundred keep-alive connections) httpx spent 3 ms of CPU per request
-here against aiohttp's 0.3 ms, mostly in its connection pool's bookkeeping. httpx stays the
-client for the AI providers, where respx mocks it in the tests.
+"""Runs claimed jobs: POSTs each to its handler over one shared keep-alive HTTP client (one
+connection per running slot, so a claimed job never queues for one), keeps the leases of all
+running jobs alive with one statement per beat, and hands every verdict to the outcome writer.
 """
 
 from __future__ import annotations
@@ -19,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-import aiohttp
 import structlog
 
 from processor.errors import DatabaseError
+from processor.handler_client import HandlerCallError, HandlerClient
 from processor.outcomes import OutcomeWriter
 from processor.queue import ClaimedJob, JobQueue
 from processor.settings import Route, Settings
-from processor.verdict import Answer, Verdict, judge
+from processor.verdict import Verdict, judge
 
 log = structlog.get_logger("processor.dispatch")
 T = TypeVar("T")
@@ -68,38 +63,23 @@ class Dispatcher:
         self.routes: dict[str, Route] = self.settings.routes()
         self._running: dict[UUID, _Running] = {}
         self._freed = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HandlerClient | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._auth = {
             "Authorization": f"Bearer {self.settings.token.reveal()}",
             "Content-Type": "application/json",
         }
 
     async def open(self) -> None:
-        # One connection per running slot: a claimed job never queues for a connection.
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_running, limit_per_host=0, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # handlers' cookies mean nothing here
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
-        )
-        self._timeouts = {
-            route.timeout: aiohttp.ClientTimeout(total=route.timeout)
-            for route in self.routes.values()
-        }
+        self._client = HandlerClient(self.settings.max_running)
         self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
 
     async def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     @property
     def running(self) -> int:
@@ -182,7 +162,7 @@ class Dispatcher:
         return await self._record(job, verdict)
 
     async def _call(self, job: ClaimedJob, route: Route) -> Verdict:
-        assert self._session is not None, "Dispatcher.open() was not awaited"
+        assert self._client is not None, "Dispatcher.open() was not awaited"
         body = json.dumps(
             {
                 "job_id": str(job.id),
@@ -194,26 +174,13 @@ class Dispatcher:
             }
         ).encode()
         try:
-            async with self._session.post(
-                route.url,
-                data=body,
-                headers=self._auth,
-                allow_redirects=False,
-                timeout=self._timeouts[route.timeout],
-            ) as response:
-                content = await response.read()
-                answer = Answer(
-                    response.status,
-                    content,
-                    {k.lower(): v for k, v in response.headers.items()},
-                )
+            answer = await self._client.post(route.url, body, self._auth, route.timeout)
         except TimeoutError:
             return Verdict(
                 ok=False, retryable=True, error=f"handler timed out after {route.timeout:g}s"
             )
-        except aiohttp.ClientError as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            return Verdict(ok=False, retryable=True, error=f"handler unreachable: {reason}")
+        except HandlerCallError as exc:
+            return Verdict(ok=False, retryable=True, error=f"handler unreachable: {exc}")
         return judge(answer)
 
     async def _keep_leases(self) -> None:

@@ -2,16 +2,16 @@
 trigger's NOTIFY (delivered at commit) starts a drain within milliseconds.
 
 LISTEN needs a session that stays with one server connection: a direct connection or a
-session-mode pooler. A transaction-mode pooler (Supabase's port 6543, or any URL marked
-pgbouncer=true) hands each transaction to another connection and drops notifications, so there
-the listener stays off with a warning; pg_net and cron still wake the processor.
+session-mode pooler. A transaction-mode pooler (Supabase's on port 6543) hands each transaction
+to another server connection and drops notifications, so there the listener stays off with a
+warning; pg_net and cron still wake the processor.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import structlog
@@ -28,12 +28,22 @@ TRANSACTION_POOLER_PORT = 6543
 def transaction_pooler(url: str) -> bool:
     """Whether a connection string points at a transaction-mode pooler (no LISTEN there)."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        return urlsplit(url).port == TRANSACTION_POOLER_PORT
     except ValueError:
         return False
-    flags = parse_qs(parts.query)
-    return port == TRANSACTION_POOLER_PORT or flags.get("pgbouncer", [""])[0] == "true"
+
+
+def why_not_listen(database_url: str, enabled: bool) -> str | None:
+    """None when the processor should LISTEN for inserts, else the reason it does not."""
+    if not enabled:
+        return "LISTEN_FOR_JOBS=off"
+    if transaction_pooler(database_url):
+        return (
+            "DATABASE_URL is a transaction-mode pooler (port 6543), which drops LISTEN; new "
+            "jobs are picked up through pg_net and cron instead. Use the direct or session-mode "
+            "connection string (Supabase: port 5432) for millisecond pickup."
+        )
+    return None
 
 
 class Listener:

@@ -23,7 +23,13 @@ class ThreadedServer:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            loop="asyncio",  # uvloop cannot close a loop in a thread while handles are open
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -66,16 +72,29 @@ class ScriptedHandler:
 
     calls: list[HandlerCall] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    most_in_flight: int = 0  # the most calls it was handling at once
 
     def reset(self) -> None:
         with self.lock:
             self.calls.clear()
+            self.in_flight = self.most_in_flight = 0
 
     def calls_for(self, job_id: str) -> list[HandlerCall]:
         with self.lock:
             return [c for c in self.calls if c.job_id == str(job_id)]
 
     async def handle(self, request: Request) -> Response:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.json()
         call = HandlerCall(
             body["job_id"],

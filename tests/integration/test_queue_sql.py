@@ -329,3 +329,90 @@ def test_anonymous_roles_cannot_call_the_queue_functions(conn):
     finally:
         conn.execute("reset role")
         conn.execute("drop role nobody_in_particular")
+
+
+def test_a_batch_claim_takes_jobs_in_get_next_jobs_order(conn):
+    low = add_job(conn, priority=0, run_at="2020-01-01")
+    high_late = add_job(conn, priority=5, run_at="2020-01-03")
+    high_early = add_job(conn, priority=5, run_at="2020-01-02")
+    first = add_job(conn, priority=1, run_at="2020-01-01")
+    second = add_job(conn, priority=1, run_at="2020-01-01")
+    add_job(conn, run_at="2999-01-01")  # not due
+    batch = claim(conn, limit=4)
+    assert [r["id"] for r in batch] == [high_early, high_late, first, second]
+    assert {r["status"] for r in batch} == {"processing"}
+    assert len({r["lease_token"] for r in batch}) == 4
+    assert [r["id"] for r in claim(conn, limit=4)] == [low]
+
+
+def test_batch_claims_skip_rows_another_claimer_holds(conn, database_url):
+    ids = [add_job(conn) for _ in range(6)]
+    with psycopg.connect(database_url, row_factory=dict_row) as other:
+        held = other.execute("select * from claim_jobs('w2', 2)").fetchall()  # not committed
+        mine = claim(conn, limit=10)
+        other.rollback()
+    assert {r["id"] for r in held} == set(ids[:2])
+    assert {r["id"] for r in mine} == set(ids[2:])
+
+
+def batch_args(rows: list[dict], tokens: list[uuid.UUID] | None = None) -> tuple[list, list]:
+    return [r["id"] for r in rows], tokens or [r["lease_token"] for r in rows]
+
+
+def test_a_batched_completion_never_completes_a_job_whose_lease_token_is_stale(conn):
+    for _ in range(3):
+        add_job(conn)
+    rows = claim(conn, limit=3)
+    stale = rows[1]
+    expire_lease(conn, stale["id"])
+    conn.execute("select requeue_expired_jobs()")
+    [reclaimed] = claim(conn)  # someone else holds it now, under a new token
+    assert reclaimed["id"] == stale["id"] and reclaimed["lease_token"] != stale["lease_token"]
+
+    ids, tokens = batch_args(rows)
+    done = conn.execute(
+        "select c.id from complete_jobs(%s, %s, %s::jsonb[]) as c(id)",
+        (ids, tokens, [Jsonb({"n": 1}), Jsonb({"n": 2}), Jsonb({"n": 3})]),
+    ).fetchall()
+    assert {r["id"] for r in done} == {rows[0]["id"], rows[2]["id"]}
+    assert job(conn, rows[0]["id"])["result"] == {"n": 1}
+    still = job(conn, stale["id"])
+    assert (still["status"], still["result"]) == ("processing", None)
+    assert still["lease_token"] == reclaimed["lease_token"]
+
+
+def test_batched_failures_follow_the_retry_rules_and_skip_stale_leases(conn):
+    retry = add_job(conn, max_retries=3)
+    last = add_job(conn, max_retries=0)
+    permanent = add_job(conn, max_retries=3)
+    lost = add_job(conn)
+    rows = {r["id"]: r for r in claim(conn, limit=4)}
+    ids = [retry, last, permanent, lost]
+    tokens = [rows[i]["lease_token"] for i in ids[:3]] + [uuid.uuid4()]
+    result = conn.execute(
+        "select job_id, new_status from fail_jobs(%s, %s, %s, %s)",
+        (ids, tokens, ["boom", "boom", "bad input", "late"], [True, True, False, True]),
+    ).fetchall()
+    assert {r["job_id"]: r["new_status"] for r in result} == {
+        retry: "pending",
+        last: "failed",
+        permanent: "failed",
+    }
+    retried = job(conn, retry)
+    assert retried["retry_count"] == 1 and retried["run_at"] > retried["updated_at"]
+    assert retried["errors"][0]["error"] == "boom"
+    assert job(conn, permanent)["errors"][0]["retryable"] is False
+    assert job(conn, lost)["status"] == "processing"
+
+
+def test_batched_lease_extension_reports_which_leases_are_still_held(conn):
+    a, b = add_job(conn), add_job(conn)
+    rows = claim(conn, limit=2, lease="5 seconds")
+    conn.execute("select cancel_job(%s)", (b,))
+    before = job(conn, a)["locked_until"]
+    held = conn.execute(
+        "select e.id from extend_job_leases(%s, %s, interval '60 seconds') as e(id)",
+        batch_args(rows),
+    ).fetchall()
+    assert [r["id"] for r in held] == [a]
+    assert job(conn, a)["locked_until"] - before > timedelta(seconds=50)

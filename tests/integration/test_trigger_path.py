@@ -278,3 +278,89 @@ def test_the_trigger_still_calls_when_pg_nets_queue_cannot_be_read(
         conn.execute("alter function invoke_job_processor(boolean) owner to current_user")
         conn.execute("drop owned by queue_owner_without_read")
         conn.execute("drop role queue_owner_without_read")
+
+
+# The stand-in behaves like pg_net 0.20 where it matters for timing and correctness.
+
+
+def test_the_standin_checks_content_type_like_pg_net(database_url, conn):
+    wire(database_url, "http://127.0.0.1:1")
+    with pytest.raises(psycopg.errors.RaiseException, match='must be "application/json"'):
+        conn.execute(
+            "select net.http_post('http://h/x', '{}'::jsonb, "
+            """headers => '{"Content-Type": "text/plain"}'::jsonb)"""
+        )
+    conn.execute(
+        """select net.http_post('http://h/x', '{}'::jsonb, headers => '{"X-A": "1"}'::jsonb)"""
+    )
+    stored = conn.execute("select headers from net.http_request_queue").fetchone()["headers"]
+    assert stored == {"X-A": "1", "Content-Type": "application/json"}
+
+
+def test_the_standin_sends_a_null_body_empty_and_url_encodes_params(database_url, conn):
+    wire(database_url, "http://127.0.0.1:1")
+    conn.execute(
+        """select net.http_post('http://h/x?k=v', null,
+                                params => '{"a b": "c&d/é"}'::jsonb)"""
+    )
+    row = conn.execute("select url, body from net.http_request_queue").fetchone()
+    assert row["url"] == "http://h/x?k=v&a%20b=c%26d%2F%C3%A9"
+    assert row["body"] is None
+
+
+def test_a_request_stays_queued_until_its_answer_is_in(
+    make_service, database_url, conn, handler, handler_url
+):
+    make_service(run_relay=True)
+    wire(database_url, "http://127.0.0.1:1")
+    body = '{"job_id": "j-queued", "attempt": 1, "payload": {"respond": {"delay": 1.0}}}'
+    conn.execute("select net.http_post(%s, %s::jsonb)", (f"{handler_url}/slow", body))
+    wait_until(lambda: handler.calls_for("j-queued"), 5, "the request to be sent")
+    # Sent, not answered yet: still in the queue, which is what the trigger's debounce sees.
+    assert count(conn, "select count(*) as n from net.http_request_queue") == 1
+    wait_until(
+        lambda: count(conn, "select count(*) as n from net._http_response") == 1, 5, "the answer"
+    )
+    assert count(conn, "select count(*) as n from net.http_request_queue") == 0
+
+
+def test_under_a_trickle_the_standin_sends_batches_about_a_second_apart(
+    make_service, database_url, conn, handler, handler_url
+):
+    make_service(run_relay=True)
+    wire(database_url, "http://127.0.0.1:1")
+    time.sleep(0.3)  # the relay is idle and listening
+    for n in range(8):
+        body = f'{{"job_id": "j-trickle-{n}", "attempt": 1, "payload": {{}}}}'
+        conn.execute("select net.http_post(%s, %s::jsonb)", (f"{handler_url}/ok", body))
+        time.sleep(0.1)
+    wait_until(lambda: len(handler.calls) == 8, 10, "all eight requests")
+    starts = sorted(c.started for c in handler.calls)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # The first commit wakes the idle relay; the rest wait for its next round (≈1 s later):
+    # like pg_net, it does not send each request as it commits.
+    assert max(gaps) > 0.8
+    assert sum(1 for g in gaps if g > 0.5) <= 2
+
+
+def test_verify_judges_pg_net_by_the_processors_own_calls_only(make_service, cron_db):
+    server = make_service({"DATABASE_URL": cron_db}, run_relay=True)
+    schedule.schedule(cron_db, server.url, TOKEN, local=True)
+    with psycopg.connect(cron_db, autocommit=True) as conn:
+        conn.execute("insert into job_queue (job_type) values ('ok')")  # one call of ours
+        time.sleep(0.5)
+        # Someone else's request through pg_net fails; it says nothing about the processor.
+        other = conn.execute(
+            "select net.http_post(%s, '{}'::jsonb)", (f"http://127.0.0.1:{free_port()}/other",)
+        ).fetchone()[0]
+        wait_until(
+            lambda: conn.execute(
+                "select count(*) from net._http_response where id = %s", (other,)
+            ).fetchone()[0],
+            10,
+            "the other request's answer",
+        )
+    lines: list[str] = []
+    assert verify(cron_db, lines.append) is True, lines
+    net_line = next(line for line in lines if "stand-in" in line)
+    assert net_line.startswith("✓") and "answered 2xx" in net_line
