@@ -3,6 +3,7 @@ real pg_cron firing on its own, `processor schedule` and `processor verify`."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -336,7 +337,7 @@ def test_under_a_trickle_the_standin_sends_batches_about_a_second_apart(
         time.sleep(0.1)
     wait_until(lambda: len(handler.calls) == 8, 10, "all eight requests")
     starts = sorted(c.started for c in handler.calls)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # The first commit wakes the idle relay; the rest wait for its next round (≈1 s later):
     # like pg_net, it does not send each request as it commits.
     assert max(gaps) > 0.8
