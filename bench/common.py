@@ -19,11 +19,13 @@ TOKEN = "bench-token-0123456789"
 
 
 @contextmanager
-def private_database() -> Iterator[tuple[LocalCluster, Path]]:
+def private_database(
+    preload: tuple[str, ...] = ("pg_cron",),
+) -> Iterator[tuple[LocalCluster, Path]]:
     """A migrated private cluster and a scratch folder beside it."""
     folder = Path(tempfile.mkdtemp(prefix="processor-bench-"))
     folder.chmod(0o755)
-    cluster = LocalCluster(folder / "pg", free_port())
+    cluster = LocalCluster(folder / "pg", free_port(), preload=preload)
     cluster.start()
     try:
         migrate(cluster.url)

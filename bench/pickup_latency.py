@@ -1,101 +1,160 @@
-"""Pickup latency of the insert path: from an INSERT's commit to the start of its handler call.
+"""Pickup latency: from an INSERT's commit to the start of its handler call.
 
-    .venv/bin/python bench/pickup_latency.py [--jobs 200] [--gap-ms 50]
+    .venv/bin/python bench/pickup_latency.py [--jobs 200] [--gap-ms 50] [--burst 500]
+    .venv/bin/python bench/pickup_latency.py --pg-bindir /var/tmp/realpg/usr/lib/postgresql/15/bin
 
-A private cluster (fsync on), the local pg_net stand-in and its relay inside the processor, and
-a local handler that notes when each job arrives. Another process inserts jobs one statement
-(one commit) at a time, --gap-ms apart, then again back to back; each latency is the handler's
-arrival time minus the moment the INSERT returned, on the system's monotonic clock.
+Every part in its own process, as in production: a private PostgreSQL cluster (fsync on),
+`processor serve`, the no-op handler (bench/noop_handler.py), and an inserter that commits one
+job per statement --gap-ms apart, then --burst jobs in one statement. Latency is the handler's
+first sight of a job minus the moment its INSERT returned (both time.time(), one machine).
+
+Each run is made twice: with the processor LISTENing (the default: the insert trigger's
+NOTIFY wakes it) and with LISTEN_FOR_JOBS=off, where only the trigger's pg_net call does.
+
+By default pg_net is the project's local stand-in, with `processor relay` sending its requests.
+With --pg-bindir (a PostgreSQL tree holding real builds of pg_net and pg_cron >= 1.5, see the
+README's benchmark section) the cluster preloads the real extensions instead, so the figures
+are pg_net 0.20's and pg_cron 1.6's. No test or CI run depends on that tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
+import httpx
 import psycopg
 from common import TOKEN, private_database
-from psycopg.rows import dict_row
+from side_by_side import handler_process, process
 
 from processor import schedule
-from processor.app import create_app
-from processor.logging import configure
 from processor.pgcluster import free_port
-from processor.settings import Settings
-from tests.support import ScriptedHandler, ThreadedServer
 
 
-def insert_jobs(url: str, jobs: int, gap: float) -> dict[str, float]:
-    """Runs in its own process, like an app would: {job id: when its INSERT returned}."""
+def insert_one_by_one(url: str, jobs: int, gap: float) -> dict[str, float]:
+    """Runs in its own process, like an app: {job id: when its INSERT returned}."""
     committed: dict[str, float] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         for _ in range(jobs):
             job_id = conn.execute(
                 "insert into job_queue (job_type) values ('bench') returning id"
             ).fetchone()[0]
-            committed[str(job_id)] = time.monotonic()  # CLOCK_MONOTONIC: same across processes
-            if gap:
-                time.sleep(gap)
+            committed[str(job_id)] = time.time()
+            time.sleep(gap)
     return committed
 
 
-def measure(url: str, handler: ScriptedHandler, jobs: int, gap: float) -> list[float]:
-    handler.reset()
+def insert_burst(url: str, jobs: int) -> dict[str, float]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        ids = conn.execute(
+            "insert into job_queue (job_type) select 'bench' from generate_series(1, %s) "
+            "returning id",
+            (jobs,),
+        ).fetchall()
+        now = time.time()
+    return {str(i): now for (i,) in ids}
+
+
+def measure(url: str, handler: str, insert, *args) -> list[float]:
+    httpx.post(f"{handler}/reset")
     with ProcessPoolExecutor(1) as pool:
-        committed = pool.submit(insert_jobs, url, jobs, gap).result()
-    deadline = time.monotonic() + 60
-    while len(handler.calls) < jobs and time.monotonic() < deadline:
-        time.sleep(0.05)
-    started = {c.job_id: c.started for c in handler.calls}
-    assert len(started) == jobs, f"only {len(started)} of {jobs} jobs reached the handler"
-    return sorted((started[j] - t) * 1000 for j, t in committed.items())
+        committed = pool.submit(insert, url, *args).result()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{handler}/stats").json()
+        if stats["jobs"] >= len(committed):
+            break
+        time.sleep(0.1)
+    seen = httpx.get(f"{handler}/stats", params={"times": 1}).json()["first_seen"]
+    missing = set(committed) - set(seen)
+    assert not missing, f"{len(missing)} of {len(committed)} jobs never reached the handler"
+    return sorted((seen[j] - t) * 1000 for j, t in committed.items())
 
 
 def net_calls(url: str) -> int:
     with psycopg.connect(url) as conn:
-        return conn.execute("select count(*) from net._http_response").fetchone()[0]
+        return conn.execute("select count(*) from processor_net_calls").fetchone()[0]
 
 
-def report(label: str, ms: list[float], calls: int) -> None:
-    q = statistics.quantiles(ms, n=100)
-    print(
-        f"{label:<28} n={len(ms):<4} p50={q[49]:7.1f} ms  p95={q[94]:7.1f} ms  "
-        f"max={max(ms):7.1f} ms  pg_net calls={calls}"
-    )
+@contextmanager
+def processor(url: str, handler: str, listen: bool):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "DATABASE_URL": url,
+        "PROCESSOR_TOKEN": TOKEN,
+        "PROCESSOR_URL": base,
+        "JOB_ROUTES": f'{{"bench": "{handler}/bench"}}',
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "json",
+        "MAX_RUNNING_JOBS": "600",
+        "LISTEN_FOR_JOBS": "on" if listen else "off",
+    }
+    args = [sys.executable, "-m", "processor", "serve", "--port", str(port)]
+    with process(args, env, f"{base}/healthz"):
+        schedule.schedule(url, base, TOKEN, local=True)
+        time.sleep(0.5)  # listening
+        yield base
+
+
+def pct(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--gap-ms", type=float, default=50)
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--pg-bindir", help="PostgreSQL bin/ of a tree with real pg_net+pg_cron")
     args = parser.parse_args()
-    configure("console", "warning")
 
-    handler = ScriptedHandler()
-    port = free_port()
-    with private_database() as (cluster, _), ThreadedServer(handler.app()) as handlers:
-        env = {
-            "DATABASE_URL": cluster.url,
-            "PROCESSOR_TOKEN": TOKEN,
-            "PROCESSOR_URL": f"http://127.0.0.1:{port}",
-            "LOG_LEVEL": "warning",
-            "JOB_ROUTES": f'{{"bench": "{handlers.url}/bench"}}',
-        }
-        settings = Settings.from_env(env, run_relay=True)
-        with psycopg.connect(cluster.url, autocommit=True, row_factory=dict_row) as conn:
-            schedule.install_standin(conn)
-            schedule.configure_endpoint(conn, settings.processor_url, TOKEN)
-        with ThreadedServer(create_app(settings), port):
-            time.sleep(0.5)  # the relay is listening
-            for label, gap in (
-                (f"one insert per {args.gap_ms:g} ms", args.gap_ms / 1000),
-                ("back-to-back inserts", 0.0),
-            ):
-                before = net_calls(cluster.url)
-                latencies = measure(cluster.url, handler, args.jobs, gap)
-                report(label, latencies, net_calls(cluster.url) - before)
+    preload: tuple[str, ...] = ("pg_cron",)
+    if args.pg_bindir:
+        os.environ["PG_BINDIR"] = args.pg_bindir
+        preload = ("pg_cron", "pg_net")
+    with private_database(preload=preload) as (cluster, _), handler_process() as handler:
+        url = cluster.url
+        with psycopg.connect(url, autocommit=True) as conn:
+            if args.pg_bindir:
+                conn.execute("create extension if not exists pg_net")
+            versions = dict(conn.execute("select extname, extversion from pg_extension"))
+        relay = None
+        if "pg_net" not in versions:
+            env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning"}
+            relay = subprocess.Popen([sys.executable, "-m", "processor", "relay"], env=env)
+        net = f"pg_net {versions['pg_net']}" if "pg_net" in versions else "the local stand-in"
+        print(f"PostgreSQL {cluster.port}: pg_cron {versions.get('pg_cron')}, {net}; fsync on")
+        try:
+            for listen in (True, False):
+                path = "LISTEN/NOTIFY + pg_net" if listen else "pg_net only (LISTEN off)"
+                with processor(url, handler, listen):
+                    before = net_calls(url)
+                    ms = measure(url, handler, insert_one_by_one, args.jobs, args.gap_ms / 1000)
+                    calls = net_calls(url) - before
+                    print(
+                        f"  {path}: {args.jobs} inserts {args.gap_ms:g} ms apart: "
+                        f"p50 {pct(ms, 50):.1f} ms, p95 {pct(ms, 95):.1f} ms, "
+                        f"p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms; "
+                        f"pg_net calls {calls}",
+                        flush=True,
+                    )
+                    ms = measure(url, handler, insert_burst, args.burst)
+                    print(
+                        f"  {path}: {args.burst} jobs in one INSERT: all started within "
+                        f"{max(ms):.0f} ms (p50 {pct(ms, 50):.0f} ms)",
+                        flush=True,
+                    )
+        finally:
+            if relay is not None:
+                relay.terminate()
+                relay.wait(timeout=30)
 
 
 if __name__ == "__main__":

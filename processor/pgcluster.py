@@ -80,6 +80,7 @@ class LocalCluster:
     port: int
     database: str = "processor"
     fast: bool = False  # fsync off: for throw-away test clusters only
+    preload: tuple[str, ...] = ("pg_cron",)  # the benchmarks add pg_net (a real build of it)
 
     @classmethod
     def for_project(cls, root: Path, port: int) -> LocalCluster:
@@ -151,13 +152,15 @@ class LocalCluster:
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": "''",
-            "shared_preload_libraries": "'pg_cron'",
+            "shared_preload_libraries": f"'{','.join(self.preload)}'",
             "cron.database_name": f"'{self.database}'",
             "cron.use_background_workers": "on",
             "max_worker_processes": "32",
             "max_connections": "200",
             "timezone": "'UTC'",
         }
+        if "pg_net" in self.preload:
+            settings["pg_net.database_name"] = f"'{self.database}'"
         if self.fast:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         with (self.data_dir / "postgresql.conf").open("a") as conf:
