@@ -31,10 +31,9 @@ from contextlib import contextmanager
 import httpx
 import psycopg
 from common import TOKEN, private_database
-from side_by_side import handler_process, process
+from side_by_side import handler_process, service
 
 from processor import schedule
-from processor.pgcluster import free_port
 
 
 def insert_one_by_one(url: str, jobs: int, gap: float) -> dict[str, float]:
@@ -84,20 +83,9 @@ def net_calls(url: str) -> int:
 
 @contextmanager
 def processor(url: str, handler: str, listen: bool):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        "DATABASE_URL": url,
-        "PROCESSOR_TOKEN": TOKEN,
-        "PROCESSOR_URL": base,
-        "JOB_ROUTES": f'{{"bench": "{handler}/bench"}}',
-        "LOG_LEVEL": "warning",
-        "LOG_FORMAT": "json",
-        "MAX_RUNNING_JOBS": "600",
-        "LISTEN_FOR_JOBS": "on" if listen else "off",
-    }
-    args = [sys.executable, "-m", "processor", "serve", "--port", str(port)]
-    with process(args, env, f"{base}/healthz"):
+    """`processor serve`, wired to the database as `processor schedule` does."""
+    env = {"MAX_RUNNING_JOBS": "600", "LISTEN_FOR_JOBS": "on" if listen else "off"}
+    with service(url, handler, **env) as (base, _):
         schedule.schedule(url, base, TOKEN, local=True)
         time.sleep(0.5)  # listening
         yield base
@@ -122,14 +110,17 @@ def main() -> None:
     with private_database(preload=preload) as (cluster, _), handler_process() as handler:
         url = cluster.url
         with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create extension if not exists pg_cron")
             if args.pg_bindir:
                 conn.execute("create extension if not exists pg_net")
+            else:
+                schedule.install_standin(conn)
             versions = dict(conn.execute("select extname, extversion from pg_extension"))
         relay = None
-        if "pg_net" not in versions:
+        if not args.pg_bindir:
             env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning"}
             relay = subprocess.Popen([sys.executable, "-m", "processor", "relay"], env=env)
-        net = f"pg_net {versions['pg_net']}" if "pg_net" in versions else "the local stand-in"
+        net = f"pg_net {versions['pg_net']}" if args.pg_bindir else "the local stand-in"
         print(f"PostgreSQL {cluster.port}: pg_cron {versions.get('pg_cron')}, {net}; fsync on")
         try:
             for listen in (True, False):

@@ -156,6 +156,49 @@ def sql_batched(url: str, jobs: int, batch: int = 100, workers: int = 4) -> floa
     return _checked(url, jobs, threaded(url, workers, loop))
 
 
+PGBENCH_SCRIPTS = {
+    "plain": PLAIN_CLAIM.strip().replace("\n", " ")
+    + " \\gset\n"
+    + PLAIN_COMPLETE.replace("%s", ":id::uuid")
+    + ";\n",
+    "claim1": "select id, lease_token from claim_jobs('w', 1) \\gset\n"
+    "select mark_job_completed(:id::uuid, :lease_token::uuid, '{}');\n",
+}
+
+
+def sql_pgbench(url: str, jobs: int, script: str, seconds: int = 6) -> float:
+    """The same claim + complete as one pgbench client each (16 clients, C, no Python): what the
+    statements cost the database, without client threads sharing one interpreter."""
+    fill(url, max(jobs, 3000 * seconds))
+    path = BENCH / f".pgbench-{script}.sql"
+    path.write_text(PGBENCH_SCRIPTS[script])
+    pgbench = Path(os.environ.get("PG_BINDIR") or "/usr/lib/postgresql/15/bin") / "pgbench"
+    try:
+        out = subprocess.run(
+            [
+                str(pgbench),
+                "-n",
+                "-M",
+                "extended",
+                "-c",
+                "16",
+                "-j",
+                "2",
+                "-T",
+                str(seconds),
+                "-f",
+                str(path),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        path.unlink()
+    return float(next(line for line in out.splitlines() if line.startswith("tps")).split()[2])
+
+
 def _checked(url: str, jobs: int, elapsed: float) -> float:
     done = completed(url)
     assert done == jobs, f"{done} of {jobs} jobs completed"
@@ -200,7 +243,11 @@ def sql_pgqueuer(url: str, jobs: int, batch: int = 100) -> float:
 
 
 def sql_procrastinate(url: str, jobs: int) -> float:
+    import logging
+
     import procrastinate
+
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)  # its "app in __main__" notice
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
     done = Counter[str]()
@@ -287,6 +334,31 @@ def service(url: str, handler: str, **env: str):
         yield base, proc
 
 
+def cpu_by_role() -> Counter[str]:
+    """CPU seconds used so far by the processes of each role on this machine: the service, the
+    handler, PostgreSQL (all its processes) and this benchmark (its callers)."""
+    used: Counter[str] = Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if "processor serve" in cmd:
+            used["service"] += seconds
+        elif "noop_handler" in cmd:
+            used["handler"] += seconds
+        elif comm.startswith("postgres") or cmd.startswith("postgres"):
+            used["postgres"] += seconds
+        elif int(pid) == os.getpid():
+            used["callers"] += seconds
+    return used
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -324,6 +396,7 @@ def run_service(
     httpx.post(f"{handler}/reset")
     with service(url, handler, **env) as (base, proc):
         spy = _profile(proc.pid, profile) if profile else None
+        cpu_before = cpu_by_role()
         stop = threading.Event()
         threads = [
             threading.Thread(target=caller, args=(base, body, stop, busy_pause), daemon=True)
@@ -345,6 +418,8 @@ def run_service(
         for t in threads:
             t.join(timeout=120)
         rss = rss_mb(proc.pid)
+        cpu = cpu_by_role()
+        cpu.subtract(cpu_before)
         if spy:
             spy.wait(timeout=120)
     stats = httpx.get(f"{handler}/stats").json()
@@ -363,6 +438,10 @@ def run_service(
         "delivered": stats["jobs"],
         "delivered_twice": stats["duplicates"],
         "rss_mb": rss,
+        "cpu_us_per_job": {
+            role: round(seconds / max(1, by_status.get("completed", 0)) * 1e6)
+            for role, seconds in cpu.items()
+        },
         "seconds": elapsed,
     }
 
@@ -450,6 +529,14 @@ def main() -> None:
                 "claim_jobs(…, 1) + mark_job_completed, 16 workers",
                 lambda: sql_claim_one(url, args.jobs),
             ),
+            "plain_pgbench": (
+                "plain FOR UPDATE SKIP LOCKED + complete, pgbench, 16 clients",
+                lambda: sql_pgbench(url, args.jobs, "plain"),
+            ),
+            "claim1_pgbench": (
+                "claim_jobs(…, 1) + mark_job_completed, pgbench, 16 clients",
+                lambda: sql_pgbench(url, args.jobs, "claim1"),
+            ),
             "contract": (
                 "get_next_job + mark_job_processing, 16 workers",
                 lambda: sql_single_job_contract(url, args.jobs),
@@ -492,12 +579,29 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: |")
         for key, rate in results.items():
             vs_pgq = f"{rate / results['pgqueuer']:.2f}" if "pgqueuer" in results else "-"
-            vs_plain = f"{rate / results['plain']:.2f}" if "plain" in results else "-"
+            plain = "plain_pgbench" if key.endswith("_pgbench") else "plain"
+            vs_plain = f"{rate / results[plain]:.2f}" if plain in results else "-"
             print(f"| {configs[key][0]} | {rate:,.0f} | {vs_pgq} | {vs_plain} |")
 
         if not only or "rss" in only:
-            r = run_service(url, handler, args.jobs, 16, {"limit": 50, "wait": True}, env=wait_env)
-            print(f"\nservice RSS after {args.jobs} jobs (16 callers, wait): {r['rss_mb']:.0f} MB")
+            for label, r in (
+                (
+                    "16 callers, wait",
+                    run_service(
+                        url, handler, args.jobs, 16, {"limit": 50, "wait": True}, env=wait_env
+                    ),
+                ),
+                (
+                    "one drain caller",
+                    run_service(
+                        url, handler, args.jobs, 1, {"drain": True}, env=drain_env, busy_pause=1.0
+                    ),
+                ),
+            ):
+                print(
+                    f"\n{label}: {r['jobs_per_s']:,.0f} jobs/s; service RSS at the end "
+                    f"{r['rss_mb']:.0f} MB; CPU per job (us) by process: {r['cpu_us_per_job']}"
+                )
 
         if args.profile:
             out = Path(args.profile).resolve()

@@ -220,9 +220,10 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.database_url, max_size=settings.db_pool_max)
         await db.open()
-        # Outcome writes get their own connections: they never wait behind claims or handlers.
+        # Outcome writes and lease extensions get their own connections: they never wait
+        # behind claims or handlers.
         outcome_db = Database(
-            settings.database_url, max_size=2, application_name="processor-outcomes"
+            settings.database_url, max_size=3, application_name="processor-outcomes"
         )
         await outcome_db.open()
         client = http_client or httpx.AsyncClient(

@@ -192,7 +192,7 @@ class Dispatcher:
             if not entries:
                 continue
             try:
-                held = await self.queue.extend_many(
+                held = await self.writer.extend_leases(
                     [e.job for e in entries], self.settings.lease_seconds
                 )
             except DatabaseError as exc:

@@ -83,6 +83,11 @@ class OutcomeWriter:
         result: str | None = await pending.future
         return result
 
+    async def extend_leases(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
+        """Extends many leases in one statement, on the writer's own connections too: keeping
+        a lease must never wait behind claims or handlers for a connection."""
+        return await self.queue.extend_many(jobs, lease_seconds)
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()

@@ -17,6 +17,15 @@ from starlette.routing import Route
 from processor.pgcluster import free_port
 
 
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Polls `predicate` until it holds; fails the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 class ThreadedServer:
     """A real uvicorn server on 127.0.0.1 in a background thread."""
 

@@ -19,6 +19,7 @@ import pytest
 
 from processor.pgcluster import free_port
 from tests.conftest import TOKEN
+from tests.support import wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -28,14 +29,6 @@ def statuses(conn) -> dict[str, int]:
         (r["status"], r["n"])
         for r in conn.execute("select status, count(*) as n from job_queue group by status")
     )
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def lease_expiries(conn) -> int:

@@ -16,6 +16,7 @@ from processor.errors import ConfigError
 from processor.pgcluster import LocalCluster, free_port
 from processor.verify import verify
 from tests.conftest import TOKEN
+from tests.support import wait_until
 
 
 def wire(database_url: str, server_url: str, *, instant_pickup: bool = True) -> None:
@@ -23,14 +24,6 @@ def wire(database_url: str, server_url: str, *, instant_pickup: bool = True) -> 
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         schedule.install_standin(conn)
         schedule.configure_endpoint(conn, server_url, TOKEN, instant_pickup=instant_pickup)
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def count(conn, sql: str, *args) -> int:
