@@ -68,6 +68,7 @@ def main() -> None:
                 "LOCAL_STORAGE_DIR": str(folder / "storage"),
                 "PACK_CONCURRENCY": str(concurrency),
                 "LOG_LEVEL": "warning",
+                "LISTEN_FOR_JOBS": "off",  # the benchmark POSTs each job itself, with wait
             }
             runs = [
                 (

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 import httpx
 import psycopg
 from common import TOKEN, private_database
+from psycopg.rows import dict_row
 from side_by_side import handler_process, service
 
 from processor import schedule
@@ -109,13 +110,16 @@ def main() -> None:
         preload = ("pg_cron", "pg_net")
     with private_database(preload=preload) as (cluster, _), handler_process() as handler:
         url = cluster.url
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             conn.execute("create extension if not exists pg_cron")
             if args.pg_bindir:
                 conn.execute("create extension if not exists pg_net")
             else:
                 schedule.install_standin(conn)
-            versions = dict(conn.execute("select extname, extversion from pg_extension"))
+            versions = {
+                r["extname"]: r["extversion"]
+                for r in conn.execute("select extname, extversion from pg_extension")
+            }
         relay = None
         if not args.pg_bindir:
             env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning"}

@@ -1,14 +1,16 @@
 """Throughput side by side, in one run on one private cluster (fsync on), each figure with its
 ratio to the peers measured in the same run:
 
-    make install && .venv/bin/pip install -e '.[bench]'
+    make install
     .venv/bin/python bench/side_by_side.py [--jobs 20000] [--repeat 3] [--only NAME,...]
                                            [--overload-jobs 10000] [--profile]
 
 SQL path (no HTTP): PgQueuer (asyncpg, batch 100, an in-process no-op), procrastinate (a no-op
 task), a plain `FOR UPDATE SKIP LOCKED` claim + complete with 16 workers, and the processor's
 own functions (`claim_jobs` one at a time and batched with `complete_jobs`, and the single-job
-contract `get_next_job` + `mark_job_processing`).
+contract `get_next_job` + `mark_job_processing`). The one-job claim + complete also runs under
+pgbench (16 C clients), which shows what the statements cost the database without 16 Python
+threads sharing one interpreter.
 
 Whole service: `processor serve` in its own process, a no-op HTTP handler (bench/noop_handler.py)
 in another, jobs claimed through POST /process-jobs by 16 callers sending
@@ -16,7 +18,8 @@ in another, jobs claimed through POST /process-jobs by 16 callers sending
 callers sending {"limit": 50, "drain": true} as fast as they are answered, with a 10 s lease and
 no retries, so a lease that runs out shows up as a failed job.
 
-Every run checks that each job was completed exactly once. Figures are jobs per second, the
+The peers come from the project's optional `bench` extra, installed on first run. Every run
+checks that each job was completed exactly once. Figures are jobs per second, the
 median of --repeat runs.
 """
 
@@ -490,6 +493,20 @@ def summarize_profile(path: Path, top: int = 25) -> list[tuple[float, str]]:
 # --- the run ------------------------------------------------------------------------------
 
 
+def install_peers() -> None:
+    """PgQueuer, procrastinate and asyncpg come from the project's optional `bench` extra."""
+    try:
+        import asyncpg  # noqa: F401
+        import pgqueuer  # noqa: F401
+        import procrastinate  # noqa: F401
+    except ImportError:
+        print("installing the bench extra (PgQueuer, procrastinate, asyncpg, py-spy) ...")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{BENCH.parent}[bench]"],
+            check=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=20000)
@@ -505,6 +522,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
+    install_peers()
 
     with private_database() as (cluster, _), handler_process() as handler:
         for name in ("pgqueuer_db", "procrastinate_db"):
