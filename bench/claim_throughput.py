@@ -10,42 +10,23 @@ claims with 200,000 finished rows in the table, to show the partial index keeps 
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 import psycopg
 from common import private_database
+from side_by_side import fill, threaded
 
 
 def run(url: str, jobs: int, workers: int, batch: int) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate job_queue cascade")
-        conn.execute(
-            "insert into job_queue (job_type) select 'bench' from generate_series(1, %s)", (jobs,)
-        )
-        conn.execute("analyze job_queue")
-    barrier = threading.Barrier(workers + 1)
+    fill(url, jobs)
 
-    def worker(n: int) -> None:
-        with psycopg.connect(url, autocommit=True) as c:
-            barrier.wait()
-            while True:
-                rows = c.execute(
-                    "select id, lease_token from claim_jobs(%s, %s)", (f"w{n}", batch)
-                ).fetchall()
-                if not rows:
-                    return
-                for job_id, token in rows:
-                    c.execute("select mark_job_completed(%s, %s, '{}')", (job_id, token))
+    def loop(conn: psycopg.Connection) -> bool:
+        rows = conn.execute("select id, lease_token from claim_jobs('w', %s)", (batch,)).fetchall()
+        for job_id, token in rows:
+            conn.execute("select mark_job_completed(%s, %s, '{}')", (job_id, token))
+        return bool(rows)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = threaded(url, workers, loop)
     with psycopg.connect(url) as conn:
         done = conn.execute("select count(*) from job_queue where status = 'completed'")
         assert done.fetchone()[0] == jobs, "every job must be completed exactly once"
