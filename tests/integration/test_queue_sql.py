@@ -181,7 +181,7 @@ def test_max_retries_three_means_four_attempts(conn):
     assert statuses == ["pending", "pending", "pending", "failed"]
     row = job(conn, job_id)
     assert row["retry_count"] == 3
-    assert row["error_message"] == "boom 4"
+    assert row["error_message"] == "boom 4 (gave up after 4 attempts)"
     assert [e["attempt"] for e in row["errors"]] == [1, 2, 3, 4]
     assert [e["error"] for e in row["errors"]] == ["boom 1", "boom 2", "boom 3", "boom 4"]
     assert row["completed_at"] is not None
@@ -290,7 +290,9 @@ def test_a_plain_insert_gets_every_default(conn):
 
 
 def test_payload_must_be_an_object(conn):
-    with pytest.raises(psycopg.errors.CheckViolation):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="must be a JSON object, got string"
+    ):
         conn.execute("insert into job_queue (job_type, payload) values ('t', '\"text\"')")
 
 
