@@ -14,19 +14,22 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from processor import handlers
+from processor import handlers, redact
 from processor.auth import require_token
 from processor.claim import Claimer
 from processor.db import Database
 from processor.dispatch import Dispatcher
 from processor.drainer import Drainer
 from processor.errors import DatabaseError
+from processor.fetch import Fetcher
 from processor.handlers.common import HandlerContext
+from processor.limits import BodyLimit
 from processor.listener import Listener, why_not_listen
 from processor.outcomes import OutcomeWriter
 from processor.providers.registry import build as build_providers
@@ -39,13 +42,16 @@ from processor.storage import FILES_PREFIX, LocalStorage
 log = structlog.get_logger("processor.app")
 
 CLAIM_FIELDS = ("limit", "job_types", "wait", "drain")
+MAX_JOB_TYPES = 100
+HEALTH_TIMEOUT = 1.0  # /healthz answers within this, whatever the database does
 
 
 class ApiResponse(JSONResponse):
     """JSON that also carries datetimes and UUIDs."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_encode, separators=(",", ":")).encode()
+        text = json.dumps(content, default=_encode, separators=(",", ":"))
+        return redact.redact(text).encode()
 
 
 def _encode(value: Any) -> Any:
@@ -98,8 +104,10 @@ def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | No
         return 1, None, False, False
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, "body is not valid JSON: it nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
+        raise HTTPException(400, f"body is not valid JSON: {_short(exc)}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, f"body must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(CLAIM_FIELDS))
@@ -109,21 +117,34 @@ def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | No
         )
     limit = data.get("limit", 1)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= max_limit:
-        raise HTTPException(400, f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
+        raise HTTPException(
+            400, f"limit must be an integer from 1 to {max_limit}, got {_short(repr(limit))}"
+        )
     job_types = data.get("job_types")
     if job_types is not None and (
         not isinstance(job_types, list)
-        or not job_types
-        or not all(isinstance(t, str) and t.strip() for t in job_types)
+        or not 1 <= len(job_types) <= MAX_JOB_TYPES
+        or not all(
+            isinstance(t, str) and t.strip() and len(t) <= 200 and t.isprintable()
+            for t in job_types
+        )
     ):
-        raise HTTPException(400, "job_types must be a non-empty list of job type names")
+        raise HTTPException(
+            400,
+            f"job_types must be a list of 1 to {MAX_JOB_TYPES} job type names "
+            "(printable text, 200 characters at most each)",
+        )
     wait = data.get("wait", False)
     if not isinstance(wait, bool):
-        raise HTTPException(400, f"wait must be true or false, got {wait!r}")
+        raise HTTPException(400, f"wait must be true or false, got {_short(repr(wait))}")
     drain = data.get("drain", False)
     if not isinstance(drain, bool):
-        raise HTTPException(400, f"drain must be true or false, got {drain!r}")
+        raise HTTPException(400, f"drain must be true or false, got {_short(repr(drain))}")
     return limit, job_types, wait, drain
+
+
+def _short(value: object, limit: int = 80) -> str:
+    return redact.clean(str(value), limit)
 
 
 async def get_job(request: Request) -> Response:
@@ -132,7 +153,7 @@ async def get_job(request: Request) -> Response:
     try:
         job_id = uuid.UUID(raw)
     except ValueError:
-        raise HTTPException(400, f"job id must be a UUID, got {raw!r}") from None
+        raise HTTPException(400, f"job id must be a UUID, got {_short(repr(raw))}") from None
     job = await request.app.state.queue.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -184,7 +205,13 @@ def _label(value: str) -> str:
 
 async def healthz(request: Request) -> Response:
     try:
-        await request.app.state.queue.ping()
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await request.app.state.queue.ping()
+    except TimeoutError:
+        return ApiResponse(
+            {"status": "error", "database": f"no answer within {HEALTH_TIMEOUT:g} s"},
+            status_code=503,
+        )
     except DatabaseError as exc:
         return ApiResponse({"status": "error", "database": str(exc)}, status_code=503)
     return ApiResponse(
@@ -237,8 +264,15 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         await dispatcher.open()
         claimer = Claimer(queue, dispatcher, settings)
         drainer = Drainer(claimer, settings)
+        fetcher = Fetcher(allow_private=settings.providers.allow_private_urls)
         app.state.handler_context = HandlerContext(
-            db, providers, client, settings.providers.pack_concurrency
+            db,
+            providers,
+            client,
+            settings.providers.pack_concurrency,
+            fetcher,
+            settings.signing_secrets(),
+            settings.providers.max_image_pixels,
         )
         app.state.settings = settings
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
@@ -272,6 +306,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             await drainer.stop()
             await dispatcher.shutdown(settings.shutdown_grace)
             await writer.stop()
+            await fetcher.close()
             if http_client is None:
                 await client.aclose()
             await outcome_db.close()
@@ -286,5 +321,6 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
     return Starlette(
         routes=app_routes,
         lifespan=lifespan,
+        middleware=[Middleware(BodyLimit, max_bytes=settings.max_request_bytes)],
         exception_handlers={HTTPException: http_error, DatabaseError: database_error},
     )

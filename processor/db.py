@@ -5,13 +5,15 @@ Nothing outside this module sees a psycopg exception: callers get DatabaseError.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from processor.errors import DatabaseError
@@ -33,8 +35,28 @@ def describe(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+UNDECODABLE = {"undecodable": "this JSON nests too deeply for the processor to read"}
+
+
+def safe_loads(data: str | bytes) -> Any:
+    """json.loads for values read from the database: a value nested too deeply for Python
+    becomes a marker instead of an exception that would spoil the whole query."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        return dict(UNDECODABLE)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(safe_loads, conn)
+
+
 class Database:
-    """Async access for the service: one pool, named queries, rows as dicts."""
+    """Async access for the service: one pool, named queries, rows as dicts. Idle connections
+    are checked every CHECK_EVERY seconds, so ones a database restart broke are replaced
+    before a caller meets them."""
+
+    CHECK_EVERY = 15.0
 
     def __init__(self, url: str, *, max_size: int = 10, application_name: str = "processor"):
         self._pool = AsyncConnectionPool(
@@ -47,8 +69,10 @@ class Database:
                 "row_factory": dict_row,
                 "application_name": application_name,
             },
+            configure=_configure,
             timeout=10.0,
         )
+        self._checker: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -56,9 +80,31 @@ class Database:
         except (psycopg.Error, PoolTimeout) as exc:
             await self._pool.close()
             raise DatabaseError(f"cannot connect to the database: {describe(exc)}") from exc
+        self._checker = asyncio.create_task(self._check_idle(), name="pool-check")
 
     async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
         await self._pool.close()
+
+    async def _check_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self.CHECK_EVERY)
+            with suppress(Exception):
+                await self._pool.check()
+
+    async def ping(self) -> bool:
+        """True when the database answers. A connection broken since it was pooled (the
+        database restarted) is replaced and the ping tried once more on a fresh one."""
+        for attempt in (1, 2):
+            try:
+                row = await self.fetch_one("ping")
+                return bool(row and row["ok"] == 1)
+            except DatabaseError:
+                if attempt == 2:
+                    raise
+        return False
 
     async def fetch_all(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         try:
@@ -87,6 +133,7 @@ def connect(url: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to the database: {describe(exc)}") from exc
+    set_json_loads(safe_loads, conn)
     try:
         with conn:
             yield conn

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,12 +18,15 @@ from uuid import UUID
 
 import structlog
 
+from processor import signing
 from processor.errors import DatabaseError
-from processor.handler_client import HandlerCallError, HandlerClient
+from processor.handler_client import AnswerTooLarge, HandlerCallError, HandlerClient
 from processor.outcomes import OutcomeWriter
 from processor.queue import ClaimedJob, JobQueue
 from processor.settings import Route, Settings
 from processor.verdict import Verdict, judge
+
+MAX_SEND_DEPTH = 512  # deeper JSON than most handlers' parsers can read (Python's stops ~1000)
 
 log = structlog.get_logger("processor.dispatch")
 T = TypeVar("T")
@@ -65,13 +70,11 @@ class Dispatcher:
         self._freed = asyncio.Event()
         self._client: HandlerClient | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._auth = {
-            "Authorization": f"Bearer {self.settings.token.reveal()}",
-            "Content-Type": "application/json",
-        }
 
     async def open(self) -> None:
-        self._client = HandlerClient(self.settings.max_running)
+        self._client = HandlerClient(
+            self.settings.max_running, max_answer_bytes=self.settings.max_answer_bytes
+        )
         self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
 
     async def close(self) -> None:
@@ -162,22 +165,37 @@ class Dispatcher:
         return await self._record(job, verdict)
 
     async def _call(self, job: ClaimedJob, route: Route) -> Verdict:
+        """POSTs the job to its handler, signed (handlers never see PROCESSOR_TOKEN)."""
         assert self._client is not None, "Dispatcher.open() was not awaited"
-        body = json.dumps(
-            {
-                "job_id": str(job.id),
-                "job_type": job.job_type,
-                "attempt": job.attempt,
-                "lease_token": str(job.lease_token),
-                "user_id": job.user_id,
-                "payload": job.payload,
-            }
-        ).encode()
+        unsendable = _unsendable(job.payload_json, self.settings.max_request_bytes)
+        if unsendable:
+            return Verdict(ok=False, error=unsendable)
+        body = b"".join(
+            (
+                b'{"job_id":"%s","job_type":' % str(job.id).encode(),
+                json.dumps(job.job_type).encode(),
+                b',"attempt":%d,"lease_token":"%s","user_id":'
+                % (job.attempt, str(job.lease_token).encode()),
+                json.dumps(job.user_id).encode(),
+                b',"payload":',
+                job.payload_json.encode(),
+                b"}",
+            )
+        )
+        headers = {
+            "Content-Type": "application/json",
+            signing.HEADER: signing.sign(body, self.settings.signing_secrets(route)),
+        }
         try:
-            answer = await self._client.post(route.url, body, self._auth, route.timeout)
+            answer = await self._client.post(route.url, body, headers, route.timeout)
         except TimeoutError:
             return Verdict(
                 ok=False, retryable=True, error=f"handler timed out after {route.timeout:g}s"
+            )
+        except AnswerTooLarge as exc:
+            return Verdict(
+                ok=False,
+                error=f"handler answer not stored: {exc} (MAX_HANDLER_ANSWER_BYTES)",
             )
         except HandlerCallError as exc:
             return Verdict(ok=False, retryable=True, error=f"handler unreachable: {exc}")
@@ -205,6 +223,7 @@ class Dispatcher:
                     entry.task.cancel()
 
     async def _record(self, job: ClaimedJob, verdict: Verdict) -> Outcome:
+        verdict = verdict.redacted()
         try:
             return await self._write(job, verdict)
         except DatabaseError as exc:
@@ -232,7 +251,9 @@ class Dispatcher:
         error = verdict.error or "failed"
         if verdict.postpone_seconds is not None:
             delay = verdict.postpone_seconds
-            status = await _persist(lambda: self.queue.postpone(job, delay, error))
+            status = await _persist(
+                lambda: self.queue.postpone(job, delay, error), self.settings.lease_seconds
+            )
             if status == "pending":
                 _log(job).warning("job_postponed", error=error, retry_after=delay)
                 return outcome(status)
@@ -247,21 +268,56 @@ class Dispatcher:
         return outcome(status)
 
 
+def _unsendable(payload_json: str, max_bytes: int) -> str | None:
+    """Why a payload cannot be sent to any handler, or None. Checked per job, so one bad row
+    fails alone and at once while the jobs claimed beside it run."""
+    if len(payload_json) > max_bytes:
+        return (
+            f"payload is {len(payload_json)} bytes; handler calls are limited to {max_bytes} "
+            "(MAX_REQUEST_BYTES)"
+        )
+    if payload_json.count("{") + payload_json.count("[") > MAX_SEND_DEPTH:
+        depth = json_depth(payload_json, MAX_SEND_DEPTH + 1)
+        if depth > MAX_SEND_DEPTH:
+            return f"payload nests more than {MAX_SEND_DEPTH} levels deep; no handler can read it"
+    return None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str, stop: int) -> int:
+    """How deeply a JSON text nests (counted no further than `stop`), without decoding it."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest >= stop:
+                    return deepest
+        else:
+            depth -= 1
+    return deepest
+
+
 def _log(job: ClaimedJob) -> Any:
     """A logger whose lines carry the job's id, type and attempt."""
     return log.bind(job_id=str(job.id), job_type=job.job_type, attempt=job.attempt)
 
 
-async def _persist(write: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
-    """Writes a single-row outcome, riding out a short database outage."""
-    delay = 0.25
-    for attempt in range(1, attempts + 1):
+async def _persist(write: Callable[[], Awaitable[T]], within: float) -> T:
+    """Writes a single-row outcome, riding out a database outage for as long as the job's lease
+    lasts (`within` seconds): giving up sooner would let the job run again."""
+    deadline = time.monotonic() + within
+    delay = 0.1
+    while True:
         try:
             return await write()
         except DatabaseError as exc:
-            if attempt == attempts:
+            if time.monotonic() + delay > deadline:
                 raise
-            log.warning("outcome_write_retry", error=str(exc), attempt=attempt)
+            log.warning("outcome_write_retry", error=str(exc))
             await asyncio.sleep(delay)
-            delay *= 4
-    raise AssertionError("unreachable")
+            delay = min(delay * 2, 2.0)

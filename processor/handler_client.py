@@ -31,6 +31,10 @@ class HandlerCallError(Exception):
     """The handler could not be reached, or its answer was not HTTP."""
 
 
+class AnswerTooLarge(HandlerCallError):
+    """The handler answered more bytes than the processor keeps."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -71,11 +75,16 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        declared = self._headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            self._fail(
+                AnswerTooLarge(f"the answer is {declared} bytes; the limit is {self.max_bytes}")
+            )
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self.max_bytes:
-            self._fail(HandlerCallError(f"answer larger than {self.max_bytes} bytes"))
+            self._fail(AnswerTooLarge(f"the answer is over {self.max_bytes} bytes, the limit"))
             return
         self._body.append(body)
 

@@ -8,6 +8,7 @@ from typing import cast
 
 from PIL import Image, ImageChops, ImageFilter, UnidentifiedImageError
 
+MAX_PIXELS = 40_000_000  # default cap on a decoded image (MAX_IMAGE_PIXELS)
 MAIN_SIDE = 1600  # longest side >= 1600 px enables zoom on the marketplace
 MAIN_FILL = 0.86  # the product's longest side as a share of the frame ("about 85%")
 WHITE = (255, 255, 255)
@@ -17,13 +18,37 @@ class ImageDataError(ValueError):
     """Bytes that are not an image Pillow can read."""
 
 
-def load(data: bytes) -> Image.Image:
+# The pixel cap below is checked on the header, before anything is decoded; Pillow's own
+# bomb check is then redundant (and would raise its own error type).
+Image.MAX_IMAGE_PIXELS = None
+
+
+def load(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decodes an image, refusing one over `max_pixels` before decoding it. CPU-bound: call it
+    through asyncio.to_thread from the event loop."""
     try:
         image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageDataError("not a readable image") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDataError(
+            f"{width} x {height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+            f"{max_pixels / 1e6:g} MP (MAX_IMAGE_PIXELS)"
+        )
+    try:
         image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageDataError(f"not a readable image ({len(data)} bytes)") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDataError("not a readable image (its data is damaged)") from exc
     return image
+
+
+def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
+    """Checks that the bytes decode as an image within the cap; returns its format."""
+    image = load(data, max_pixels)
+    fmt = image.format or ""
+    image.close()
+    return fmt
 
 
 def encode(image: Image.Image, fmt: str = "PNG", *, comment: str | None = None) -> bytes:

@@ -18,7 +18,7 @@ class ClaimedJob:
 
     id: UUID
     job_type: str
-    payload: dict[str, Any]
+    payload_json: str  # the payload as the database wrote it: sent on without being decoded
     user_id: str | None
     attempt: int
     max_retries: int
@@ -29,7 +29,7 @@ class ClaimedJob:
         return cls(
             id=row["id"],
             job_type=row["job_type"],
-            payload=row["payload"],
+            payload_json=row["payload_json"],
             user_id=row["user_id"],
             attempt=row["attempt"],
             max_retries=row["max_retries"],
@@ -120,5 +120,4 @@ class JobQueue:
         return await self.db.fetch_one("get_job", {"id": job_id})
 
     async def ping(self) -> bool:
-        row = await self.db.fetch_one("ping")
-        return bool(row and row["ok"] == 1)
+        return await self.db.ping()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from processor import redact
 from processor.errors import ConfigError
 
 # Built-in job types and the path of this service that handles each (contract).
@@ -28,12 +31,14 @@ BUILTIN_TIMEOUTS: dict[str, float] = {
 
 
 class Secret:
-    """A string that never shows itself in a repr, a log line or an error message."""
+    """A string that never shows itself in a repr, a log line or an error message; every Secret
+    is registered with processor.redact, so text from outside never carries it either."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redact.register([value])
 
     def reveal(self) -> str:
         return self._value
@@ -49,10 +54,12 @@ class Secret:
 
 @dataclass(frozen=True)
 class Route:
-    """Where jobs of one type are sent, and how long the handler may take."""
+    """Where jobs of one type are sent, how long the handler may take, and (optionally) the
+    route's own signing secret."""
 
     url: str
     timeout: float
+    secret: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class ProviderSettings:
     storage_public: bool = True
     local_storage_dir: str = ".data/storage"
     pack_concurrency: int = 3
+    max_image_pixels: int = 40_000_000  # sources larger than this are refused before decoding
+    allow_private_urls: bool = False  # source_image_url may reach private addresses (local dev)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProviderSettings:
@@ -110,6 +119,8 @@ class ProviderSettings:
             storage_public=_choice(env, "STORAGE_PUBLIC", "true", ("true", "false")) == "true",
             local_storage_dir=env.get("LOCAL_STORAGE_DIR") or cls.local_storage_dir,
             pack_concurrency=int(_number(env, "PACK_CONCURRENCY", 3, minimum=1)),
+            max_image_pixels=int(_number(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1)),
+            allow_private_urls=_choice(env, "ALLOW_PRIVATE_URLS", "off", ("on", "off")) == "on",
         )
 
 
@@ -129,10 +140,27 @@ class Settings:
     run_relay: bool = False  # `processor dev` runs the local pg_net relay inside the service
     shutdown_grace: float = 30.0
     db_pool_max: int = 10
+    signing_secret: Secret | None = None  # HANDLER_SIGNING_SECRET; derived from the token if unset
+    previous_signing_secret: Secret | None = None
+    max_request_bytes: int = 2 * 1024 * 1024
+    max_answer_bytes: int = 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     providers: ProviderSettings = field(default_factory=ProviderSettings)
+
+    def signing_secrets(self, route: Route | None = None) -> list[str]:
+        """The secrets a call to `route` is signed with, current first: the route's own secret,
+        else HANDLER_SIGNING_SECRET (and its previous value while rotating), else one derived
+        from PROCESSOR_TOKEN, which can sign calls but never be used as the token."""
+        if route is not None and route.secret:
+            return [route.secret.reveal()]
+        if self.signing_secret:
+            current = self.signing_secret.reveal()
+        else:
+            current = derive_signing_secret(self.token.reveal())
+        previous = self.previous_signing_secret
+        return [current, previous.reveal()] if previous else [current]
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -172,6 +200,14 @@ class Settings:
             "listen": _choice(env, "LISTEN_FOR_JOBS", "on", ("on", "off")) == "on",
             "shutdown_grace": _number(env, "SHUTDOWN_GRACE", 30.0, minimum=0.0),
             "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
+            "signing_secret": _secret(env, "HANDLER_SIGNING_SECRET"),
+            "previous_signing_secret": _secret(env, "HANDLER_SIGNING_SECRET_PREVIOUS"),
+            "max_request_bytes": int(
+                _number(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024)
+            ),
+            "max_answer_bytes": int(
+                _number(env, "MAX_HANDLER_ANSWER_BYTES", 1024 * 1024, minimum=1024)
+            ),
             "log_format": _choice(env, "LOG_FORMAT", "auto", ("auto", "json", "console")),
             "log_level": _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         }
@@ -180,17 +216,34 @@ class Settings:
         timeout = float(values["handler_timeout"])  # type: ignore[arg-type]
         values["job_routes"] = parse_job_routes(env.get("JOB_ROUTES", ""), timeout)
         settings = cls(**values)  # type: ignore[arg-type]
+        password = urlsplit(settings.database_url).password
+        if password:
+            Secret(unquote(password))  # registered for redaction
+        if settings.signing_secret and len(settings.signing_secret.reveal()) < 16:
+            raise ConfigError("HANDLER_SIGNING_SECRET is too short: use at least 16 characters")
         if not settings.database_url:
             raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/db)")
         if not settings.token:
             raise ConfigError("PROCESSOR_TOKEN is not set: /process-jobs needs a bearer token")
         if len(settings.token.reveal()) < 16:
             raise ConfigError("PROCESSOR_TOKEN is too short: use at least 16 characters")
+        Secret(derive_signing_secret(settings.token.reveal()))  # registered for redaction
         return settings
 
 
+def derive_signing_secret(token: str) -> str:
+    """The handler signing secret used when HANDLER_SIGNING_SECRET is unset: an HMAC of the
+    token, so it signs calls but cannot be turned back into the token."""
+    return hmac.new(token.encode(), b"processor handler signing v1", hashlib.sha256).hexdigest()
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    return Secret(env[name]) if env.get(name) else None
+
+
 def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
-    """JOB_ROUTES: {"type": "https://url"} or {"type": {"url": "...", "timeout": seconds}}."""
+    """JOB_ROUTES: {"type": "https://url"} or
+    {"type": {"url": "...", "timeout": seconds, "secret": "its own signing secret"}}."""
     if not raw.strip():
         return {}
     try:
@@ -202,6 +255,7 @@ def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
     routes: dict[str, Route] = {}
     for job_type, spec in data.items():
         where = f"JOB_ROUTES[{job_type!r}]"
+        secret: Secret | None = None
         if isinstance(spec, str):
             url, timeout = spec, default_timeout
         elif isinstance(spec, dict) and isinstance(spec.get("url"), str):
@@ -209,10 +263,16 @@ def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
             timeout = spec.get("timeout", default_timeout)
             if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
                 raise ConfigError(f"{where}.timeout must be a positive number of seconds")
+            if "secret" in spec:
+                if not isinstance(spec["secret"], str) or len(spec["secret"]) < 16:
+                    raise ConfigError(f"{where}.secret must be a string of at least 16 characters")
+                secret = Secret(spec["secret"])
         else:
-            raise ConfigError(f'{where} must be a URL or {{"url": ..., "timeout": seconds}}')
+            raise ConfigError(
+                f'{where} must be a URL or {{"url": ..., "timeout": seconds, "secret": ...}}'
+            )
         _check_http_url(url, where)
-        routes[job_type] = Route(url, float(timeout))
+        routes[job_type] = Route(url, float(timeout), secret)
     return routes
 
 

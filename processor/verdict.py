@@ -4,13 +4,17 @@ fails it at once with the handler's reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from processor import redact
+
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 REASON_LIMIT = 1000
+TEXT_RESULT_KEY = "text"  # a 2xx answer that is not JSON is kept as {"text": "..."}
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,12 @@ class Answer:
         return self.body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        """The body as JSON, or None when it is empty or not JSON."""
+        """The body as JSON, or None when it is empty or not JSON (or too deep to decode)."""
         if not self.body:
             return None
         try:
             return json.loads(self.body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             return None
 
 
@@ -50,6 +54,14 @@ class Verdict:
     retryable: bool = False
     postpone_seconds: float | None = None  # a 429 with Retry-After: wait, spend no attempt
 
+    def redacted(self) -> Verdict:
+        """The verdict with every configured secret removed from its result and error."""
+        return dataclasses.replace(
+            self,
+            result=redact.redact_value(self.result),
+            error=None if self.error is None else redact.clean(self.error, REASON_LIMIT),
+        )
+
 
 def judge(answer: Answer) -> Verdict:
     """Turns a handler's answer into a verdict."""
@@ -58,6 +70,8 @@ def judge(answer: Answer) -> Verdict:
         body = answer.json()
         if isinstance(body, dict) and "result" in body:
             return Verdict(ok=True, result=body["result"])
+        if body is None and answer.body.strip():
+            return Verdict(ok=True, result={TEXT_RESULT_KEY: answer.text})
         return Verdict(ok=True, result=body)
     summary = f"handler answered {status} {answer.reason_phrase}".rstrip()
     if 300 <= status < 400:
@@ -88,5 +102,5 @@ def _reason(answer: Answer) -> str:
                 value = value["message"]
             if value:
                 text = value if isinstance(value, str) else json.dumps(value)
-                return text[:REASON_LIMIT]
-    return " ".join(answer.text.split())[:REASON_LIMIT]
+                return redact.clean(text, REASON_LIMIT)
+    return redact.clean(answer.text, REASON_LIMIT)

@@ -5,7 +5,9 @@
 select requeue_expired_jobs() as requeued;
 
 -- claim_jobs --
-select id, job_type, payload, user_id, retry_count + 1 as attempt, max_retries, lease_token,
+-- The payload comes back as text: the processor passes it on without decoding it, so a payload
+-- it could not decode cannot spoil the claim of the jobs beside it.
+select id, job_type, payload::text as payload_json, user_id, retry_count + 1 as attempt, max_retries, lease_token,
        locked_until
 from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
                 make_interval(secs => %(lease_seconds)s));
@@ -95,11 +97,23 @@ where job_id = %(job_id)s
 order by id;
 
 -- record_image --
-insert into generated_images (job_id, project_id, user_id, kind, slot, storage_path, url,
-                              width, height, mime_type, provider, model, prompt)
-values (%(job_id)s, %(project_id)s, %(user_id)s, %(kind)s, %(slot)s, %(storage_path)s, %(url)s,
-        %(width)s, %(height)s, %(mime_type)s, %(provider)s, %(model)s, %(prompt)s)
-on conflict (job_id, slot) do nothing;
+-- The image is recorded whether or not the lease is still held (it was paid for, and a retry
+-- reuses it); `held` tells the handler whether to go on.
+with recorded as (
+    insert into generated_images (job_id, project_id, user_id, kind, slot, storage_path, url,
+                                  width, height, mime_type, provider, model, prompt)
+    values (%(job_id)s, %(project_id)s, %(user_id)s, %(kind)s, %(slot)s, %(storage_path)s,
+            %(url)s, %(width)s, %(height)s, %(mime_type)s, %(provider)s, %(model)s, %(prompt)s)
+    on conflict (job_id, slot) do nothing
+)
+select exists (select 1 from job_queue
+               where id = %(job_id)s and status = 'processing'
+                 and lease_token = %(lease_token)s) as held;
+
+-- lease_held --
+select exists (select 1 from job_queue
+               where id = %(id)s and status = 'processing' and lease_token = %(lease_token)s)
+    as held;
 
 -- aplus_for_job --
 select content, provider, model from aplus_contents where job_id = %(job_id)s;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,15 +69,20 @@ class HandlerCall:
     authorization: str
     body: dict[str, Any]
     started: float
+    signature: str = ""  # the Processor-Signature header
+    raw: bytes = b""  # the exact body, as signed
 
 
 @dataclass
 class ScriptedHandler:
     """A job handler whose answer is chosen by the job's payload:
 
-    {"respond": {"status": 200, "body": {...}, "text": "...", "delay": 0.5, "fail_times": 2}}
+    {"respond": {"status": 200, "body": {...}, "text": "...", "delay": 0.5, "fail_times": 2,
+                 "echo_headers": true, "bytes": 5000000}}
 
-    fail_times answers 500 for the first N attempts, then the scripted answer.
+    fail_times answers 500 for the first N attempts, then the scripted answer; echo_headers
+    answers with every request header (in `result`, or in `error` with a 4xx status); bytes
+    answers 200 with a JSON string of that many bytes.
     """
 
     calls: list[HandlerCall] = field(default_factory=list)
@@ -104,13 +110,16 @@ class ScriptedHandler:
                 self.in_flight -= 1
 
     async def _answer(self, request: Request) -> Response:
-        body = await request.json()
+        raw = await request.body()
+        body = json.loads(raw)
         call = HandlerCall(
             body["job_id"],
             body["attempt"],
             request.headers.get("authorization", ""),
             body,
             time.monotonic(),
+            request.headers.get("processor-signature", ""),
+            raw,
         )
         with self.lock:
             self.calls.append(call)
@@ -120,6 +129,12 @@ class ScriptedHandler:
         if body["attempt"] <= spec.get("fail_times", 0):
             return JSONResponse({"error": f"transient failure on attempt {body['attempt']}"}, 500)
         status = spec.get("status", 200)
+        if spec.get("echo_headers"):
+            headers = dict(request.headers)
+            key = "result" if status < 300 else "error"
+            return JSONResponse({key: json.dumps(headers) if key == "error" else headers}, status)
+        if spec.get("bytes"):
+            return JSONResponse({"result": "x" * spec["bytes"]})
         if "text" in spec:
             return PlainTextResponse(spec["text"], status_code=status)
         default = {"result": {"handled": body["job_id"], "attempt": body["attempt"]}}

@@ -214,6 +214,7 @@ async def _document(
     if row is not None:
         return row["content"]["document"], row["content"].get("repairs", []), row["provider"]
     text = ctx.providers.text
+    await assets.ensure_held()
     raw = await text.generate_json(SYSTEM, prompt_for(job), SCHEMA)
     doc, repairs = check_document(raw, job.product.name)
     await ctx.db.fetch_all(
@@ -234,8 +235,8 @@ async def _module_image(
     ctx: HandlerContext, assets: Assets, job: ImageJob, spec: ModuleImage, module: dict[str, Any]
 ) -> dict[str, Any]:
     prompt = f"{module['image_prompt']} Product: {job.product.name}. No text in the image."
-    generated = await generate(ctx, job, spec.kind, prompt, spec.aspect_ratio)
-    exact = await asyncio.to_thread(fit, load(generated.data), spec.width, spec.height)
+    generated = await generate(ctx, assets, job, spec.kind, prompt, spec.aspect_ratio)
+    exact = await asyncio.to_thread(lambda: fit(load(generated.data), spec.width, spec.height))
     data = await asyncio.to_thread(encode, exact, "JPEG")
     row = await assets.store_image(
         spec.slot, spec.slot, data, "image/jpeg", generated.provider, generated.model, prompt

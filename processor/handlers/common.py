@@ -17,11 +17,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from processor import redact, signing
 from processor.auth import require_token
 from processor.db import Database, Row
+from processor.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
 from processor.handlers.payload import ImageJob, PayloadError
-from processor.imaging import ImageDataError, load
-from processor.providers.errors import Permanent, ProviderError, RateLimited, Transient, network
+from processor.imaging import ImageDataError, load, probe
+from processor.providers.errors import Permanent, ProviderError, RateLimited, Transient
 from processor.providers.registry import Providers
 
 log = structlog.get_logger("processor.handlers")
@@ -48,6 +50,13 @@ class HandlerContext:
     providers: Providers
     client: httpx.AsyncClient
     pack_concurrency: int
+    fetcher: Fetcher
+    signing_secrets: list[str]  # what the dispatcher signs built-in calls with
+    max_image_pixels: int = 40_000_000
+
+
+class LeaseLost(Exception):
+    """The job was cancelled or taken over while this handler ran: stop, spend nothing more."""
 
 
 def parse_call(raw: bytes) -> JobCall:
@@ -60,11 +69,26 @@ def parse_call(raw: bytes) -> JobCall:
             body.get("user_id"),
             body["payload"],
         )
+    except RecursionError:
+        raise HTTPException(400, "body nests too deeply to be read") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise HTTPException(
             400,
-            f"body must be JSON with job_id, lease_token and payload ({type(exc).__name__}: {exc})",
+            "body must be JSON with job_id, lease_token and payload "
+            f"({type(exc).__name__}: {redact.clean(str(exc), 200)})",
         ) from None
+
+
+def check_caller(request: Request, body: bytes, secrets: list[str]) -> None:
+    """A built-in handler takes calls signed by the dispatcher, or (by hand) the bearer token."""
+    header = request.headers.get(signing.HEADER)
+    if header is None:
+        require_token(request)
+        return
+    try:
+        signing.verify(header, body, secrets)
+    except signing.SignatureError as exc:
+        raise HTTPException(401, str(exc)) from None
 
 
 Handler = Callable[[HandlerContext, JobCall], Awaitable[Any]]
@@ -75,13 +99,20 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     429 + Retry-After (postponed), or 503 (retried)."""
 
     async def route(request: Request) -> Response:
-        require_token(request)
-        call = parse_call(await request.body())
+        ctx: HandlerContext = request.app.state.handler_context
+        body = await request.body()
+        check_caller(request, body, ctx.signing_secrets)
+        call = parse_call(body)
         structlog.contextvars.bind_contextvars(job_id=str(call.job_id), attempt=call.attempt)
         try:
-            result = await handler(request.app.state.handler_context, call)
+            result = await handler(ctx, call)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc), "problems": exc.problems}, 422)
+        except LeaseLost:
+            log.warning("handler_stopped_lease_lost")
+            return JSONResponse(
+                {"error": "stopped: the job was cancelled or taken over while it ran"}, 409
+            )
         except Permanent as exc:
             log.warning("handler_permanent_failure", error=str(exc))
             return JSONResponse({"error": str(exc)}, 422)
@@ -93,6 +124,10 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         except Transient as exc:
             log.warning("provider_retry", error=str(exc))
             return JSONResponse({"error": str(exc)}, 503)
+        except Exception as exc:  # a bug here: say what it was, and let the job retry
+            log.exception("handler_crashed")
+            reason = redact.clean(f"{type(exc).__name__}: {exc}", 300)
+            return JSONResponse({"error": f"internal error in the handler: {reason}"}, 500)
         return JSONResponse({"result": result})
 
     return route
@@ -106,28 +141,29 @@ async def load_source(ctx: HandlerContext, job: ImageJob) -> tuple[bytes, str] |
     elif job.source_image_url:
         where = "source_image_url"
         try:
-            async with ctx.client.stream(
-                "GET", job.source_image_url, timeout=30, follow_redirects=True
-            ) as response:
-                if response.status_code >= 400:
-                    error = Transient if response.status_code >= 500 else Permanent
-                    raise error("source image", f"{where} answered {response.status_code}")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_SOURCE_BYTES:
-                        raise Permanent("source image", f"{where} is larger than 25 MB")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise network("source image", exc) from exc
+            fetched = await ctx.fetcher.get(job.source_image_url, MAX_SOURCE_BYTES)
+        except FetchRefused:
+            raise Permanent(
+                "source image",
+                f"{where} was refused: it must be a public http(s) address",
+            ) from None
+        except FetchTooLarge as exc:
+            raise Permanent("source image", f"{where} is {exc}") from None
+        except FetchFailed as exc:
+            raise Transient("source image", f"{where} could not be fetched ({exc})") from None
+        if fetched.status >= 400:
+            error = Transient if fetched.status >= 500 or fetched.status == 429 else Permanent
+            raise error("source image", f"{where} answered {fetched.status}")
+        if fetched.status >= 300:
+            raise Permanent("source image", f"{where} answered {fetched.status}")
+        data = fetched.body
     else:
         return None
     try:
-        image = load(data)
+        fmt = await asyncio.to_thread(probe, data, ctx.max_image_pixels)
     except ImageDataError as exc:
         raise Permanent("source image", f"{where} is {exc}") from None
-    return data, SOURCE_MIME.get(image.format or "", "image/png")
+    return data, SOURCE_MIME.get(fmt, "image/png")
 
 
 class Assets:
@@ -152,9 +188,12 @@ class Assets:
         model: str,
         prompt: str | None,
     ) -> Row:
-        image = load(data)
+        width, height = await asyncio.to_thread(_size, data)
         path = f"{self.project_id}/{self.call.job_id}/{slot}.{EXTENSIONS.get(mime_type, 'bin')}"
-        url = await self.ctx.providers.storage.put(path, data, mime_type)
+        try:
+            url = await self.ctx.providers.storage.put(path, data, mime_type)
+        except ValueError as exc:  # a path the storage refuses: no attempt can fix it
+            raise Permanent("storage", str(exc)) from None
         row = {
             "job_id": self.call.job_id,
             "project_id": self.project_id,
@@ -163,21 +202,23 @@ class Assets:
             "slot": slot,
             "storage_path": path,
             "url": url,
-            "width": image.width,
-            "height": image.height,
+            "width": width,
+            "height": height,
             "mime_type": mime_type,
             "provider": provider,
             "model": model,
             "prompt": prompt,
         }
-        await self.ctx.db.fetch_all("record_image", row)
-        log.info(
-            "image_stored", slot=slot, provider=provider, width=image.width, height=image.height
+        recorded = await self.ctx.db.fetch_one(
+            "record_image", {**row, "lease_token": self.call.lease_token}
         )
+        log.info("image_stored", slot=slot, provider=provider, width=width, height=height)
+        if not (recorded and recorded["held"]):
+            raise LeaseLost()  # kept (it was paid for), but nothing more is made
         return row
 
     async def progress(self, done: int, total: int, items: list[dict[str, Any]]) -> None:
-        await self.ctx.db.fetch_all(
+        row = await self.ctx.db.fetch_one(
             "set_progress",
             {
                 "id": self.call.job_id,
@@ -185,6 +226,22 @@ class Assets:
                 "progress": {"done": done, "total": total, "items": items},
             },
         )
+        if not (row and row["ok"]):
+            raise LeaseLost()
+
+    async def ensure_held(self) -> None:
+        """Raises LeaseLost when the job is no longer this call's to run (cancelled, or taken
+        over after its lease ran out): checked before every paid provider call."""
+        row = await self.ctx.db.fetch_one(
+            "lease_held", {"id": self.call.job_id, "lease_token": self.call.lease_token}
+        )
+        if not (row and row["held"]):
+            raise LeaseLost()
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    image = load(data)
+    return image.width, image.height
 
 
 def public_image(row: Row) -> dict[str, Any]:
@@ -216,23 +273,28 @@ class Progress:
 async def run_bounded(
     jobs: list[Callable[[], Awaitable[T]]], limit: int, on_done: Callable[[T], Awaitable[None]]
 ) -> None:
-    """Runs jobs at most `limit` at a time. After a provider failure no new job starts, but the
-    ones already running finish and are kept (they were paid for); then the failure is raised."""
+    """Runs jobs at most `limit` at a time. After a provider failure, or once the lease is
+    gone, no new job starts, but the ones already running finish and are kept (they were paid
+    for); then the failure (or LeaseLost) is raised."""
     gate = asyncio.Semaphore(limit)
     failures: list[ProviderError] = []
+    lost: list[LeaseLost] = []
 
     async def one(job: Callable[[], Awaitable[T]]) -> None:
         async with gate:
-            if failures:
+            if failures or lost:
                 return
             try:
                 value = await job()
+                await on_done(value)
             except ProviderError as exc:
                 failures.append(exc)
-                return
-            await on_done(value)
+            except LeaseLost as exc:
+                lost.append(exc)
 
     await asyncio.gather(*(one(job) for job in jobs))
+    if lost:
+        raise lost[0]
     if failures:
         # A refusal or bad input decides the job; a rate limit beats a plain transient error.
         failures.sort(

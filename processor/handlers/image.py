@@ -52,7 +52,7 @@ async def make_image(
     if kind == MAIN:
         return public_image(await _main_image(ctx, assets, job, slot, source))
     prompt = prompt_for(job, kind, source is not None)
-    generated = await generate(ctx, job, kind, prompt, job.aspect_ratio, source)
+    generated = await generate(ctx, assets, job, kind, prompt, job.aspect_ratio, source)
     row = await assets.store_image(
         slot, kind, generated.data, generated.mime_type, generated.provider, generated.model, prompt
     )
@@ -69,13 +69,14 @@ async def _main_image(
         photo, provider, model = source[0], "source photo", "-"
     else:
         prompt = prompt_for(job, MAIN, False)
-        generated = await generate(ctx, job, MAIN, prompt, "1:1")
+        generated = await generate(ctx, assets, job, MAIN, prompt, "1:1")
         photo, provider, model = generated.data, generated.provider, generated.model
     if ctx.providers.background is not None:
-        cut = load(await ctx.providers.background.remove(photo))
+        await assets.ensure_held()
+        cut = await _decode(await ctx.providers.background.remove(photo), provider)
         provider = f"{provider} + {ctx.providers.background.name}"
     else:
-        cut = await asyncio.to_thread(cutout_local, load(photo))
+        cut = await asyncio.to_thread(cutout_local, await _decode(photo, provider))
         provider = f"{provider} + local cut-out"
     try:
         main = await asyncio.to_thread(compose_main, cut)
@@ -86,15 +87,25 @@ async def _main_image(
     return await assets.store_image(slot, MAIN, data, "image/jpeg", provider, model, prompt)
 
 
+async def _decode(data: bytes, provider: str) -> Any:
+    try:
+        return await asyncio.to_thread(load, data)
+    except ImageDataError as exc:
+        raise Transient(provider, f"returned {exc}") from None
+
+
 async def generate(
     ctx: HandlerContext,
+    assets: Assets,
     job: ImageJob,
     kind: str,
     prompt: str,
     aspect_ratio: str,
     source: tuple[bytes, str] | None = None,
 ) -> GeneratedImage:
-    """One call to the image provider; an answer that is not an image counts as transient."""
+    """One call to the image provider (made only while the job is still this call's); an
+    answer that is not an image counts as transient."""
+    await assets.ensure_held()
     generated = await ctx.providers.images.generate(
         ImageRequest(
             prompt=prompt,
@@ -106,10 +117,7 @@ async def generate(
             reference_mime=source[1] if source else "image/png",
         )
     )
-    try:
-        load(generated.data)
-    except ImageDataError as exc:
-        raise Transient(generated.provider, f"returned {exc}") from None
+    await _decode(generated.data, generated.provider)
     return generated
 
 

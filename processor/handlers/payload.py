@@ -3,6 +3,7 @@ lists each bad field at once."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +53,9 @@ class ImageJob:
     include_aplus: bool = False
 
 
+PROJECT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 def _text(
     problems: list[str],
     data: dict[str, Any],
@@ -83,6 +87,11 @@ def parse(payload: Any, *, kind_allowed: bool) -> ImageJob:
         raise PayloadError([f"payload must be a JSON object, got {type(payload).__name__}"])
     problems: list[str] = []
     project_id = _text(problems, payload, "project_id", "", required=True, limit=200)
+    if project_id and not PROJECT_ID.fullmatch(project_id):
+        problems.append(
+            "project_id may hold only letters, digits, '.', '_' and '-' (it names a storage "
+            f"folder), and must not start with '.'; got {project_id!r}"
+        )
     product_data = payload.get("product")
     product = None
     if not isinstance(product_data, dict):
@@ -120,6 +129,8 @@ def parse(payload: Any, *, kind_allowed: bool) -> ImageJob:
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         problems.append("source_image_url must be an http(s) URL")
     path = _text(problems, payload, "source_image_path", "", limit=1000)
+    if path and any(part in ("", ".", "..") for part in path.strip("/").split("/")):
+        problems.append(f"source_image_path must be a plain path in the bucket, got {path!r}")
     if url and path:
         problems.append("give source_image_url or source_image_path, not both")
     include_aplus = payload.get("include_aplus", False)

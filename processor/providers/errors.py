@@ -17,10 +17,15 @@ from typing import Any
 
 import httpx
 
+from processor import redact
+
+MESSAGE_LIMIT = 500
+
 
 class ProviderError(Exception):
     def __init__(self, provider: str, message: str, *, retry_after: float | None = None):
-        super().__init__(f"{provider}: {message}")
+        # Provider text is upstream text: secrets out, one line, cut.
+        super().__init__(f"{provider}: {redact.clean(message, MESSAGE_LIMIT)}")
         self.provider = provider
         self.retry_after = retry_after
 

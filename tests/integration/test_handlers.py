@@ -140,7 +140,7 @@ def test_the_main_image_from_a_source_photo_url(make_service, conn, tmp_path):
     from starlette.routing import Route
 
     with ThreadedServer(Starlette(routes=[Route("/photo.jpg", serve)])) as photos:
-        server = make_service()
+        server = make_service({"ALLOW_PRIVATE_URLS": "on"})  # the photo server is on loopback
         job_id = enqueue(
             conn,
             "generate-image",

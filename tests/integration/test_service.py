@@ -15,6 +15,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from processor.pgcluster import free_port
+from processor.settings import derive_signing_secret
+from processor.signing import SignatureError, verify
 from tests.conftest import TOKEN
 
 
@@ -69,8 +71,13 @@ def test_a_claimed_job_is_answered_at_once_and_completed_with_the_handlers_resul
     done = wait_for(conn, job_id, {"completed"})
     assert done["result"] == {"handled": str(job_id), "attempt": 1}
     [call] = handler.calls_for(job_id)
-    assert call.authorization == f"Bearer {TOKEN}"
     assert set(call.body) == {"job_id", "job_type", "attempt", "lease_token", "user_id", "payload"}
+    # Signed, and without the processor's token: a handler cannot act as the processor.
+    assert call.authorization == ""
+    secret = derive_signing_secret(TOKEN)
+    assert verify(call.signature, call.raw, secret) > 0
+    with pytest.raises(SignatureError):
+        verify(call.signature, call.raw + b" ", secret)
 
 
 def test_wait_returns_the_outcome(make_service, conn):
@@ -197,8 +204,8 @@ def test_the_previous_token_is_accepted_during_rotation(make_service, conn):
         ('{"limit": "5"}', "limit must be an integer"),
         ('{"limit": true}', "limit must be an integer"),
         ('{"limit": 51}', "limit must be an integer from 1 to 50"),
-        ('{"job_types": "ok"}', "job_types must be a non-empty list"),
-        ('{"job_types": [""]}', "job_types must be a non-empty list"),
+        ('{"job_types": "ok"}', "job_types must be a list of 1 to 100 job type names"),
+        ('{"job_types": [""]}', "job_types must be a list of 1 to 100 job type names"),
         ('{"wait": "yes"}', "wait must be true or false"),
         ('{"limt": 2}', "unknown field(s): limt"),
     ],

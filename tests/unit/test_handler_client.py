@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from processor.handler_client import HandlerCallError, HandlerClient
+from processor.handler_client import AnswerTooLarge, HandlerCallError, HandlerClient
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -189,7 +189,7 @@ def test_an_answer_over_the_size_limit_is_refused(loop_kind):
     async def test() -> None:
         async with Server(script) as url:
             client = HandlerClient(2, max_answer_bytes=1000)
-            with pytest.raises(HandlerCallError, match="larger than 1000 bytes"):
+            with pytest.raises(AnswerTooLarge, match="5000 bytes; the limit is 1000"):
                 await client.post(url, b"{}", {}, 5)
             await client.close()
 
