@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -72,8 +72,9 @@ def refused_address(address: IPAddress) -> bool:
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolves, checks, then connects to the checked address (TLS still verifies the name)."""
 
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, refuse: Callable[[IPAddress], bool]) -> None:
         self.allow_private = allow_private
+        self.refuse = refuse
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -94,7 +95,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not addresses:
             raise httpcore.ConnectError("name resolution failed")
-        if not self.allow_private and any(refused_address(a) for a in addresses):
+        if not self.allow_private and any(self.refuse(a) for a in addresses):
             raise FetchRefused("refused address")
         return await self._inner.connect_tcp(
             str(addresses[0]), port, timeout, local_address, socket_options
@@ -111,14 +112,19 @@ class Fetcher:
     """GETs payload URLs under the rules above."""
 
     def __init__(
-        self, *, allow_private: bool = False, timeout: float = 30.0, user_agent: str = "processor"
+        self,
+        *,
+        allow_private: bool = False,
+        timeout: float = 30.0,
+        user_agent: str = "processor",
+        refuse: Callable[[IPAddress], bool] = refused_address,
     ) -> None:
         self.timeout = timeout
         self.user_agent = user_agent
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl.create_default_context(),
             max_connections=20,
-            network_backend=_GuardedBackend(allow_private),
+            network_backend=_GuardedBackend(allow_private, refuse),
         )
 
     async def close(self) -> None:

@@ -61,10 +61,13 @@ APLUS = {
 @dataclass
 class FakeGemini:
     """POST /v1beta/models/{model}:generateContent. Script failures by call number:
-    fail = {4: (503, None)} answers call 4 with 503; (429, "7s") adds RetryInfo."""
+    fail = {4: (503, None)} answers call 4 with 503; (429, "7s") adds RetryInfo.
+    echo_request answers every call 400 with the request's headers in the message, as a
+    misconfigured proxy in front of the real API might."""
 
     api_key: str = "fake-gemini-key"
     delay: float = 0.0
+    echo_request: bool = False
     fail: dict[int, tuple[int, str | None]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,6 +82,12 @@ class FakeGemini:
             )
 
     async def generate(self, request: Request) -> Response:
+        if self.echo_request:
+            seen = dict(request.headers)
+            message = f"bad request {request.url} with headers {seen}"
+            return JSONResponse(
+                {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}, 400
+            )
         if request.headers.get("x-goog-api-key") != self.api_key:
             return JSONResponse(
                 {

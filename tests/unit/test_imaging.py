@@ -50,3 +50,33 @@ def test_fit_gives_the_exact_module_size():
 def test_bytes_that_are_not_an_image_are_refused():
     with pytest.raises(ImageDataError, match="not a readable image"):
         load(b"<html>nope</html>")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 PNG whose header claims another size: decoding it would fail, so a refusal
+    that names the size shows the header was checked before any decoding."""
+    import struct
+    import zlib
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header():
+    with pytest.raises(
+        ImageDataError, match=r"20000 x 20000 pixels \(400 MP\); the limit is 40 MP"
+    ):
+        load(_png_claiming(20000, 20000))
+
+
+def test_damaged_image_data_is_an_image_data_error():
+    with pytest.raises(ImageDataError, match="damaged"):
+        load(_png_claiming(100, 100))
+    with pytest.raises(ImageDataError, match="not a readable image"):
+        load(b"GIF89a but not really")
