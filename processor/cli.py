@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,7 +18,7 @@ from uuid import UUID
 import uvicorn
 from psycopg.types.json import Jsonb
 
-from processor import db, migrate, relay, schedule, verify
+from processor import db, migrate, relay, retention, schedule, verify
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.pgcluster import LocalCluster
@@ -150,6 +151,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         f"url and token stored in {result.secrets_in}; pg_net: {result.net}; "
         f"instant pickup on insert: {args.instant_pickup}"
     )
+    print(f"scheduled '{retention.JOB_NAME}': hourly ('{retention.SCHEDULE}'), {retention.COMMAND}")
     if result.warning:
         print(f"warning: {result.warning}", file=sys.stderr)
     return 0
@@ -157,7 +159,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def cmd_unschedule(args: argparse.Namespace) -> int:
     removed = schedule.unschedule(_database_url())
-    print(f"removed '{schedule.JOB_NAME}'" if removed else f"no cron job '{schedule.JOB_NAME}'")
+    names = f"'{schedule.JOB_NAME}' and '{retention.JOB_NAME}'"
+    print(f"removed {names}" if removed else f"no cron job {names}")
     return 0
 
 
@@ -233,6 +236,41 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    def days(value: float | None) -> timedelta | None:
+        return None if value is None else timedelta(days=value)
+
+    storage = None
+    if args.with_files:
+        from processor.providers.registry import storage_for
+        from processor.settings import ProviderSettings
+
+        storage = storage_for(
+            ProviderSettings.from_env(os.environ),
+            os.environ.get("PROCESSOR_URL", "http://127.0.0.1:8000"),
+        )
+    pruned = retention.prune(
+        _database_url(),
+        keep_completed=days(args.completed_days),
+        keep_failed=days(args.failed_days),
+        keep_cron_history=days(args.cron_days),
+        batch=args.batch,
+        storage=storage,
+    )
+    print(
+        f"deleted {pruned.completed} completed and {pruned.failed_or_cancelled} failed or "
+        f"cancelled job(s), {pruned.cron_history} cron run record(s)"
+        + (f", {pruned.files} file(s)" if args.with_files else "")
+    )
+    if pruned.files_failed:
+        print(
+            f"could not delete {len(pruned.files_failed)} file(s), e.g. {pruned.files_failed[0]}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _job_action(query: str, verb: str) -> Callable[[argparse.Namespace], int]:
     def action(args: argparse.Namespace) -> int:
         with db.connect(_database_url()) as conn:
@@ -303,7 +341,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="call the processor from an insert trigger too (default on)",
     )
     p.set_defaults(func=cmd_schedule)
-    sub.add_parser("unschedule", help="remove the pg_cron job").set_defaults(func=cmd_unschedule)
+    sub.add_parser("unschedule", help="remove the pg_cron jobs").set_defaults(func=cmd_unschedule)
+    p = sub.add_parser(
+        "prune",
+        help="delete finished jobs past their age, their image rows, and old cron history",
+    )
+    p.add_argument(
+        "--completed-days",
+        type=float,
+        help="keep completed jobs this long (default: job_queue_settings.keep_completed, 14)",
+    )
+    p.add_argument(
+        "--failed-days",
+        type=float,
+        help="keep failed and cancelled jobs this long (default: keep_failed, 30)",
+    )
+    p.add_argument(
+        "--cron-days",
+        type=float,
+        help="keep pg_cron run history this long (default: keep_cron_history, 7)",
+    )
+    p.add_argument(
+        "--with-files",
+        action="store_true",
+        help="also delete the deleted jobs' files from storage (default: keep them)",
+    )
+    p.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
+    p.set_defaults(func=cmd_prune)
     sub.add_parser("relay", help="send the local pg_net stand-in's requests").set_defaults(
         func=cmd_relay
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from processor import retention
 from processor.db import Row, connect, describe, run
 from processor.errors import ConfigError, DatabaseError
 from processor.sql import sql_dir
@@ -76,7 +77,8 @@ def configure_endpoint(
 def schedule(
     database_url: str, url: str, token: str, *, local: bool = False, instant_pickup: bool = True
 ) -> Scheduled:
-    """Installs or updates (never duplicates) the cron job `process-job-queue`."""
+    """Installs or updates (never duplicates) the cron jobs `process-job-queue` and, hourly,
+    `processor-prune` (retention)."""
     if len(token) < 16:
         raise ConfigError("PROCESSOR_TOKEN is missing or shorter than 16 characters")
     with connect(database_url) as conn:
@@ -97,6 +99,15 @@ def schedule(
         expression, warning = cron_schedule_for(version)
         where = configure_endpoint(conn, url, token, instant_pickup=instant_pickup)
         run(conn, "cron_schedule", {"name": JOB_NAME, "schedule": expression, "command": COMMAND})
+        run(
+            conn,
+            "cron_schedule",
+            {
+                "name": retention.JOB_NAME,
+                "schedule": retention.SCHEDULE,
+                "command": retention.COMMAND,
+            },
+        )
     return Scheduled(
         expression,
         version,
@@ -107,7 +118,10 @@ def schedule(
 
 
 def unschedule(database_url: str) -> bool:
+    """Removes the cron jobs `process-job-queue` and `processor-prune`; False when there were
+    none."""
     with connect(database_url) as conn:
         if not run(conn, "cron_version"):
             return False
-        return bool(run(conn, "cron_unschedule", {"name": JOB_NAME}))
+        removed = bool(run(conn, "cron_unschedule", {"name": JOB_NAME}))
+        return bool(run(conn, "cron_unschedule", {"name": retention.JOB_NAME})) or removed

@@ -25,6 +25,10 @@ class Storage(Protocol):
 
     async def get(self, path: str) -> bytes: ...
 
+    async def delete(self, paths: list[str]) -> list[str]:
+        """Deletes files (a missing one counts as deleted); returns the paths that failed."""
+        ...
+
 
 def safe_path(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -62,6 +66,22 @@ class LocalStorage:
             return await asyncio.to_thread(self._file(path).read_bytes)
         except FileNotFoundError:
             raise Permanent("storage", f"no file at {path!r} in {self.root}") from None
+
+    async def delete(self, paths: list[str]) -> list[str]:
+        def remove() -> list[str]:
+            failed = []
+            for path in paths:
+                try:
+                    target = self._file(path)
+                    target.unlink(missing_ok=True)
+                    folder = target.parent
+                    if folder != self.root and not any(folder.iterdir()):
+                        folder.rmdir()  # the job's folder, once empty
+                except (OSError, ValueError):
+                    failed.append(path)
+            return failed
+
+        return await asyncio.to_thread(remove)
 
 
 class SupabaseStorage:
@@ -119,6 +139,17 @@ class SupabaseStorage:
             return bytes(await bucket.download(safe_path(path)))
         except Exception as exc:
             raise _storage_error(exc) from exc
+
+    async def delete(self, paths: list[str]) -> list[str]:
+        bucket = await self._bucket()
+        failed: list[str] = []
+        for start in range(0, len(paths), 100):  # storage3 removes a list per request
+            chunk = paths[start : start + 100]
+            try:
+                await bucket.remove(chunk)
+            except Exception:  # storage3 raises its own error types and httpx's
+                failed += chunk
+        return failed
 
 
 def _storage_error(exc: Exception) -> ProviderError:

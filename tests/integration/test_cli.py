@@ -50,3 +50,45 @@ def test_migrate_twice(database_url, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", database_url)
     assert main(["migrate"]) == 0
     assert capsys.readouterr().out.strip() == "up to date"
+
+
+def test_prune_deletes_old_finished_jobs_and_with_files_their_files(
+    database_url, monkeypatch, capsys, tmp_path
+):
+    import psycopg
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOCAL_STORAGE_DIR", str(tmp_path))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        old, recent, pending = (
+            conn.execute("insert into job_queue (job_type) values ('t') returning id").fetchone()[0]
+            for _ in range(3)
+        )
+        conn.execute(
+            "update job_queue set status = 'completed', completed_at = now() - interval '20 days'"
+            " where id = %s",
+            (old,),
+        )
+        conn.execute(
+            "update job_queue set status = 'completed', completed_at = now() where id = %s",
+            (recent,),
+        )
+        stored = tmp_path / "p1" / str(old) / "main.jpg"
+        stored.parent.mkdir(parents=True)
+        stored.write_bytes(b"jpeg")
+        conn.execute(
+            "insert into generated_images (job_id, project_id, kind, slot, storage_path, url,"
+            " width, height, mime_type, provider, model) values (%s, 'p1', 'main', 'main', %s,"
+            " 'u', 1, 1, 'image/jpeg', 'demo', 'm')",
+            (old, f"p1/{old}/main.jpg"),
+        )
+        assert main(["prune", "--with-files", "--batch", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "deleted 1 completed and 0 failed or cancelled job(s)" in out
+        assert "1 file(s)" in out
+        assert not stored.exists()
+        left = {r[0] for r in conn.execute("select id from job_queue").fetchall()}
+        assert left == {recent, pending}
+        # An age given on the command line overrides job_queue_settings.
+        assert main(["prune", "--completed-days", "0"]) == 0
+        assert "deleted 1 completed" in capsys.readouterr().out

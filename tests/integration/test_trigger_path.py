@@ -167,6 +167,13 @@ def test_schedule_installs_one_job_whose_command_holds_no_secret(cron_db):
             "select command from cron.job where jobname = 'process-job-queue'"
         ).fetchall()
         assert jobs == [{"command": "select invoke_job_processor()"}]
+        prune = conn.execute(
+            "select schedule, command from cron.job where jobname = 'processor-prune'"
+        ).fetchall()
+        assert prune == [{"schedule": "17 * * * *", "command": "select prune_jobs()"}]
+        # What the cron job runs works where it runs (and deletes nothing young).
+        kinds = {r["kind"] for r in conn.execute("select * from prune_jobs()").fetchall()}
+        assert kinds == {"completed", "failed_or_cancelled", "cron_history"}
         everything = conn.execute("select string_agg(command, ' ') as c from cron.job").fetchone()[
             "c"
         ]
@@ -181,6 +188,8 @@ def test_schedule_installs_one_job_whose_command_holds_no_secret(cron_db):
             conn.execute("drop role curious_reader")
     assert schedule.unschedule(cron_db) is True
     assert schedule.unschedule(cron_db) is False
+    with psycopg.connect(cron_db, autocommit=True) as conn:
+        assert conn.execute("select count(*) from cron.job").fetchone()[0] == 0
 
 
 @pytest.mark.slow
