@@ -31,6 +31,7 @@ from processor.fetch import Fetcher
 from processor.handlers.common import HandlerContext
 from processor.limits import BodyLimit
 from processor.listener import Listener, why_not_listen
+from processor.openapi import document
 from processor.outcomes import OutcomeWriter
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
@@ -124,15 +125,12 @@ def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | No
     if job_types is not None and (
         not isinstance(job_types, list)
         or not 1 <= len(job_types) <= MAX_JOB_TYPES
-        or not all(
-            isinstance(t, str) and t.strip() and len(t) <= 200 and t.isprintable()
-            for t in job_types
-        )
+        or not all(isinstance(t, str) and _type_name(t) for t in job_types)
     ):
         raise HTTPException(
             400,
             f"job_types must be a list of 1 to {MAX_JOB_TYPES} job type names "
-            "(printable text, 200 characters at most each)",
+            "(200 characters at most each, without control characters)",
         )
     wait = data.get("wait", False)
     if not isinstance(wait, bool):
@@ -141,6 +139,16 @@ def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | No
     if not isinstance(drain, bool):
         raise HTTPException(400, f"drain must be true or false, got {_short(repr(drain))}")
     return limit, job_types, wait, drain
+
+
+def _type_name(text: str) -> bool:
+    """A job type name as the database can store and match it: 1-200 characters, not all
+    blank, no control characters (NUL cannot be stored at all) and no lone surrogates."""
+    return (
+        0 < len(text) <= 200
+        and bool(text.strip())
+        and not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    )
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -203,6 +211,10 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+async def openapi(request: Request) -> Response:
+    return ApiResponse(request.app.state.openapi)
+
+
 async def healthz(request: Request) -> Response:
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT):
@@ -237,6 +249,7 @@ routes = [
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
 
@@ -275,6 +288,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             settings.providers.max_image_pixels,
         )
         app.state.settings = settings
+        app.state.openapi = document(settings.max_claim)
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
         app.state.queue = queue
         app.state.dispatcher = dispatcher

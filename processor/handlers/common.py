@@ -60,23 +60,37 @@ class LeaseLost(Exception):
 
 
 def parse_call(raw: bytes) -> JobCall:
+    """The dispatcher's call body; 400 names what is wrong with anything else."""
     try:
         body = json.loads(raw)
-        return JobCall(
-            uuid.UUID(body["job_id"]),
-            int(body.get("attempt", 1)),
-            uuid.UUID(body["lease_token"]),
-            body.get("user_id"),
-            body["payload"],
-        )
     except RecursionError:
         raise HTTPException(400, "body nests too deeply to be read") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise HTTPException(
-            400,
-            "body must be JSON with job_id, lease_token and payload "
-            f"({type(exc).__name__}: {redact.clean(str(exc), 200)})",
-        ) from None
+    except ValueError as exc:
+        raise HTTPException(400, f"body is not valid JSON: {redact.clean(str(exc), 120)}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object with job_id, lease_token and payload")
+    problems = []
+    ids: dict[str, uuid.UUID | None] = {}
+    for key in ("job_id", "lease_token"):
+        try:
+            ids[key] = uuid.UUID(body[key]) if isinstance(body.get(key), str) else None
+        except ValueError:
+            ids[key] = None
+        if ids[key] is None:
+            problems.append(f"{key} must be a UUID string")
+    attempt = body.get("attempt", 1)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 10_000:
+        problems.append("attempt must be an integer from 1")
+    user_id = body.get("user_id")
+    if user_id is not None and not isinstance(user_id, str):
+        problems.append("user_id must be a string or null")
+    if "payload" not in body:
+        problems.append("payload is required")
+    if problems:
+        raise HTTPException(400, "; ".join(problems))
+    job_id, lease_token = ids["job_id"], ids["lease_token"]
+    assert job_id is not None and lease_token is not None
+    return JobCall(job_id, attempt, lease_token, user_id, body["payload"])
 
 
 def check_caller(request: Request, body: bytes, secrets: list[str]) -> None:
