@@ -236,6 +236,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signing_secret(args: argparse.Namespace) -> int:
+    """Prints the secret(s) a handler verifies Processor-Signature with (current first)."""
+    settings = Settings.from_env()
+    route = None
+    if args.route:
+        route = settings.routes().get(args.route)
+        if route is None:
+            raise ConfigError(f"no route for job type {args.route!r} (see JOB_ROUTES)")
+    for secret in settings.signing_secrets(route):
+        print(secret)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     def days(value: float | None) -> timedelta | None:
         return None if value is None else timedelta(days=value)
@@ -342,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_schedule)
     sub.add_parser("unschedule", help="remove the pg_cron jobs").set_defaults(func=cmd_unschedule)
+    p = sub.add_parser(
+        "signing-secret",
+        help="print the secret handlers verify Processor-Signature with (current first)",
+    )
+    p.add_argument("--route", metavar="TYPE", help="the job type whose own secret to print")
+    p.set_defaults(func=cmd_signing_secret)
     p = sub.add_parser(
         "prune",
         help="delete finished jobs past their age, their image rows, and old cron history",

@@ -76,7 +76,7 @@ def _handler(summary: str) -> dict[str, Any]:
 
 
 def document(max_claim: int) -> dict[str, Any]:
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {

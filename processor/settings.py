@@ -60,6 +60,7 @@ class Route:
     url: str
     timeout: float
     secret: Secret | None = None
+    previous_secret: Secret | None = None  # also signed with while the route's secret rotates
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,16 @@ class Settings:
         else HANDLER_SIGNING_SECRET (and its previous value while rotating), else one derived
         from PROCESSOR_TOKEN, which can sign calls but never be used as the token."""
         if route is not None and route.secret:
-            return [route.secret.reveal()]
+            previous = route.previous_secret
+            return [route.secret.reveal(), *([previous.reveal()] if previous else [])]
         if self.signing_secret:
-            current = self.signing_secret.reveal()
-        else:
-            current = derive_signing_secret(self.token.reveal())
-        previous = self.previous_signing_secret
-        return [current, previous.reveal()] if previous else [current]
+            keys = [self.signing_secret.reveal()]
+            if self.previous_signing_secret:
+                keys.append(self.previous_signing_secret.reveal())
+            return keys
+        # Derived from the token: while the token rotates, from the previous one too.
+        tokens = [self.token, *([self.previous_token] if self.previous_token else [])]
+        return [derive_signing_secret(t.reveal()) for t in tokens]
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -255,7 +259,7 @@ def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
     routes: dict[str, Route] = {}
     for job_type, spec in data.items():
         where = f"JOB_ROUTES[{job_type!r}]"
-        secret: Secret | None = None
+        secret = previous = None
         if isinstance(spec, str):
             url, timeout = spec, default_timeout
         elif isinstance(spec, dict) and isinstance(spec.get("url"), str):
@@ -263,17 +267,27 @@ def parse_job_routes(raw: str, default_timeout: float) -> dict[str, Route]:
             timeout = spec.get("timeout", default_timeout)
             if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
                 raise ConfigError(f"{where}.timeout must be a positive number of seconds")
-            if "secret" in spec:
-                if not isinstance(spec["secret"], str) or len(spec["secret"]) < 16:
-                    raise ConfigError(f"{where}.secret must be a string of at least 16 characters")
-                secret = Secret(spec["secret"])
+            secret, previous = (
+                _route_secret(spec, k, where) for k in ("secret", "previous_secret")
+            )
+            if previous and not secret:
+                raise ConfigError(f"{where}.previous_secret needs a secret beside it")
         else:
             raise ConfigError(
                 f'{where} must be a URL or {{"url": ..., "timeout": seconds, "secret": ...}}'
             )
         _check_http_url(url, where)
-        routes[job_type] = Route(url, float(timeout), secret)
+        routes[job_type] = Route(url, float(timeout), secret, previous)
     return routes
+
+
+def _route_secret(spec: dict[str, object], key: str, where: str) -> Secret | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise ConfigError(f"{where}.{key} must be a string of at least 16 characters")
+    return Secret(value)
 
 
 def _check_http_url(url: str, where: str) -> None:
