@@ -71,3 +71,49 @@ def test_missing_or_malformed_settings_name_the_variable(env, message):
 
 def test_the_heartbeat_beats_three_times_per_lease():
     assert Settings.from_env({**ENV, "LEASE_SECONDS": "30"}).heartbeat_seconds == 10
+
+
+def test_signing_secrets_follow_rotation_and_routes_keep_their_own():
+    from processor.settings import derive_signing_secret
+
+    env = {"DATABASE_URL": "postgresql://x@h/db", "PROCESSOR_TOKEN": "new-token-0123456789"}
+    derived = Settings.from_env(env).signing_secrets()
+    assert derived == [derive_signing_secret("new-token-0123456789")]
+    assert "new-token" not in derived[0]
+    rotating = Settings.from_env({**env, "PROCESSOR_TOKEN_PREVIOUS": "old-token-0123456789"})
+    assert rotating.signing_secrets() == [
+        derive_signing_secret("new-token-0123456789"),
+        derive_signing_secret("old-token-0123456789"),
+    ]
+    explicit = Settings.from_env(
+        {
+            **env,
+            "HANDLER_SIGNING_SECRET": "signing-new-000000",
+            "HANDLER_SIGNING_SECRET_PREVIOUS": "signing-old-000000",
+            "JOB_ROUTES": '{"t": {"url": "http://h/t", "secret": "route-new-0000000",'
+            ' "previous_secret": "route-old-0000000"}, "u": "http://h/u"}',
+        }
+    )
+    assert explicit.signing_secrets() == ["signing-new-000000", "signing-old-000000"]
+    routes = explicit.routes()
+    assert explicit.signing_secrets(routes["t"]) == ["route-new-0000000", "route-old-0000000"]
+    assert explicit.signing_secrets(routes["u"]) == ["signing-new-000000", "signing-old-000000"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("HANDLER_SIGNING_SECRET", "short", "HANDLER_SIGNING_SECRET is too short"),
+        ("JOB_ROUTES", '{"t": {"url": "http://h", "secret": "x"}}', "secret must be a string"),
+        ("MAX_IMAGE_PIXELS", "0", "MAX_IMAGE_PIXELS must be at least"),
+        ("ALLOW_PRIVATE_URLS", "yes", "ALLOW_PRIVATE_URLS must be one of on, off"),
+    ],
+)
+def test_hardening_settings_are_checked(name, value, message):
+    env = {
+        "DATABASE_URL": "postgresql://x@h/db",
+        "PROCESSOR_TOKEN": "a-token-0123456789",
+        name: value,
+    }
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
