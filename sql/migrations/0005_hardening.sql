@@ -19,9 +19,13 @@ comment on table job_queue_settings is
     'how long prune_jobs keeps finished jobs and pg_cron run history.';
 
 -- How deeply a JSON value nests (a scalar is 0, {} or [] is 1), counted no further than p_stop:
--- the walk stops there, so a hostile value costs no more than a valid one.
+-- the walk stops there, so a hostile value costs no more than a valid one. (plpgsql, so its
+-- plan is cached: an SQL-language function would be planned again on every call.)
 create function jsonb_depth(p_value jsonb, p_stop integer default 1000) returns integer
-language sql immutable parallel safe as $$
+language plpgsql immutable parallel safe as $$
+declare
+    v_depth integer;
+begin
     with recursive walk(v, depth) as (
         select p_value, case when jsonb_typeof(p_value) in ('object', 'array') then 1 else 0 end
         union all
@@ -36,7 +40,9 @@ language sql immutable parallel safe as $$
         ) child
         where walk.depth < p_stop and jsonb_typeof(child.value) in ('object', 'array')
     )
-    select max(depth) from walk
+    select max(depth) into v_depth from walk;
+    return v_depth;
+end;
 $$;
 
 -- max_retries bounded by the table itself (an attempt count that can still be waited out);
@@ -51,6 +57,7 @@ create function job_queue_check_row() returns trigger
 language plpgsql as $$
 declare
     v_limits job_queue_settings;
+    v_text text;
     v_bytes integer;
     v_depth integer;
 begin
@@ -59,13 +66,19 @@ begin
         raise exception 'job_queue: payload must be a JSON object, got %', jsonb_typeof(new.payload)
             using errcode = '22023';
     end if;
-    v_bytes := octet_length(new.payload::text);
+    v_text := new.payload::text;
+    v_bytes := octet_length(v_text);
     if v_bytes > coalesce(v_limits.max_payload_bytes, 1048576) then
         raise exception 'job_queue: payload is % bytes; the limit is % (job_queue_settings.max_payload_bytes)',
             v_bytes, coalesce(v_limits.max_payload_bytes, 1048576)
             using errcode = '54000';
     end if;
-    v_depth := jsonb_depth(new.payload, coalesce(v_limits.max_payload_depth, 64) + 1);
+    -- A payload with no more brackets than the limit cannot nest deeper than it: most payloads
+    -- stop here, without walking.
+    if length(v_text) - length(translate(v_text, '{[', '')) > coalesce(v_limits.max_payload_depth, 64)
+    then
+        v_depth := jsonb_depth(new.payload, coalesce(v_limits.max_payload_depth, 64) + 1);
+    end if;
     if v_depth > coalesce(v_limits.max_payload_depth, 64) then
         raise exception 'job_queue: payload nests more than % levels deep (job_queue_settings.max_payload_depth)',
             coalesce(v_limits.max_payload_depth, 64)
