@@ -32,6 +32,8 @@ $$;
 -- 3. Every 10 seconds (Supabase's pg_cron is 1.5+). The command holds no secret.
 --    Naming the job makes a second run update it rather than add another.
 select cron.schedule('process-job-queue', '10 seconds', 'select invoke_job_processor()');
+-- Retention, hourly: finished jobs past the ages in job_queue_settings, old pg_cron history.
+select cron.schedule('processor-prune', '17 * * * *', 'select prune_jobs()');
 
 -- Optional: turn off instant pickup on insert (cron alone then starts jobs, within 10 s).
 -- insert into processor_settings (key, value) values ('instant_pickup', 'off')

@@ -118,8 +118,8 @@ class DemoImages:
     model = "pillow-demo-1"
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
-        image = await asyncio.to_thread(render, request)
-        return GeneratedImage(encode(image, "PNG", comment=MARK), "image/png", NAME, self.model)
+        data = await asyncio.to_thread(lambda: encode(render(request), "PNG", comment=MARK))
+        return GeneratedImage(data, "image/png", NAME, self.model)
 
 
 class DemoText:
