@@ -7,6 +7,7 @@ import json
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -20,9 +21,10 @@ from tests.support import ScriptedHandler, ThreadedServer
 TEMPLATE = "processor_template"
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[LocalCluster]:
-    folder = Path(tempfile.mkdtemp(prefix="processor-test-"))
+@contextmanager
+def throwaway_cluster(prefix: str = "processor-test-") -> Iterator[LocalCluster]:
+    """A started PostgreSQL cluster with pg_cron in a temporary folder, deleted afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)
     pg = LocalCluster(folder / "pg", free_port(), fast=True)
     pg.start()
@@ -30,6 +32,12 @@ def cluster() -> Iterator[LocalCluster]:
         yield pg
     finally:
         pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    with throwaway_cluster() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")

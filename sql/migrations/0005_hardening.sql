@@ -168,6 +168,7 @@ create function prune_jobs(
 language plpgsql volatile as $$
 declare
     v_limits job_queue_settings;
+    v_kind record;
     v_n bigint;
     v_total bigint;
 begin
@@ -177,30 +178,24 @@ begin
     p_keep_cron_history := coalesce(p_keep_cron_history, v_limits.keep_cron_history,
                                     interval '7 days');
 
-    v_total := 0;
+    for v_kind in
+        select * from (values ('completed', array['completed'], p_keep_completed),
+                              ('failed_or_cancelled', array['failed', 'cancelled'], p_keep_failed)
+                      ) k(kind, statuses, keep)
     loop
-        delete from job_queue
-        where id in (select id from job_queue
-                     where status = 'completed' and completed_at < now() - p_keep_completed
-                     limit p_batch for update skip locked);
-        get diagnostics v_n = row_count;
-        v_total := v_total + v_n;
-        exit when v_n < p_batch or v_total >= p_max_rows;
+        v_total := 0;
+        loop
+            delete from job_queue
+            where id in (select id from job_queue
+                         where status = any(v_kind.statuses)
+                           and completed_at < now() - v_kind.keep
+                         limit p_batch for update skip locked);
+            get diagnostics v_n = row_count;
+            v_total := v_total + v_n;
+            exit when v_n < p_batch or v_total >= p_max_rows;
+        end loop;
+        kind := v_kind.kind; deleted := v_total; return next;
     end loop;
-    kind := 'completed'; deleted := v_total; return next;
-
-    v_total := 0;
-    loop
-        delete from job_queue
-        where id in (select id from job_queue
-                     where status in ('failed', 'cancelled')
-                       and completed_at < now() - p_keep_failed
-                     limit p_batch for update skip locked);
-        get diagnostics v_n = row_count;
-        v_total := v_total + v_n;
-        exit when v_n < p_batch or v_total >= p_max_rows;
-    end loop;
-    kind := 'failed_or_cancelled'; deleted := v_total; return next;
 
     delete from processor_net_calls where created_at < now() - interval '1 day';
 
@@ -220,9 +215,9 @@ begin
 end;
 $$;
 
--- Finished jobs stop being found by their age alone: this index keeps prune_jobs' scan short.
-create index job_queue_finished_idx on job_queue (completed_at)
-    where status in ('completed', 'failed', 'cancelled');
+-- prune_jobs finds finished jobs by age through this index (completed_at is set only when a
+-- job finishes, and "completed_at < x" implies the predicate, so the planner can use it).
+create index job_queue_finished_idx on job_queue (completed_at) where completed_at is not null;
 
 select processor_keep_private(array[
     'table job_queue_settings',

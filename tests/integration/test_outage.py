@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -20,9 +18,9 @@ from psycopg.types.json import Jsonb
 
 from processor.app import create_app
 from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from processor.pgcluster import free_port
 from processor.settings import Settings
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, throwaway_cluster
 from tests.support import ThreadedServer, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,14 +29,8 @@ JOBS = 300
 
 @pytest.fixture
 def own_cluster():
-    folder = Path(tempfile.mkdtemp(prefix="processor-outage-"))
-    folder.chmod(0o755)
-    pg = LocalCluster(folder / "pg", free_port(), fast=True)
-    pg.start()
-    try:
+    with throwaway_cluster("processor-outage-") as pg:
         yield pg
-    finally:
-        pg.destroy()
 
 
 @pytest.mark.slow
