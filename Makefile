@@ -1,6 +1,7 @@
 # The two commands: `make dev` runs the service on a private local PostgreSQL with pg_cron;
 # `make test` runs the test suite. Both install what they need first.
 PYTHON ?= python3
+PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -18,7 +19,7 @@ system-deps:
 	@deploy/local/install-system-deps.sh
 
 dev: system-deps install
-	$(BIN)/processor dev
+	$(BIN)/processor dev --port $(PORT)
 
 test: system-deps install
 	$(BIN)/pytest

@@ -6,22 +6,18 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import uvicorn
 from psycopg.types.json import Jsonb
 
-from processor import db, migrate, relay, retention, schedule, verify
+from processor import db, devstack, migrate, relay, retention, schedule, verify
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
-from processor.pgcluster import LocalCluster
 from processor.settings import Settings
 
 DEFAULT_PG_PORT = 54320
@@ -63,73 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_token(folder: Path) -> tuple[str, str]:
-    """PROCESSOR_TOKEN from the environment, else one generated once and kept in a 0600 file.
-    Returns (token, how to get it in a shell) so the token itself is never printed."""
-    if os.environ.get("PROCESSOR_TOKEN"):
-        return os.environ["PROCESSOR_TOKEN"], "$PROCESSOR_TOKEN"
-    path = folder / "token"
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
-    return path.read_text().strip(), f"$(cat {path})"
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
-    # uvicorn re-raises the signal that stopped it once it has shut down; as an exception
-    # SIGTERM, like Ctrl-C, lets the `finally` below stop the database too.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    root = Path.cwd()
-    cluster = LocalCluster.for_project(root, args.pg_port)
-    print(f"Starting private PostgreSQL (pg_cron) in {cluster.data_dir} on port {cluster.port} ...")
-    cluster.start()
-    try:
-        applied = migrate.migrate(cluster.url)
-        print(f"Migrations: {len(applied)} applied" if applied else "Migrations: up to date")
-        token, token_ref = _dev_token(cluster.data_dir.parent)
-        base = f"http://{args.host}:{args.port}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": cluster.url,
-            "PROCESSOR_TOKEN": token,
-            "PROCESSOR_URL": os.environ.get("PROCESSOR_URL", base),
-        }
-        settings = Settings.from_env(env, run_relay=True)
-        result = schedule.schedule(cluster.url, env["PROCESSOR_URL"], token, local=True)
-        print(
-            f"Cron job '{schedule.JOB_NAME}': every '{result.schedule}' "
-            f"(pg_cron {result.cron_version}), instant pickup on insert, "
-            f"pg_net: {result.net} (the relay runs inside this server)"
-        )
-        if result.warning:
-            print(f"Note: {result.warning}")
-        print(_dev_banner(cluster.url, base, token_ref))
-        _serve(settings, args.host, args.port)
-    finally:
-        print("Stopping private PostgreSQL ...", flush=True)
-        cluster.stop()
-    return 0
-
-
-def _dev_banner(database_url: str, base: str, token_ref: str) -> str:
-    return f"""
-processor dev
-  DATABASE_URL={database_url}
-  serving on   {base}
-  token        {token_ref}
-
-Try it (another terminal): a new job starts at once, nobody calls anything
-  export DATABASE_URL={database_url}
-  psql "$DATABASE_URL" -c "insert into job_queue (job_type, payload) values ('generate-complete-pack', '{{\"project_id\": \"p1\", \"product\": {{\"name\": \"Ceramic Mug\"}}}}') returning id"
-  psql "$DATABASE_URL" -c "select id, status, progress->>'done' as done, result->'images'->0->>'url' as main from job_queue"
-  curl -s {base}/jobs/<id> -H "Authorization: Bearer {token_ref}"
-  .venv/bin/processor verify
-Ctrl-C stops the server and the database.
-"""  # noqa: E501
+    return devstack.run(args.host, args.port, args.pg_port, _serve)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
