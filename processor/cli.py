@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -14,11 +16,22 @@ from uuid import UUID
 
 import uvicorn
 from psycopg.types.json import Jsonb
+from rich.console import Console
 
-from processor import db, devstack, migrate, relay, retention, schedule, verify
+from processor import (
+    __version__,
+    console,
+    db,
+    devstack,
+    migrate,
+    relay,
+    retention,
+    schedule,
+    verify,
+)
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
-from processor.settings import Settings
+from processor.settings import BUILTIN_ROUTES, Settings, parse_job_routes
 
 DEFAULT_PG_PORT = 54320
 
@@ -114,11 +127,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def enqueue_problems(job_type: str, payload: Any) -> list[str]:
+    """What is wrong with a job before it is inserted: an unknown type, or a built-in type's
+    payload that breaks its rules (the same rules its handler applies)."""
+    from processor.handlers.payload import PayloadError, parse
+
+    routes = set(BUILTIN_ROUTES) | set(parse_job_routes(os.environ.get("JOB_ROUTES", ""), 120))
+    if job_type not in routes:
+        return [
+            f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(routes))} "
+            "(add yours to JOB_ROUTES)"
+        ]
+    if not isinstance(payload, dict):
+        return [f"payload must be a JSON object, got {type(payload).__name__}"]
+    if job_type in BUILTIN_ROUTES:
+        try:
+            parse(payload, kind_allowed=BUILTIN_ROUTES[job_type] == "/process-image")
+        except PayloadError as exc:
+            return list(exc.problems)
+    return []
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"payload is not valid JSON: {exc}") from None
+    if not args.force:
+        problems = enqueue_problems(args.job_type, payload)
+        if problems:
+            print("not enqueued:", file=sys.stderr)
+            for problem in problems:
+                print(f"  - {problem}", file=sys.stderr)
+            print("(--force inserts it anyway)", file=sys.stderr)
+            return 2
     with db.connect(_database_url()) as conn:
         row = db.run(
             conn,
@@ -134,16 +176,84 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             },
         )[0]
     print(row["id"])
-    return 0
+    if not args.wait:
+        return 0
+    return _follow(row["id"], args.timeout)
+
+
+def _fetch_job(job_id: UUID) -> Callable[[], dict[str, Any] | None]:
+    url = _database_url()
+
+    def fetch() -> dict[str, Any] | None:
+        with db.connect(url) as conn:
+            rows = db.run(conn, "get_job", {"id": job_id})
+        return rows[0] if rows else None
+
+    return fetch
+
+
+def _follow(job_id: UUID, timeout: float) -> int:
+    """Shows the job's progress until it ends; 0 when it completed, 1 otherwise."""
+    err = Console(stderr=True)
+    fetch = _fetch_job(job_id)
+    if timeout > 0:
+        deadline = time.monotonic() + timeout
+        inner = fetch
+
+        def fetch() -> dict[str, Any] | None:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            return inner()
+
+    try:
+        job = console.follow(fetch, err)
+    except TimeoutError:
+        err.print(f"[yellow]still not finished after {timeout:g}s[/]; it goes on running")
+        return 1
+    if job is None:
+        err.print(f"no job {job_id}")
+        return 1
+    err.print(console.summary(job))
+    return 0 if job["status"] == "completed" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with db.connect(_database_url()) as conn:
-        rows = db.run(conn, "get_job", {"id": args.job_id})
-    if not rows:
+    job = _fetch_job(args.job_id)()
+    if job is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
-    _print_json(rows[0])
+    if args.json:
+        _print_json(job)
+    else:
+        Console().print(console.summary(job))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with db.connect(_database_url()) as conn:
+        rows = db.run(
+            conn,
+            "list_jobs",
+            {"status": args.status, "job_type": args.type, "limit": args.limit},
+        )
+    if not rows:
+        print("no jobs" + (" matching" if args.status or args.type else ""))
+        return 0
+    Console().print(console.jobs_table(rows))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.job_id is not None:
+        return _follow(args.job_id, 0)
+    url = _database_url()
+
+    def stats() -> list[dict[str, Any]]:
+        with db.connect(url) as conn:
+            return db.run(conn, "dashboard_stats")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        console.watch_queue(stats, Console())
     return 0
 
 
@@ -153,17 +263,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if not rows:
         print("the queue is empty")
         return 0
-
-    def seconds(value: object) -> str:
-        return "" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
-
-    print(f"{'job_type':<26} {'status':<11} {'jobs':>7} {'oldest due':>11} {'p50':>8} {'p95':>8}")
-    for r in rows:
-        print(
-            f"{r['job_type']:<26} {r['status']:<11} {r['jobs']:>7} "
-            f"{seconds(r['oldest_due_seconds']):>11} {seconds(r['p50_seconds']):>8} "
-            f"{seconds(r['p95_seconds']):>8}"
-        )
+    Console().print(console.stats_table(rows))
     return 0
 
 
@@ -230,49 +330,137 @@ def _job_action(query: str, verb: str) -> Callable[[argparse.Namespace], int]:
     return action
 
 
+DB_ENV = "Reads DATABASE_URL from the environment."
+
+
+def _sub(
+    sub: Any, name: str, help_text: str, env: str = DB_ENV, **kw: Any
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=env,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        **kw,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description=__doc__,
+        epilog="Every command reads its settings from the environment; see the README's "
+        "Configuration table. `processor COMMAND --help` lists a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"processor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("dev", help="private PostgreSQL with pg_cron, migrations, and the server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = _sub(
+        sub,
+        "dev",
+        "run the local stack: a private PostgreSQL with pg_cron, migrations, and the server",
+        env="Settings come from the environment (PROCESSOR_TOKEN is made for you if unset).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (make dev PORT=…)")
     p.add_argument(
-        "--pg-port", type=int, default=int(os.environ.get("PROCESSOR_PG_PORT", DEFAULT_PG_PORT))
+        "--pg-port",
+        type=int,
+        default=int(os.environ.get("PROCESSOR_PG_PORT", DEFAULT_PG_PORT)),
+        help="port of the private PostgreSQL (env PROCESSOR_PG_PORT)",
     )
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("serve", help="run the HTTP service against DATABASE_URL")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = _sub(
+        sub,
+        "serve",
+        "run the HTTP service against DATABASE_URL",
+        env="Reads DATABASE_URL, PROCESSOR_TOKEN, PROCESSOR_URL and the rest of the "
+        "Configuration table from the environment.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL").set_defaults(
-        func=cmd_migrate
-    )
+    _sub(sub, "migrate", "apply pending migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("enqueue", help="add a job; prints its id")
-    p.add_argument("job_type", metavar="TYPE")
-    p.add_argument("payload", metavar="JSON", nargs="?", default="{}")
-    p.add_argument("--user-id")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--max-retries", type=int, default=3)
-    p.add_argument("--idempotency-key")
+    p = _sub(
+        sub,
+        "enqueue",
+        "add a job and print its id (checked against the routes and payload rules first)",
+        env="Reads DATABASE_URL, and JOB_ROUTES for the job types it accepts.",
+    )
+    p.add_argument("job_type", metavar="TYPE", help="job type (a built-in or one in JOB_ROUTES)")
+    p.add_argument("payload", metavar="JSON", nargs="?", default="{}", help="the payload object")
+    p.add_argument("--user-id", help="the user the job belongs to")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="retries after the first attempt, 0-25"
+    )
+    p.add_argument("--idempotency-key", help="a repeated key returns the existing job's id")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the job ends; exit 1 unless it completed",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        help="with --wait: give up after this many seconds (0: never)",
+    )
+    p.add_argument("--force", action="store_true", help="insert without checking type and payload")
     p.set_defaults(func=cmd_enqueue)
 
+    p = _sub(sub, "jobs", "list jobs, newest first")
+    p.add_argument(
+        "--status",
+        choices=("pending", "processing", "completed", "failed", "cancelled"),
+        help="only jobs in this status",
+    )
+    p.add_argument("--type", help="only jobs of this type")
+    p.add_argument("--limit", type=int, default=20, help="how many")
+    p.set_defaults(func=cmd_jobs)
+
+    p = _sub(sub, "status", "show one job: state, attempts and errors, progress, image URLs")
+    p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
+    p.add_argument("--json", action="store_true", help="print the raw job as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = _sub(sub, "watch", "follow one job's progress, or the whole queue live (Ctrl-C stops)")
+    p.add_argument(
+        "job_id",
+        metavar="ID",
+        type=UUID,
+        nargs="?",
+        help="the job to follow (default: the whole queue)",
+    )
+    p.set_defaults(func=cmd_watch)
+
     for name, func, help_text in (
-        ("status", cmd_status, "show one job"),
         ("retry", _job_action("retry_job", "retried"), "put a failed or cancelled job back"),
         ("cancel", _job_action("cancel_job", "cancelled"), "cancel a pending or running job"),
     ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("job_id", metavar="ID", type=UUID)
+        p = _sub(sub, name, help_text)
+        p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
         p.set_defaults(func=func)
 
-    sub.add_parser("stats", help="jobs per type and status").set_defaults(func=cmd_stats)
+    _sub(sub, "stats", "jobs per type and status, oldest due, p50/p95 run time").set_defaults(
+        func=cmd_stats
+    )
 
-    p = sub.add_parser("schedule", help="install the pg_cron job that calls /process-jobs")
-    p.add_argument("--url", help="where the database reaches the processor (PROCESSOR_URL)")
+    p = _sub(
+        sub,
+        "schedule",
+        "install the pg_cron jobs: process-job-queue (calls /process-jobs) and processor-prune",
+        env="Reads DATABASE_URL, PROCESSOR_TOKEN (stored in Vault or processor_settings) and "
+        "PROCESSOR_URL (when --url is not given).",
+    )
+    p.add_argument(
+        "--url", help="where the database reaches the processor (default: env PROCESSOR_URL)"
+    )
     p.add_argument(
         "--local",
         action="store_true",
@@ -282,19 +470,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--instant-pickup",
         choices=("on", "off"),
         default="on",
-        help="call the processor from an insert trigger too (default on)",
+        help="call the processor from an insert trigger too",
     )
     p.set_defaults(func=cmd_schedule)
-    sub.add_parser("unschedule", help="remove the pg_cron jobs").set_defaults(func=cmd_unschedule)
-    p = sub.add_parser(
+    _sub(sub, "unschedule", "remove the pg_cron jobs").set_defaults(func=cmd_unschedule)
+    p = _sub(
+        sub,
         "signing-secret",
-        help="print the secret handlers verify Processor-Signature with (current first)",
+        "print the secret handlers verify Processor-Signature with (current first)",
+        env="Reads PROCESSOR_TOKEN, HANDLER_SIGNING_SECRET(_PREVIOUS) and JOB_ROUTES.",
     )
     p.add_argument("--route", metavar="TYPE", help="the job type whose own secret to print")
     p.set_defaults(func=cmd_signing_secret)
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "prune",
-        help="delete finished jobs past their age, their image rows, and old cron history",
+        "delete finished jobs past their age, their image rows, and old cron history",
+        env="Reads DATABASE_URL; with --with-files also the storage settings "
+        "(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, STORAGE_BUCKET, LOCAL_STORAGE_DIR).",
     )
     p.add_argument(
         "--completed-days",
@@ -314,16 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--with-files",
         action="store_true",
-        help="also delete the deleted jobs' files from storage (default: keep them)",
+        help="also delete the deleted jobs' files from storage",
     )
-    p.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
+    p.add_argument("--batch", type=int, default=1000, help="rows per transaction")
     p.set_defaults(func=cmd_prune)
-    sub.add_parser("relay", help="send the local pg_net stand-in's requests").set_defaults(
-        func=cmd_relay
-    )
-    sub.add_parser("verify", help="check every link of the trigger chain").set_defaults(
-        func=cmd_verify
-    )
+    _sub(sub, "relay", "send the local pg_net stand-in's requests").set_defaults(func=cmd_relay)
+    _sub(
+        sub, "verify", "check every link of the trigger chain; exit 1 if one is broken"
+    ).set_defaults(func=cmd_verify)
     return parser
 
 

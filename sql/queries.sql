@@ -36,6 +36,15 @@ select id, job_type, status, priority, payload, user_id, retry_count, max_retrie
 from job_queue
 where id = %(id)s;
 
+-- list_jobs --
+select id, job_type, status, retry_count + 1 as attempt, max_retries + 1 as max_attempts,
+       progress, error_message, user_id, created_at, updated_at
+from job_queue
+where (%(status)s::text is null or status = %(status)s)
+  and (%(job_type)s::text is null or job_type = %(job_type)s)
+order by created_at desc
+limit %(limit)s;
+
 -- enqueue_job --
 select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
                    %(priority)s::integer, coalesce(%(run_at)s::timestamptz, now()),

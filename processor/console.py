@@ -1,0 +1,207 @@
+"""What the command line shows a person: tables of jobs, one job's summary, and live progress.
+Rendering only (rich); the commands in processor.cli fetch the rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+FINISHED = ("completed", "failed", "cancelled")
+STYLE = {
+    "pending": "yellow",
+    "processing": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+Row = dict[str, Any]
+
+
+def _age(when: datetime | None) -> str:
+    if when is None:
+        return ""
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STYLE.get(status, ""))
+
+
+def progress_text(progress: Any) -> str:
+    if isinstance(progress, dict) and isinstance(progress.get("total"), int):
+        return f"{progress.get('done', 0)}/{progress['total']}"
+    return ""
+
+
+def jobs_table(rows: list[Row]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("id", "type", "status", "attempt", "progress", "created", "error"):
+        table.add_column(
+            name,
+            justify="right" if name in ("attempt", "progress", "created") else "left",
+            overflow="fold" if name == "error" else "ellipsis",
+            no_wrap=name != "error",
+            min_width=36 if name == "id" else None,  # ids are copied from here: never cut
+        )
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["job_type"],
+            status_text(r["status"]),
+            f"{r['attempt']}/{r['max_attempts']}",
+            progress_text(r["progress"]),
+            _age(r["created_at"]),
+            (r["error_message"] or "")[:120],
+        )
+    return table
+
+
+def stats_table(rows: list[Row]) -> Table:
+    def seconds(value: object) -> str:
+        return "" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("job_type", "status", "jobs", "oldest due", "p50", "p95"):
+        table.add_column(name, justify="left" if name in ("job_type", "status") else "right")
+    for r in rows:
+        table.add_row(
+            r["job_type"],
+            status_text(r["status"]),
+            str(r["jobs"]),
+            seconds(r["oldest_due_seconds"]),
+            seconds(r["p50_seconds"]),
+            seconds(r["p95_seconds"]),
+        )
+    return table
+
+
+def summary(job: Row) -> Group:
+    """One job for a person: state, attempts and their errors, progress, and image URLs."""
+    head = Text.assemble(
+        (f"{job['job_type']} ", "bold"),
+        (str(job["id"]), "dim"),
+        "  ",
+        status_text(job["status"]),
+    )
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    attempts = f"{job['attempt']} of {job['max_retries'] + 1}"
+    if job["status"] == "pending" and job["retry_count"]:
+        attempts += f" (next try {_when(job['run_at'])})"
+    facts.add_row("attempt", attempts)
+    facts.add_row(
+        "created", f"{job['created_at']:%Y-%m-%d %H:%M:%S} UTC ({_age(job['created_at'])})"
+    )
+    if job.get("user_id"):
+        facts.add_row("user", job["user_id"])
+    if prog := progress_text(job["progress"]):
+        facts.add_row("progress", prog)
+    if job["error_message"]:
+        facts.add_row("error", Text(job["error_message"], style="red"))
+    parts: list[Any] = [head, facts]
+    errors = job.get("errors") or []
+    if errors:
+        attempts_table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+        attempts_table.add_column("#", justify="right")
+        attempts_table.add_column("at")
+        attempts_table.add_column("error", overflow="fold")
+        for e in errors:
+            attempts_table.add_row(
+                str(e.get("attempt", "")), str(e.get("at", ""))[:19], e.get("error", "")
+            )
+        parts += [Text("failed attempts", style="bold"), attempts_table]
+    urls = image_urls(job)
+    if urls:
+        parts.append(Text("images", style="bold"))
+        parts += [Text(f"  {slot:<16} {url}") for slot, url in urls]
+    return Group(*parts)
+
+
+def _when(at: datetime | None) -> str:
+    if at is None:
+        return "now"
+    seconds = (at - datetime.now(UTC)).total_seconds()
+    return "now" if seconds <= 0 else f"in {seconds:.0f}s"
+
+
+def image_urls(job: Row) -> list[tuple[str, str]]:
+    """(slot, url) of every image in the job's result, else in its progress so far."""
+    for source in (job.get("result"), job.get("progress")):
+        if not isinstance(source, dict):
+            continue
+        items = source.get("images") or source.get("items") or []
+        found = [
+            (str(i.get("slot") or i.get("kind") or ""), i["url"])
+            for i in items
+            if isinstance(i, dict) and isinstance(i.get("url"), str)
+        ]
+        aplus = source.get("aplus")
+        if isinstance(aplus, dict):
+            found += [
+                (str(i.get("slot", "")), i["url"])
+                for i in aplus.get("images", [])
+                if isinstance(i, dict) and isinstance(i.get("url"), str)
+            ]
+        if found:
+            return found
+    return []
+
+
+def follow(fetch: Callable[[], Row | None], console: Console, every: float = 0.5) -> Row | None:
+    """Shows one job's progress (a bar for a pack) until it ends; returns the final row."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    job = fetch()
+    if job is None:
+        return None
+    task = bar.add_task(job["job_type"], total=None, state="")
+    with bar:
+        while True:
+            prog = job["progress"] if isinstance(job["progress"], dict) else {}
+            total = prog.get("total") if isinstance(prog.get("total"), int) else None
+            bar.update(
+                task,
+                total=total,
+                completed=prog.get("done", 0) if total else 0,
+                state=Text.from_markup(f"[{STYLE.get(job['status'], '')}]{job['status']}[/]"),
+            )
+            if job["status"] in FINISHED:
+                if job["status"] == "completed" and total:
+                    bar.update(task, completed=total)
+                return job
+            time.sleep(every)
+            job = fetch() or job
+
+
+def watch_queue(fetch: Callable[[], list[Row]], console: Console, every: float = 1.0) -> None:
+    """The whole queue, live, until Ctrl-C."""
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            live.update(
+                Group(
+                    Text(f"job_queue at {datetime.now():%H:%M:%S}  (Ctrl-C to stop)", style="dim"),
+                    stats_table(fetch()),
+                )
+            )
+            time.sleep(every)
