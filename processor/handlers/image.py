@@ -131,4 +131,4 @@ async def process_image(ctx: HandlerContext, call: JobCall) -> dict[str, Any]:
         source = await load_source(ctx, job)
         image = await make_image(ctx, assets, job, job.kind, job.kind, source)
     await assets.progress(1, 1, [image])
-    return {"image": image, "images": [image]}
+    return {"image": image, "images": [image], "demo": image["provider"].startswith("demo")}

@@ -125,7 +125,11 @@ def test_the_main_image_is_the_product_on_pure_white_filling_about_85_percent(
     assert image.size[0] == image.size[1] >= 1600
     assert white_corners(image)
     assert 0.85 <= product_fill(image) <= 0.90
-    assert job(conn, job_id)["result"]["image"]["provider"] == "demo + local cut-out"
+    result = job(conn, job_id)["result"]
+    assert result["image"]["provider"] == "demo + local cut-out"
+    # The demo marker is in the result and in the file, not drawn on the picture.
+    assert result["demo"] is True
+    assert b"demo render" in image.info.get("comment", b"")
 
 
 def test_the_main_image_from_a_source_photo_url(make_service, conn, tmp_path):
