@@ -127,7 +127,10 @@ def summary(job: Row) -> Group:
     urls = image_urls(job)
     if urls:
         parts.append(Text("images", style="bold"))
-        parts += [Text(f"  {slot:<16} {url}") for slot, url in urls]
+        # One line each, never folded: they are copied into a browser.
+        parts += [
+            Text(f"  {slot:<16} {url}", no_wrap=True, overflow="ignore") for slot, url in urls
+        ]
     return Group(*parts)
 
 

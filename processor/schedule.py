@@ -80,7 +80,10 @@ def schedule(
     """Installs or updates (never duplicates) the cron jobs `process-job-queue` and, hourly,
     `processor-prune` (retention)."""
     if len(token) < 16:
-        raise ConfigError("PROCESSOR_TOKEN is missing or shorter than 16 characters")
+        raise ConfigError(
+            "PROCESSOR_TOKEN is missing or shorter than 16 characters (for the local stack: "
+            "`export PROCESSOR_TOKEN=$(cat .data/token)`, the token file `make dev` printed)"
+        )
     with connect(database_url) as conn:
         if local:
             install_standin(conn)

@@ -18,6 +18,13 @@ from processor.db import Row, connect, run
 from processor.errors import DatabaseError, ProcessorError
 from processor.schedule import JOB_NAME
 
+# How to (re)install the trigger path, for a real deployment and for the local stack.
+SCHEDULE_HINT = (
+    "run `processor schedule --url URL` with PROCESSOR_TOKEN set (locally: restart `make dev`, "
+    "which does it, or `PROCESSOR_TOKEN=$(cat .data/token) processor schedule --local --url "
+    "http://127.0.0.1:8000`)"
+)
+
 FUNCTIONS = [
     "enqueue_job",
     "get_next_job",
@@ -71,20 +78,20 @@ class Verifier:
             return Check(
                 False,
                 "pg_cron is not installed in this database",
-                "enable pg_cron, then run `processor schedule --url URL`",
+                "enable pg_cron, then " + SCHEDULE_HINT,
             )
         job = run(self.conn, "cron_job", {"name": JOB_NAME})
         if not job:
             return Check(
                 False,
                 f"no cron job {JOB_NAME!r} (pg_cron {version[0]['extversion']})",
-                "run `processor schedule --url URL`",
+                SCHEDULE_HINT,
             )
         if not job[0]["active"]:
             return Check(
                 False,
                 f"cron job {JOB_NAME!r} is inactive",
-                "run `processor schedule --url URL` to re-enable it",
+                SCHEDULE_HINT + " to re-enable it",
             )
         endpoint = run(self.conn, "endpoint")[0]
         if endpoint["token"] and endpoint["token"] in job[0]["command"]:
@@ -163,7 +170,7 @@ class Verifier:
             return Check(
                 False,
                 "no processor URL/token stored",
-                "run `processor schedule --url URL` with PROCESSOR_TOKEN set",
+                SCHEDULE_HINT,
             )
         url = endpoint["url"]
         try:
