@@ -5,7 +5,7 @@ PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint format check system-deps install clean
+.PHONY: dev test lint format check system-deps test-deps install clean
 
 $(BIN)/processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,13 @@ install: $(BIN)/processor
 system-deps:
 	@deploy/local/install-system-deps.sh
 
+test-deps:
+	@deploy/local/install-test-deps.sh
+
 dev: system-deps install
 	$(BIN)/processor dev --port $(PORT)
 
-test: system-deps install
+test: system-deps test-deps install
 	$(BIN)/pytest
 
 lint: install

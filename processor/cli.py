@@ -381,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Configuration table from the environment.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT") or 8000),
+        help="HTTP port (env PORT, as container platforms set it)",
+    )
     p.set_defaults(func=cmd_serve)
 
     _sub(sub, "migrate", "apply pending migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
