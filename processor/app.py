@@ -39,6 +39,8 @@ from processor.queue import JobQueue
 from processor.relay import Relay
 from processor.settings import Settings
 from processor.storage import FILES_PREFIX, LocalStorage
+from processor.ui import pages as ui_pages
+from processor.ui.session import Sessions
 
 log = structlog.get_logger("processor.app")
 
@@ -290,6 +292,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         app.state.settings = settings
         app.state.openapi = document(settings.max_claim)
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
+        app.state.ui_sessions = Sessions(settings)
         app.state.queue = queue
         app.state.dispatcher = dispatcher
         app.state.claimer = claimer
@@ -327,7 +330,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             await db.close()
             log.info("processor_stopped")
 
-    app_routes: list[BaseRoute] = list(routes)
+    app_routes: list[BaseRoute] = [*routes, *ui_pages.routes]
     if isinstance(storage := storage_for(settings.providers, settings.processor_url), LocalStorage):
         # Generated files are served by the app itself, so result URLs open in a browser.
         storage.root.mkdir(parents=True, exist_ok=True)

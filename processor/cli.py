@@ -234,7 +234,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         rows = db.run(
             conn,
             "list_jobs",
-            {"status": args.status, "job_type": args.type, "limit": args.limit},
+            {
+                "status": args.status,
+                "job_type": args.type,
+                "user_id": None,
+                "project_id": None,
+                "before_at": None,
+                "before_id": None,
+                "limit": args.limit,
+            },
         )
     if not rows:
         print("no jobs" + (" matching" if args.status or args.type else ""))

@@ -106,10 +106,13 @@ class Database:
                     raise
         return False
 
-    async def fetch_all(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    async def fetch_all(
+        self, name: str, params: Mapping[str, Any] | None = None, *, prepare: bool | None = None
+    ) -> list[Row]:
+        """prepare=False plans every call with its own values (queries with optional filters)."""
         try:
             async with self._pool.connection() as conn, conn.cursor() as cur:
-                await cur.execute(query(name), _adapt(params or {}))
+                await cur.execute(query(name), _adapt(params or {}), prepare=prepare)
                 rows = await cur.fetchall() if cur.description else []
                 return cast(list[Row], rows)  # the pool's connections use dict_row
         except (psycopg.Error, PoolTimeout) as exc:

@@ -37,12 +37,21 @@ from job_queue
 where id = %(id)s;
 
 -- list_jobs --
+-- Newest first, a page at a time (keyset: before_at/before_id are the last row of the previous
+-- page). Every filter is optional; run unprepared, so each call is planned with its own values
+-- and an unused filter costs nothing.
 select id, job_type, status, retry_count + 1 as attempt, max_retries + 1 as max_attempts,
-       progress, error_message, user_id, created_at, updated_at
+       progress, error_message, user_id, payload ->> 'project_id' as project_id, created_at,
+       updated_at
 from job_queue
 where (%(status)s::text is null or status = %(status)s)
   and (%(job_type)s::text is null or job_type = %(job_type)s)
-order by created_at desc
+  and (%(user_id)s::text is null or user_id = %(user_id)s)
+  and (%(project_id)s::text is null
+       or (payload ? 'project_id' and payload ->> 'project_id' = %(project_id)s))
+  and (%(before_at)s::timestamptz is null
+       or (created_at, id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
+order by created_at desc, id desc
 limit %(limit)s;
 
 -- enqueue_job --
@@ -260,3 +269,34 @@ with limits as (
 select (select count(*) from gone) as jobs,
        (select count(*) from gone where status = 'completed') as completed,
        array(select storage_path from paths) as paths;
+
+-- ui_counts --
+select job_type, status, count(*) as jobs from job_queue group by 1, 2 order by 1, 2;
+
+-- ui_oldest_due --
+select id, job_type, extract(epoch from now() - run_at) as waited_seconds
+from job_queue
+where status = 'pending' and run_at <= now()
+order by run_at
+limit 1;
+
+-- ui_durations --
+-- Run time of the attempts that completed in the last hour, per type.
+select job_type, count(*) as jobs,
+       extract(epoch from percentile_cont(0.5) within group (order by completed_at - processed_at))
+           as p50_seconds,
+       extract(epoch from percentile_cont(0.95) within group (order by completed_at - processed_at))
+           as p95_seconds
+from job_queue
+where completed_at > now() - interval '1 hour' and status = 'completed'
+group by job_type
+order by job_type;
+
+-- ui_per_minute --
+select date_trunc('minute', completed_at) as minute,
+       count(*) filter (where status = 'completed') as completed,
+       count(*) filter (where status = 'failed') as failed
+from job_queue
+where completed_at > now() - interval '1 hour' and status in ('completed', 'failed')
+group by 1
+order by 1;

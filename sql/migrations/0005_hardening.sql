@@ -107,7 +107,8 @@ language sql volatile as $$
     from (select least(p_cap, p_base * power(2, least(greatest(p_retry, 1) - 1, 30))) as d) s
 $$;
 
--- As in 0004, and a job that ends failed after more than one attempt says how many it took.
+-- As in 0004, and a job that ends failed after more than one attempt says how many it took;
+-- each entry of `errors` also records when its attempt started (so its duration is known).
 create or replace function fail_jobs(
     p_ids uuid[],
     p_lease_tokens uuid[],
@@ -139,6 +140,7 @@ begin
                              else held.error end,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.retry_count + 1,
+            'started', j.processed_at,
             'at', now(),
             'error', held.error,
             'retryable', held.retryable)),
