@@ -287,7 +287,12 @@ async def act(request: Request) -> Response:
     return RedirectResponse(f"/ui/jobs/{job_id}", 303)
 
 
+async def home(request: Request) -> Response:
+    return RedirectResponse("/ui", 307)
+
+
 routes: list[BaseRoute] = [
+    Route("/", home, methods=["GET"]),
     Route("/ui", overview, methods=["GET"]),
     Route("/ui/login", login, methods=["GET", "POST"]),
     Route("/ui/logout", logout, methods=["POST"]),

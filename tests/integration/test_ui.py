@@ -35,6 +35,8 @@ def csrf(page: str) -> str:
 
 def test_pages_need_a_session_and_the_token_never_appears_in_a_url_or_cookie(make_service):
     server = make_service()
+    home = httpx.get(f"{server.url}/", follow_redirects=False)
+    assert home.status_code == 307 and home.headers["location"] == "/ui"
     anonymous = httpx.get(f"{server.url}/ui/jobs", follow_redirects=False)
     assert anonymous.status_code == 303
     assert anonymous.headers["location"] == "/ui/login?next=%2Fui%2Fjobs"
