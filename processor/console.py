@@ -26,14 +26,15 @@ STYLE = {
 Row = dict[str, Any]
 
 
-def _age(when: datetime | None) -> str:
+def ago(when: datetime | None) -> str:
+    """'5 s ago', '3 min ago', '2 h ago', '4 d ago' (the CLI and the status page)."""
     if when is None:
         return ""
     seconds = (datetime.now(UTC) - when).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{max(seconds, 0):.0f}s ago"
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{max(seconds, 0):.0f} s ago"
 
 
 def status_text(status: str) -> Text:
@@ -63,7 +64,7 @@ def jobs_table(rows: list[Row]) -> Table:
             status_text(r["status"]),
             f"{r['attempt']}/{r['max_attempts']}",
             progress_text(r["progress"]),
-            _age(r["created_at"]),
+            ago(r["created_at"]),
             (r["error_message"] or "")[:120],
         )
     return table
@@ -104,7 +105,7 @@ def summary(job: Row) -> Group:
         attempts += f" (next try {_when(job['run_at'])})"
     facts.add_row("attempt", attempts)
     facts.add_row(
-        "created", f"{job['created_at']:%Y-%m-%d %H:%M:%S} UTC ({_age(job['created_at'])})"
+        "created", f"{job['created_at']:%Y-%m-%d %H:%M:%S} UTC ({ago(job['created_at'])})"
     )
     if job.get("user_id"):
         facts.add_row("user", job["user_id"])

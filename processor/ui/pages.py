@@ -23,6 +23,7 @@ from starlette.templating import Jinja2Templates
 
 from processor import redact
 from processor.auth import token_matches
+from processor.console import ago
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.schedule import JOB_NAME
@@ -42,16 +43,6 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-def _ago(when: datetime | None) -> str:
-    if when is None:
-        return ""
-    seconds = (datetime.now(UTC) - when).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{max(seconds, 0):.0f} s ago"
-
-
 def _duration(start: Any, end: Any) -> str:
     try:
         a = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
@@ -63,7 +54,7 @@ def _duration(start: Any, end: Any) -> str:
 
 
 templates.env.filters["pretty"] = _pretty
-templates.env.filters["ago"] = _ago
+templates.env.filters["ago"] = ago
 templates.env.filters["redact"] = redact.redact
 templates.env.globals["duration"] = _duration
 
