@@ -75,6 +75,9 @@ class ProviderSettings:
     openai_api_key: Secret | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     openai_image_model: str = "gpt-image-2"
+    openai_text_model: str = "gpt-5-mini"
+    # Image models whose edits take input_fidelity (gpt-image-1-mini does not).
+    openai_input_fidelity_models: tuple[str, ...] = ("gpt-image-1", "gpt-image-1.5", "gpt-image-2")
     removebg_api_key: Secret | None = None
     removebg_base_url: str = "https://api.remove.bg/v1.0"
     supabase_url: str | None = None
@@ -112,6 +115,13 @@ class ProviderSettings:
             openai_api_key=openai,
             openai_base_url=_url(env, "OPENAI_BASE_URL", cls.openai_base_url),
             openai_image_model=env.get("OPENAI_IMAGE_MODEL") or cls.openai_image_model,
+            openai_text_model=env.get("OPENAI_TEXT_MODEL") or cls.openai_text_model,
+            openai_input_fidelity_models=tuple(
+                m.strip()
+                for m in (env.get("OPENAI_INPUT_FIDELITY_MODELS") or "").split(",")
+                if m.strip()
+            )
+            or cls.openai_input_fidelity_models,
             removebg_api_key=secret("REMOVEBG_API_KEY"),
             removebg_base_url=_url(env, "REMOVEBG_BASE_URL", cls.removebg_base_url),
             supabase_url=supabase_url,

@@ -79,7 +79,9 @@ class Gemini(HttpProvider):
             }
         )
         for part in _parts(data):
-            inline = part.get("inlineData") if isinstance(part, dict) else None
+            if not isinstance(part, dict) or part.get("thought"):
+                continue  # a thinking model's draft images are not the answer
+            inline = part.get("inlineData")
             if isinstance(inline, dict) and inline.get("data"):
                 try:
                     raw = base64.b64decode(inline["data"], validate=True)

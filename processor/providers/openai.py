@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
@@ -38,6 +39,9 @@ class OpenAIImages(HttpProvider):
 
     default_timeout = 180.0
     quality = "high"
+    # Models whose edits take input_fidelity (configuration: OPENAI_INPUT_FIDELITY_MODELS);
+    # the spec marks it unsupported for gpt-image-1-mini, which answers 400 to it.
+    input_fidelity_models: tuple[str, ...] = ("gpt-image-1", "gpt-image-1.5", "gpt-image-2")
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         prompt, aspect_ratio = request.prompt, request.aspect_ratio
@@ -62,18 +66,20 @@ class OpenAIImages(HttpProvider):
                 )
             else:
                 ext = reference_mime.split("/")[-1]
+                form = {
+                    "model": self.model,
+                    "prompt": prompt,
+                    "n": "1",
+                    "size": size,
+                    "quality": self.quality,
+                }
+                if self.model in self.input_fidelity_models:
+                    form["input_fidelity"] = "high"
                 response = await self.client.post(
                     f"{self.base_url}/images/edits",
                     headers=headers,
                     timeout=self.timeout,
-                    data={
-                        "model": self.model,
-                        "prompt": prompt,
-                        "n": "1",
-                        "size": size,
-                        "quality": self.quality,
-                        "input_fidelity": "high",
-                    },
+                    data=form,
                     files={"image": (f"reference.{ext}", reference, reference_mime)},
                 )
         except httpx.HTTPError as exc:
@@ -88,6 +94,63 @@ class OpenAIImages(HttpProvider):
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise Transient(NAME, "answered without an image (data[0].b64_json)") from exc
+
+
+class OpenAIText(HttpProvider):
+    """JSON text through the Responses API with a JSON schema (the A+ copy, when OpenAI is the
+    configured provider)."""
+
+    name = NAME
+    default_timeout = 120.0
+
+    async def generate_json(
+        self, system: str, prompt: str, schema: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            response = await self.client.post(
+                f"{self.base_url}/responses",
+                headers={"Authorization": f"Bearer {self._key}"},
+                timeout=self.timeout,
+                json={
+                    "model": self.model,
+                    "instructions": system,
+                    "input": prompt,
+                    "text": {
+                        "format": {
+                            "type": "json_schema",
+                            "name": "document",
+                            "schema": schema,
+                            "strict": False,
+                        }
+                    },
+                },
+            )
+        except httpx.HTTPError as exc:
+            raise network(NAME, exc) from exc
+        data = json_or_none(response)
+        if response.status_code >= 400:
+            raise _error(response, data)
+        if not isinstance(data, dict):
+            raise Transient(NAME, f"answered {response.status_code} with a body that is not JSON")
+        if data.get("status") == "incomplete":
+            reason = (data.get("incomplete_details") or {}).get("reason", "unknown")
+            raise Transient(NAME, f"the JSON answer was cut off ({reason})")
+        texts = []
+        for item in data.get("output") or []:
+            if not isinstance(item, dict) or item.get("type") != "message":
+                continue  # reasoning items and tool calls carry no answer text
+            for part in item.get("content") or []:
+                if isinstance(part, dict) and part.get("type") == "refusal":
+                    raise Permanent(NAME, f"refused: {part.get('refusal', '')}")
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    texts.append(part.get("text", ""))
+        try:
+            value = json.loads("".join(texts))
+        except json.JSONDecodeError as exc:
+            raise Transient(NAME, f"returned text that is not JSON: {exc.msg}") from exc
+        if not isinstance(value, dict):
+            raise Transient(NAME, "returned JSON that is not an object")
+        return value
 
 
 def _error(response: httpx.Response, data: Any) -> ProviderError:

@@ -10,7 +10,7 @@ import httpx
 from processor.providers import BackgroundRemover, ImageGenerator, TextGenerator
 from processor.providers.demo import DemoImages, DemoText
 from processor.providers.gemini import Gemini
-from processor.providers.openai import OpenAIImages
+from processor.providers.openai import OpenAIImages, OpenAIText
 from processor.providers.removebg import RemoveBg
 from processor.settings import ProviderSettings
 from processor.storage import LocalStorage, Storage, SupabaseStorage
@@ -35,10 +35,16 @@ def build(cfg: ProviderSettings, client: httpx.AsyncClient, processor_url: str) 
         images = OpenAIImages(
             client, cfg.openai_base_url, cfg.openai_api_key.reveal(), cfg.openai_image_model
         )
+        images.input_fidelity_models = cfg.openai_input_fidelity_models
     else:
         images = DemoImages()
-    # A+ copy needs a JSON-schema text model: Gemini when there is a key, else the demo writer.
-    if cfg.gemini_api_key:
+    # A+ copy needs a JSON-schema text model: the configured provider's (OpenAI's Responses
+    # API when OpenAI draws the images), else Gemini when there is a key, else the demo writer.
+    if cfg.image_provider == "openai" and cfg.openai_api_key:
+        text = OpenAIText(
+            client, cfg.openai_base_url, cfg.openai_api_key.reveal(), cfg.openai_text_model
+        )
+    elif cfg.gemini_api_key:
         text = Gemini(
             client, cfg.gemini_base_url, cfg.gemini_api_key.reveal(), cfg.gemini_text_model
         )

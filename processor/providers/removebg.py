@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from processor.providers import HttpProvider
@@ -50,4 +52,16 @@ def _error(response: httpx.Response) -> ProviderError:
     summary = f"{response.status_code}: {message}"
     if response.status_code == 402:
         return Permanent(NAME, f"out of credits: {summary}")
-    return by_status(NAME, response.status_code, summary, retry_after(response.headers))
+    return by_status(NAME, response.status_code, summary, _wait(response.headers))
+
+
+def _wait(headers: httpx.Headers) -> float | None:
+    """remove.bg's own clients wait until X-RateLimit-Reset (a Unix time); Retry-After, when
+    sent, is read the usual way."""
+    wait = retry_after(headers)
+    if wait is not None:
+        return wait
+    try:
+        return max(0.0, float(headers.get("x-ratelimit-reset", "")) - time.time())
+    except ValueError:
+        return None

@@ -354,3 +354,103 @@ async def test_removebg_errors_are_classified(client, mock, status, code, error)
     )
     with pytest.raises(error, match=code):
         await RemoveBg(client, REMOVEBG, "r-key").remove(JPEG)
+
+
+@pytest.mark.parametrize(("model", "sent"), [("gpt-image-2", True), ("gpt-image-1-mini", False)])
+async def test_input_fidelity_goes_only_to_models_that_take_it(client, mock, model, sent):
+    route = mock.post(f"{OPENAI}/images/edits").respond(
+        json={"created": 1, "data": [{"b64_json": base64.b64encode(PNG).decode()}]}
+    )
+    provider = OpenAIImages(client, OPENAI, "o-key", model)
+    await provider.generate(
+        ImageRequest(prompt="p", kind="detail", product_name="Mug", reference=JPEG,
+                     reference_mime="image/jpeg")
+    )  # fmt: skip
+    body = route.calls.last.request.content
+    assert (b'name="input_fidelity"\r\n\r\nhigh' in body) is sent
+
+
+async def test_a_removebg_429_waits_until_x_ratelimit_reset(client, mock):
+    import time
+
+    mock.post(f"{REMOVEBG}/removebg").respond(
+        429,
+        json={"errors": [{"title": "Rate limit exceeded", "code": "rate_limit_exceeded"}]},
+        headers={"X-RateLimit-Reset": str(int(time.time()) + 30)},  # no Retry-After
+    )
+    with pytest.raises(RateLimited) as info:
+        await RemoveBg(client, REMOVEBG, "r-key").remove(JPEG)
+    assert 25 <= info.value.retry_after <= 31
+
+
+async def test_gemini_image_extraction_skips_thought_parts(client, mock):
+    answer = image_answer(PNG, "image/png")
+    draft = {"inlineData": {"mimeType": "image/jpeg", "data": base64.b64encode(JPEG).decode()},
+             "thought": True}  # fmt: skip
+    answer["candidates"][0]["content"]["parts"].insert(0, draft)
+    mock.post(IMAGE_URL).respond(json=answer)
+    image = await gemini(client).generate(REQUEST)
+    assert image.data == PNG and image.mime_type == "image/png"
+
+
+CUT_OFF = {"incomplete_details": {"reason": "max_output_tokens"}}
+
+
+def responses_answer(text: str, status: str = "completed", extra: dict | None = None) -> dict:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "status": status,
+        "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": text, "annotations": []}]},
+        ],
+        "usage": {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160},
+        **(extra or {}),
+    }  # fmt: skip
+
+
+async def test_openai_text_uses_the_responses_api_with_a_json_schema(client, mock):
+    from processor.providers.openai import OpenAIText
+
+    route = mock.post(f"{OPENAI}/responses").respond(json=responses_answer('{"headline": "Hi"}'))
+    schema = {"type": "object", "properties": {"headline": {"type": "string"}}}
+    value = await OpenAIText(client, OPENAI, "o-key", "gpt-5-mini").generate_json(
+        "Write copy.", "PRODUCT_JSON: {}", schema
+    )
+    assert value == {"headline": "Hi"}
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["model"] == "gpt-5-mini" and sent["instructions"] == "Write copy."
+    assert sent["text"]["format"] == {
+        "type": "json_schema", "name": "document", "schema": schema, "strict": False,
+    }  # fmt: skip
+    assert route.calls.last.request.headers["authorization"] == "Bearer o-key"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "words"),
+    [
+        (responses_answer("{", "incomplete", CUT_OFF), Transient, "cut off"),
+        ({"status": "completed", "output": [{"type": "message", "content": [
+            {"type": "refusal", "refusal": "I can't help with that."}]}]}, Permanent, "refused"),
+        (responses_answer("not json"), Transient, "not JSON"),
+    ],
+)  # fmt: skip
+async def test_openai_text_failures_are_classified(client, mock, answer, error, words):
+    from processor.providers.openai import OpenAIText
+
+    mock.post(f"{OPENAI}/responses").respond(json=answer)
+    with pytest.raises(error, match=words):
+        await OpenAIText(client, OPENAI, "o-key", "gpt-5-mini").generate_json("s", "p", {})
+
+
+def test_with_openai_configured_a_plus_copy_goes_to_openai_not_the_demo():
+    from processor.providers.registry import build
+    from processor.settings import ProviderSettings
+
+    cfg = ProviderSettings.from_env(
+        {"OPENAI_API_KEY": "sk-test-000000", "IMAGE_PROVIDER": "openai"}
+    )
+    providers = build(cfg, httpx.AsyncClient(), "http://127.0.0.1:8000")
+    assert providers.text.name == "openai" and providers.text.model == "gpt-5-mini"
