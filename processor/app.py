@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from processor import handlers, redact
+from processor import handlers, redact, spend
 from processor.auth import require_token
 from processor.claim import Claimer
 from processor.db import Database
@@ -167,6 +167,12 @@ async def get_job(request: Request) -> Response:
     job = await request.app.state.queue.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
+    attempts = await request.app.state.queue.db.fetch_all("job_spend", {"job_id": job_id})
+    job["spend"] = {
+        "calls": sum(a["calls"] for a in attempts),
+        "cost_usd": round(sum(a["cost_usd"] for a in attempts), 6),
+        "attempts": attempts,
+    }
     return ApiResponse(job)
 
 
@@ -203,6 +209,22 @@ async def metrics(request: Request) -> Response:
     lines += [
         f'processor_attempts_total{{outcome="{k}"}} {v}'
         for k, v in sorted(dispatcher.finished.items())
+    ]
+    lines += [
+        "# HELP processor_provider_calls_total Provider calls this process made, by outcome.",
+        "# TYPE processor_provider_calls_total counter",
+    ]
+    lines += [
+        f'processor_provider_calls_total{{provider="{_label(p)}",outcome="{o}"}} {n}'
+        for (p, o), n in sorted(spend.TOTALS.items())
+    ]
+    lines += [
+        "# HELP processor_provider_cost_usd_total Estimated cost of those calls (PROVIDER_PRICES).",
+        "# TYPE processor_provider_cost_usd_total counter",
+    ]
+    lines += [
+        f'processor_provider_cost_usd_total{{provider="{_label(p)}",outcome="{o}"}} {c:.6f}'
+        for (p, o), c in sorted(spend.COSTS.items())
     ]
     return PlainTextResponse(
         "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
@@ -288,6 +310,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             fetcher,
             settings.signing_secrets(),
             settings.providers.max_image_pixels,
+            settings.providers.prices,
         )
         app.state.settings = settings
         app.state.openapi = document(settings.max_claim)

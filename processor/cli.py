@@ -187,6 +187,8 @@ def _fetch_job(job_id: UUID) -> Callable[[], dict[str, Any] | None]:
     def fetch() -> dict[str, Any] | None:
         with db.connect(url) as conn:
             rows = db.run(conn, "get_job", {"id": job_id})
+            if rows:
+                rows[0]["spend"] = db.run(conn, "job_spend", {"job_id": job_id})
         return rows[0] if rows else None
 
     return fetch
@@ -266,6 +268,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.spend:
+        with db.connect(_database_url()) as conn:
+            rows = db.run(conn, "spend_by_provider")
+            total = db.run(conn, "spend_total")[0]
+        Console().print(console.spend_table(rows, total))
+        return 0
     with db.connect(_database_url()) as conn:
         rows = db.run(conn, "dashboard_stats")
     if not rows:
@@ -460,9 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
         p.set_defaults(func=func)
 
-    _sub(sub, "stats", "jobs per type and status, oldest due, p50/p95 run time").set_defaults(
-        func=cmd_stats
+    p = _sub(sub, "stats", "jobs per type and status, oldest due, p50/p95 run time")
+    p.add_argument(
+        "--spend", action="store_true", help="AI spend instead: calls, units and cost per provider"
     )
+    p.set_defaults(func=cmd_stats)
 
     p = _sub(
         sub,

@@ -89,6 +89,21 @@ def stats_table(rows: list[Row]) -> Table:
     return table
 
 
+def spend_table(rows: list[Row], total: Row) -> Group:
+    """Calls, units and estimated cost per provider, and the total."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("provider", "calls", "images", "input tokens", "output tokens", "credits",
+                 "est. cost"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "provider" else "right")
+    for r in rows:
+        table.add_row(
+            r["provider"], str(r["calls"]), str(r["images"]), f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}", f"{r['credits']:g}", f"${r['cost_usd']:.4f}",
+        )  # fmt: skip
+    line = Text(f"total: {total['calls']} calls, ${total['cost_usd']:.4f} estimated", style="bold")
+    return Group(table, line)
+
+
 def summary(job: Row) -> Group:
     """One job for a person: state, attempts and their errors, progress, and image URLs."""
     head = Text.assemble(
@@ -125,6 +140,17 @@ def summary(job: Row) -> Group:
                 str(e.get("attempt", "")), str(e.get("at", ""))[:19], e.get("error", "")
             )
         parts += [Text("failed attempts", style="bold"), attempts_table]
+    spend = job.get("spend") or []
+    if spend:
+        calls = Table(box=None, header_style="bold", pad_edge=False)
+        for name in ("attempt", "provider calls", "ok", "images", "est. cost"):
+            calls.add_column(name, justify="right")
+        for a in spend:
+            calls.add_row(
+                str(a["attempt"]), str(a["calls"]), str(a["ok"]), str(a["images"]),
+                f"${a['cost_usd']:.4f}",
+            )  # fmt: skip
+        parts += [Text("spend", style="bold"), calls]
     urls = image_urls(job)
     if urls:
         parts.append(Text("images", style="bold"))

@@ -87,6 +87,8 @@ class ProviderSettings:
     local_storage_dir: str = ".data/storage"
     pack_concurrency: int = 3
     max_image_pixels: int = 40_000_000  # sources larger than this are refused before decoding
+    # USD per unit by "provider/model" (tokens per million); processor.spend has the defaults.
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     allow_private_urls: bool = False  # source_image_url may reach private addresses (local dev)
 
     @classmethod
@@ -131,6 +133,7 @@ class ProviderSettings:
             local_storage_dir=env.get("LOCAL_STORAGE_DIR") or cls.local_storage_dir,
             pack_concurrency=int(_number(env, "PACK_CONCURRENCY", 3, minimum=1)),
             max_image_pixels=int(_number(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1)),
+            prices=_prices(env.get("PROVIDER_PRICES", "")),
             allow_private_urls=_choice(env, "ALLOW_PRIVATE_URLS", "off", ("on", "off")) == "on",
         )
 
@@ -249,6 +252,12 @@ def derive_signing_secret(token: str) -> str:
     """The handler signing secret used when HANDLER_SIGNING_SECRET is unset: an HMAC of the
     token, so it signs calls but cannot be turned back into the token."""
     return hmac.new(token.encode(), b"processor handler signing v1", hashlib.sha256).hexdigest()
+
+
+def _prices(raw: str) -> dict[str, dict[str, float]]:
+    from processor.spend import parse_prices  # the price table lives with the ledger
+
+    return parse_prices(raw)
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:

@@ -127,14 +127,22 @@ class FakeGemini:
         config = body["generationConfig"]
         if config.get("responseMimeType") == "application/json":
             parts = [{"text": "thinking…", "thought": True}, {"text": json.dumps(APLUS)}]
+            usage = {"promptTokenCount": 310, "candidatesTokenCount": 520,
+                     "thoughtsTokenCount": 90, "totalTokenCount": 920}  # fmt: skip
         else:
+            usage = {"promptTokenCount": 24, "candidatesTokenCount": 1290, "totalTokenCount": 1314}
             data = base64.b64encode(product_photo((640, 640))).decode()
             parts = [
                 {"text": "Here is your image."},
                 {"inlineData": {"mimeType": "image/png", "data": data}},
             ]
         return JSONResponse(
-            {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}]}
+            {
+                "candidates": [
+                    {"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}
+                ],
+                "usageMetadata": usage,
+            }
         )
 
     def app(self) -> Starlette:

@@ -7,8 +7,8 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from processor import redact, signing
+from processor import redact, signing, spend
 from processor.auth import require_token
 from processor.db import Database, Row
 from processor.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
@@ -53,6 +53,7 @@ class HandlerContext:
     fetcher: Fetcher
     signing_secrets: list[str]  # what the dispatcher signs built-in calls with
     max_image_pixels: int = 40_000_000
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 class LeaseLost(Exception):
@@ -118,6 +119,17 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         check_caller(request, body, ctx.signing_secrets)
         call = parse_call(body)
         structlog.contextvars.bind_contextvars(job_id=str(call.job_id), attempt=call.attempt)
+        project = call.payload.get("project_id") if isinstance(call.payload, dict) else None
+        spend.current_job.set(
+            spend.JobMeter(
+                ctx.db,
+                ctx.prices,
+                call.job_id,
+                call.attempt,
+                call.user_id,
+                project if isinstance(project, str) else None,
+            )
+        )
         try:
             result = await handler(ctx, call)
         except PayloadError as exc:

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from processor.imaging import encode
 from processor.providers import GeneratedImage, ImageRequest
+from processor.providers.usage import report
 
 NAME = "demo"
 MARK = "demo render (processor offline provider)"
@@ -297,6 +298,7 @@ class DemoImages:
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         data = await asyncio.to_thread(lambda: encode(render(request), "PNG", comment=MARK))
+        report(images=1)
         return GeneratedImage(data, "image/png", NAME, self.model)
 
 

@@ -19,6 +19,7 @@ from processor.providers.errors import (
     network,
     retry_after,
 )
+from processor.providers.usage import report
 
 NAME = "gemini"
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
@@ -49,11 +50,19 @@ class Gemini(HttpProvider):
             )
         except httpx.HTTPError as exc:
             raise network(NAME, exc) from exc
+        report(http_status=response.status_code)
         data = json_or_none(response)
         if response.status_code >= 400:
             raise _error(response, data)
         if not isinstance(data, dict):
             raise Transient(NAME, f"answered {response.status_code} with a body that is not JSON")
+        usage = data.get("usageMetadata") or {}
+        if isinstance(usage, dict):  # thinking tokens are billed as output
+            report(
+                input_tokens=usage.get("promptTokenCount"),
+                output_tokens=(usage.get("candidatesTokenCount") or 0)
+                + (usage.get("thoughtsTokenCount") or 0),
+            )
         return data
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
@@ -87,6 +96,7 @@ class Gemini(HttpProvider):
                     raw = base64.b64decode(inline["data"], validate=True)
                 except ValueError as exc:
                     raise Transient(NAME, "returned image data that is not base64") from exc
+                report(images=1)
                 return GeneratedImage(raw, inline.get("mimeType", "image/png"), NAME, self.model)
         raise Transient(NAME, f"returned no image (finishReason {_finish(data)})")
 

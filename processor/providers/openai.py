@@ -18,6 +18,7 @@ from processor.providers.errors import (
     network,
     retry_after,
 )
+from processor.providers.usage import report
 
 NAME = "openai"
 # GPT image models take these sizes; aspect ratios map to the nearest.
@@ -84,11 +85,14 @@ class OpenAIImages(HttpProvider):
                 )
         except httpx.HTTPError as exc:
             raise network(NAME, exc) from exc
+        report(http_status=response.status_code)
         data = json_or_none(response)
         if response.status_code >= 400:
             raise _error(response, data)
+        _report_usage(data)
         try:
             b64 = data["data"][0]["b64_json"]
+            report(images=1)
             return GeneratedImage(
                 base64.b64decode(b64, validate=True), "image/png", NAME, self.model
             )
@@ -127,11 +131,13 @@ class OpenAIText(HttpProvider):
             )
         except httpx.HTTPError as exc:
             raise network(NAME, exc) from exc
+        report(http_status=response.status_code)
         data = json_or_none(response)
         if response.status_code >= 400:
             raise _error(response, data)
         if not isinstance(data, dict):
             raise Transient(NAME, f"answered {response.status_code} with a body that is not JSON")
+        _report_usage(data)
         if data.get("status") == "incomplete":
             reason = (data.get("incomplete_details") or {}).get("reason", "unknown")
             raise Transient(NAME, f"the JSON answer was cut off ({reason})")
@@ -151,6 +157,12 @@ class OpenAIText(HttpProvider):
         if not isinstance(value, dict):
             raise Transient(NAME, "returned JSON that is not an object")
         return value
+
+
+def _report_usage(data: Any) -> None:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if isinstance(usage, dict):
+        report(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"))
 
 
 def _error(response: httpx.Response, data: Any) -> ProviderError:

@@ -55,7 +55,15 @@ def build(cfg: ProviderSettings, client: httpx.AsyncClient, processor_url: str) 
         if cfg.removebg_api_key
         else None
     )
-    return Providers(images, text, background, storage_for(cfg, processor_url))
+    # Every call is timed and recorded in provider_calls (processor.spend).
+    from processor.spend import MeteredBackground, MeteredImages, MeteredText
+
+    return Providers(
+        MeteredImages(images),
+        MeteredText(text),
+        MeteredBackground(background) if background is not None else None,
+        storage_for(cfg, processor_url),
+    )
 
 
 def storage_for(cfg: ProviderSettings, processor_url: str) -> Storage:

@@ -16,6 +16,7 @@ from processor.providers.errors import (
     network,
     retry_after,
 )
+from processor.providers.usage import report
 
 NAME = "remove.bg"
 
@@ -36,6 +37,7 @@ class RemoveBg(HttpProvider):
             )
         except httpx.HTTPError as exc:
             raise network(NAME, exc) from exc
+        report(http_status=response.status_code, credits=response.headers.get("x-credits-charged"))
         if response.status_code >= 400:
             raise _error(response)
         if not response.content.startswith(b"\x89PNG"):

@@ -95,13 +95,30 @@ def test_on_a_supabase_shaped_database_users_read_only_their_own_rows(cluster):
                     "where pubname = 'supabase_realtime'"
                 )
             }
+            # Supabase's guidance: (select auth.uid()), evaluated once per statement.
+            policies = dict(
+                c.execute(
+                    "select tablename, qual from pg_policies where policyname like '%%owner_read'"
+                ).fetchall()
+            )
+            c.execute(
+                "insert into provider_calls (attempt, user_id, provider, model, operation,"
+                " status, duration_ms) values (1, %s, 'demo', 'm', 'image', 'ok', 5),"
+                " (1, %s, 'demo', 'm', 'image', 'ok', 5)",
+                (alice, bob),
+            )
             c.execute("set role authenticated")
             c.execute("select set_config('request.jwt.claim.sub', %s, false)", (alice,))
             visible = [r[0] for r in c.execute("select user_id from job_queue")]
+            own_calls = [r[0] for r in c.execute("select user_id from provider_calls")]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("select * from claim_jobs('sneaky')")
             c.execute("reset role")
     finally:
         cluster.drop_database("supabase_like")
     assert visible == [alice]
+    assert own_calls == [alice]
+    assert set(policies) >= {"job_queue", "generated_images", "aplus_contents", "provider_calls"}
+    for table, qual in policies.items():
+        assert "SELECT auth.uid()" in qual, (table, qual)
     assert published == {"job_queue", "generated_images"}

@@ -1,0 +1,131 @@
+"""The usage ledger: a pack against the fake providers records every call with its units and
+cost; the spend views, `processor stats --spend`, GET /jobs/{id} and /metrics agree; a retried
+A+ job calls the text model once and makes only the missing module images."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from psycopg.types.json import Jsonb
+
+from processor.cli import main
+from processor.spend import DEFAULT_PRICES, estimate
+from tests.conftest import TOKEN
+from tests.fakes import FakeGemini
+from tests.support import ThreadedServer
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
+
+
+@pytest.fixture
+def gemini():
+    fake = FakeGemini()
+    with ThreadedServer(fake.app()) as server:
+        yield (
+            fake,
+            {
+                "GEMINI_API_KEY": fake.api_key,
+                "GEMINI_BASE_URL": f"{server.url}/v1beta",
+                "IMAGE_PROVIDER": "gemini",
+            },
+        )
+
+
+def run(server) -> dict:
+    return httpx.post(
+        f"{server.url}/process-jobs", json={"wait": True}, headers=AUTH, timeout=60
+    ).json()
+
+
+def test_every_call_of_a_pack_is_in_the_ledger_and_every_view_adds_up(
+    make_service, conn, gemini, monkeypatch, capsys, database_url
+):
+    fake, env = gemini
+    server = make_service(env)
+    job_id = conn.execute(
+        "select enqueue_job('generate-complete-pack', %s, 'user-1') as id",
+        (Jsonb({"project_id": "p9", "product": PRODUCT, "include_aplus": True}),),
+    ).fetchone()["id"]
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    rows = conn.execute(
+        "select * from provider_calls where job_id = %s order by id", (job_id,)
+    ).fetchall()
+    # 6 listing images + 6 A+ module images + 1 A+ text call, all to the fake Gemini.
+    assert len(rows) == len(fake.calls) == 13
+    images = [r for r in rows if r["operation"] == "image"]
+    [text] = [r for r in rows if r["operation"] == "text"]
+    assert len(images) == 12 and all(r["images"] == 1 for r in images)
+    assert {(r["input_tokens"], r["output_tokens"]) for r in images} == {(24, 1290)}
+    assert (text["input_tokens"], text["output_tokens"]) == (310, 520 + 90)  # thoughts billed
+    for r in rows:
+        assert (r["provider"], r["status"], r["http_status"]) == ("gemini", "ok", 200)
+        assert (r["attempt"], r["user_id"], r["project_id"]) == (1, "user-1", "p9")
+        units = {"input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
+                 "images": r["images"]}  # fmt: skip
+        assert float(r["cost_usd"]) == pytest.approx(
+            estimate(DEFAULT_PRICES, "gemini", r["model"], units)
+        )
+        assert r["cost_usd"] > 0 and r["duration_ms"] >= 0
+    total = sum(float(r["cost_usd"]) for r in rows)
+
+    by_view = {
+        name: float(conn.execute(f"select sum(cost_usd) as c from {name}").fetchone()["c"])
+        for name in ("provider_spend_daily", "provider_spend_by_user",
+                     "provider_spend_by_project", "provider_spend_by_provider")
+    }  # fmt: skip
+    assert all(v == pytest.approx(total) for v in by_view.values()), by_view
+
+    job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()
+    assert job["spend"]["calls"] == 13
+    assert job["spend"]["cost_usd"] == pytest.approx(total, abs=1e-6)
+    assert job["spend"]["attempts"][0]["by_provider"] == {"gemini": 13}
+
+    metrics = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    assert 'processor_provider_calls_total{provider="gemini",outcome="ok"}' in metrics
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["stats", "--spend"]) == 0
+    out = capsys.readouterr().out
+    assert f"total: 13 calls, ${total:.4f} estimated" in out
+    assert main(["status", str(job_id)]) == 0
+    assert f"${total:.4f}" in capsys.readouterr().out
+
+
+def test_a_retried_a_plus_job_writes_its_copy_once_and_makes_only_missing_images(
+    make_service, conn, gemini
+):
+    fake, env = gemini
+    fake.fail = {4: (503, None)}  # the third module image fails the first attempt
+    server = make_service({**env, "PACK_CONCURRENCY": "1"})
+    job_id = conn.execute(
+        "select enqueue_job('generate-aplus', %s) as id",
+        (Jsonb({"project_id": "p1", "product": PRODUCT}),),
+    ).fetchone()["id"]
+    assert run(server)["outcomes"][0]["status"] == "pending"
+    conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    per_attempt = {
+        r["attempt"]: (r["text"], r["images"], r["failed"])
+        for r in conn.execute(
+            "select attempt, count(*) filter (where operation = 'text') as text,"
+            "       count(*) filter (where operation = 'image' and status = 'ok') as images,"
+            "       count(*) filter (where status <> 'ok') as failed"
+            " from provider_calls where job_id = %s group by attempt",
+            (job_id,),
+        ).fetchall()
+    }
+    # Attempt 1: the copy, two images, then the failure. Attempt 2: no copy again, and only the
+    # four images that were missing (6 in all).
+    assert per_attempt == {1: (1, 2, 1), 2: (0, 4, 0)}
+    failed = conn.execute(
+        "select status, http_status, error from provider_calls where job_id = %s"
+        " and status <> 'ok'",
+        (job_id,),
+    ).fetchone()
+    assert (failed["status"], failed["http_status"]) == ("transient", 503)
+    job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()
+    assert [a["calls"] for a in job["spend"]["attempts"]] == [4, 4]
+    assert json.dumps(job).count("fake-gemini-key") == 0
