@@ -39,6 +39,7 @@ from processor.queue import JobQueue
 from processor.relay import Relay
 from processor.settings import Settings
 from processor.storage import FILES_PREFIX, LocalStorage
+from processor.throttle import SharedLimits
 from processor.ui import pages as ui_pages
 from processor.ui.session import Sessions
 
@@ -302,6 +303,8 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         claimer = Claimer(queue, dispatcher, settings)
         drainer = Drainer(claimer, settings)
         fetcher = Fetcher(allow_private=settings.providers.allow_private_urls)
+        limits = SharedLimits(db, settings.worker_id, settings.providers.limits)
+        await limits.configure()
         app.state.handler_context = HandlerContext(
             db,
             providers,
@@ -311,6 +314,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             settings.signing_secrets(),
             settings.providers.max_image_pixels,
             settings.providers.prices,
+            limits,
         )
         app.state.settings = settings
         app.state.openapi = document(settings.max_claim)

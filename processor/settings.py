@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from processor import redact
@@ -89,6 +90,8 @@ class ProviderSettings:
     max_image_pixels: int = 40_000_000  # sources larger than this are refused before decoding
     # USD per unit by "provider/model" (tokens per million); processor.spend has the defaults.
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Per provider: {"concurrent": N, "per_minute": N}, shared by every processor (throttle).
+    limits: Mapping[str, Any] = field(default_factory=dict)
     allow_private_urls: bool = False  # source_image_url may reach private addresses (local dev)
 
     @classmethod
@@ -134,6 +137,7 @@ class ProviderSettings:
             pack_concurrency=int(_number(env, "PACK_CONCURRENCY", 3, minimum=1)),
             max_image_pixels=int(_number(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1)),
             prices=_prices(env.get("PROVIDER_PRICES", "")),
+            limits=_limits(env.get("PROVIDER_LIMITS", "")),
             allow_private_urls=_choice(env, "ALLOW_PRIVATE_URLS", "off", ("on", "off")) == "on",
         )
 
@@ -258,6 +262,12 @@ def _prices(raw: str) -> dict[str, dict[str, float]]:
     from processor.spend import parse_prices  # the price table lives with the ledger
 
     return parse_prices(raw)
+
+
+def _limits(raw: str) -> dict[str, Any]:
+    from processor.throttle import parse_limits
+
+    return parse_limits(raw)
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:

@@ -34,6 +34,7 @@ from processor.providers import (
 )
 from processor.providers.errors import Permanent, ProviderError, RateLimited
 from processor.providers.usage import UNITS, Call, current_call
+from processor.throttle import SharedLimits
 
 log = structlog.get_logger("processor.spend")
 
@@ -100,6 +101,7 @@ class JobMeter:
     attempt: int
     user_id: str | None
     project_id: str | None
+    limits: SharedLimits | None = None  # provider limits shared by every processor
 
     async def record(self, call: Call) -> None:
         cost = estimate(self.prices, call.provider, call.model, call.units())
@@ -147,8 +149,24 @@ def _timed(call: Call) -> Iterator[Call]:
         current_call.reset(token)
 
 
+CALL_TTL = 600.0  # seconds a concurrency slot is held at most (a dead processor's expire)
+
+
 async def _metered(call: Call, run: Any) -> Any:
     meter = current_job.get()
+    limits = meter.limits if meter is not None and call.provider != "demo" else None
+    if limits is None:
+        return await _recorded(meter, call, run)
+    async with limits.turn(call.provider, CALL_TTL):
+        try:
+            return await _recorded(meter, call, run)
+        except RateLimited as exc:
+            if exc.retry_after:  # the vendor said how long: every processor waits that long
+                await limits.pause(call.provider, exc.retry_after, str(exc))
+            raise
+
+
+async def _recorded(meter: JobMeter | None, call: Call, run: Any) -> Any:
     try:
         with _timed(call):
             return await run()

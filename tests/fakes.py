@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,11 @@ class FakeGemini:
     api_key: str = "fake-gemini-key"
     delay: float = 0.0
     echo_request: bool = False
+    # (calls, seconds): at most that many calls per fixed window, as a vendor's quota; beyond
+    # it a 429 RESOURCE_EXHAUSTED with RetryInfo until the window ends.
+    limit: tuple[int, float] | None = None
+    limited: int = 0  # 429s answered for the limit
+    windows: dict[int, int] = field(default_factory=dict)
     fail: dict[int, tuple[int, str | None]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,6 +106,24 @@ class FakeGemini:
                 400,
             )
         body = await request.json()
+        if self.limit is not None:
+            calls, seconds = self.limit
+            now = time.monotonic()
+            window = int(now // seconds)
+            with self.lock:
+                self.windows[window] = self.windows.get(window, 0) + 1
+                over = self.windows[window] > calls
+                if over:
+                    self.limited += 1
+            if over:
+                left = (window + 1) * seconds - now
+                details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{left:.3f}s"}]  # fmt: skip
+                return JSONResponse(
+                    {"error": {"code": 429, "message": "Resource has been exhausted (quota).",
+                               "status": "RESOURCE_EXHAUSTED", "details": details}},
+                    429,
+                )  # fmt: skip
         with self.lock:
             self.calls.append({"model": request.path_params["model"], "body": body})
             number = len(self.calls)

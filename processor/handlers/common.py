@@ -25,6 +25,7 @@ from processor.handlers.payload import ImageJob, PayloadError
 from processor.imaging import ImageDataError, load, probe
 from processor.providers.errors import Permanent, ProviderError, RateLimited, Transient
 from processor.providers.registry import Providers
+from processor.throttle import SharedLimits
 
 log = structlog.get_logger("processor.handlers")
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class HandlerContext:
     signing_secrets: list[str]  # what the dispatcher signs built-in calls with
     max_image_pixels: int = 40_000_000
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    limits: SharedLimits | None = None
 
 
 class LeaseLost(Exception):
@@ -128,6 +130,7 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 call.attempt,
                 call.user_id,
                 project if isinstance(project, str) else None,
+                ctx.limits,
             )
         )
         try:
