@@ -38,7 +38,7 @@ from processor.providers.registry import storage_for
 from processor.queue import JobQueue
 from processor.relay import Relay
 from processor.settings import Settings
-from processor.storage import FILES_PREFIX, LocalStorage
+from processor.storage import FILES_PREFIX, LocalStorage, fresh_urls
 from processor.throttle import SharedLimits
 from processor.ui import pages as ui_pages
 from processor.ui.session import Sessions
@@ -168,6 +168,9 @@ async def get_job(request: Request) -> Response:
     job = await request.app.state.queue.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
+    storage = request.app.state.handler_context.providers.storage
+    job["result"] = await fresh_urls(job["result"], storage)
+    job["progress"] = await fresh_urls(job["progress"], storage)
     attempts = await request.app.state.queue.db.fetch_all("job_spend", {"job_id": job_id})
     job["spend"] = {
         "calls": sum(a["calls"] for a in attempts),

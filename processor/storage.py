@@ -18,9 +18,14 @@ FILES_PREFIX = "/files"
 
 class Storage(Protocol):
     name: str
+    durable_urls: bool  # False: URLs expire (signed), so they are made when a job is read
 
-    async def put(self, path: str, data: bytes, content_type: str) -> str:
-        """Stores (overwriting) and returns a URL for the file."""
+    async def put(self, path: str, data: bytes, content_type: str) -> str | None:
+        """Stores (overwriting); returns the file's lasting URL, or None when URLs expire."""
+        ...
+
+    async def url_for(self, path: str) -> str:
+        """A URL for the file that works now (a fresh signed one for a private bucket)."""
         ...
 
     async def get(self, path: str) -> bytes: ...
@@ -39,6 +44,7 @@ def safe_path(path: str) -> str:
 
 class LocalStorage:
     name = "local"
+    durable_urls = True
 
     def __init__(self, root: Path, base_url: str) -> None:
         self.root = root
@@ -47,8 +53,11 @@ class LocalStorage:
     def _file(self, path: str) -> Path:
         return self.root / safe_path(path)
 
-    async def put(self, path: str, data: bytes, content_type: str) -> str:
+    async def put(self, path: str, data: bytes, content_type: str) -> str | None:
         await asyncio.to_thread(self._write, self._file(path), data)
+        return await self.url_for(path)
+
+    async def url_for(self, path: str) -> str:
         return f"{self.base_url}{FILES_PREFIX}/{safe_path(path)}"
 
     @staticmethod
@@ -103,6 +112,7 @@ class SupabaseStorage:
         self._key = key
         self.bucket = bucket
         self.public = public
+        self.durable_urls = public  # signed URLs expire: they are made when a job is read
         self.signed_url_seconds = signed_url_seconds
         self._http = client
         self._client: Any = None
@@ -119,18 +129,26 @@ class SupabaseStorage:
                 self._client = await acreate_client(self.url, self._key, options)
         return self._client.storage.from_(self.bucket)
 
-    async def put(self, path: str, data: bytes, content_type: str) -> str:
+    async def put(self, path: str, data: bytes, content_type: str) -> str | None:
         path = safe_path(path)
         bucket = await self._bucket()
         try:
             await bucket.upload(
                 path, data, file_options={"content-type": content_type, "upsert": "true"}
             )
+            return str(await bucket.get_public_url(path)) if self.public else None
+        except Exception as exc:  # storage3 raises its own error types and httpx's
+            raise _storage_error(exc) from exc
+
+    async def url_for(self, path: str) -> str:
+        path = safe_path(path)
+        bucket = await self._bucket()
+        try:
             if self.public:
                 return str(await bucket.get_public_url(path))
             signed = await bucket.create_signed_url(path, self.signed_url_seconds)
             return str(signed["signedURL"])
-        except Exception as exc:  # storage3 raises its own error types and httpx's
+        except Exception as exc:
             raise _storage_error(exc) from exc
 
     async def get(self, path: str) -> bytes:
@@ -162,3 +180,19 @@ def _storage_error(exc: Exception) -> ProviderError:
     if code is not None and 400 <= code < 500 and code not in (408, 429):
         return Permanent("supabase storage", f"{code}: {message}")
     return Transient("supabase storage", f"{code or 'error'}: {message}")
+
+
+async def fresh_urls(value: Any, storage: Storage) -> Any:
+    """A job's result or progress with a working URL for every stored file in it: each object
+    that names a `storage_path` gets a fresh signed URL when the storage's URLs expire (the
+    database keeps the path, never a URL that stops working)."""
+    if storage.durable_urls:
+        return value
+    if isinstance(value, list):
+        return [await fresh_urls(v, storage) for v in value]
+    if isinstance(value, dict):
+        out = {k: await fresh_urls(v, storage) for k, v in value.items()}
+        if isinstance(out.get("storage_path"), str):
+            out["url"] = await storage.url_for(out["storage_path"])
+        return out
+    return value

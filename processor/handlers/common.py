@@ -277,7 +277,17 @@ def public_image(row: Row) -> dict[str, Any]:
     """How an image appears in a job's result and progress."""
     return {
         k: row[k]
-        for k in ("slot", "kind", "url", "width", "height", "mime_type", "provider", "model")
+        for k in (
+            "slot",
+            "kind",
+            "url",
+            "storage_path",
+            "width",
+            "height",
+            "mime_type",
+            "provider",
+            "model",
+        )
     }
 
 

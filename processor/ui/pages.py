@@ -27,6 +27,7 @@ from processor.console import ago
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.schedule import JOB_NAME
+from processor.storage import fresh_urls
 from processor.ui.session import Session, Sessions
 
 HERE = Path(__file__).parent
@@ -246,7 +247,9 @@ async def job(request: Request) -> Response:
         response = _render(request, "missing.html", session, what=str(job_id))
         response.status_code = 404
         return response
-    images = await db.fetch_all("images_for_job", {"job_id": job_id})
+    storage = request.app.state.handler_context.providers.storage
+    images = await fresh_urls(await db.fetch_all("images_for_job", {"job_id": job_id}), storage)
+    row["result"] = await fresh_urls(row["result"], storage)
     result = row["result"] if isinstance(row["result"], dict) else {}
     aplus = result.get("aplus") if isinstance(result.get("aplus"), dict) else None
     progress = row["progress"] if isinstance(row["progress"], dict) else None

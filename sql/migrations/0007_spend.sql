@@ -196,3 +196,7 @@ select processor_keep_private(array[
     'function provider_release(bigint)',
     'function provider_pause(text, float8, text)'
 ]);
+
+-- Private buckets: signed URLs expire, so the database keeps the storage path and URLs are made
+-- when a job is read; such images have no stored URL.
+alter table generated_images alter column url drop not null;

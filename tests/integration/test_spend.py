@@ -129,3 +129,54 @@ def test_a_retried_a_plus_job_writes_its_copy_once_and_makes_only_missing_images
     job = httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()
     assert [a["calls"] for a in job["spend"]["attempts"]] == [4, 4]
     assert json.dumps(job).count("fake-gemini-key") == 0
+
+
+def test_a_private_bucket_keeps_paths_and_signs_urls_when_the_job_is_read(make_service, conn):
+    """Signed URLs expire (7 days), so none is stored: the result keeps the storage path and
+    GET /jobs/{id} signs a fresh URL on every read. Supabase Storage is mocked with respx at
+    its real endpoints; calls to the service itself pass through."""
+    import itertools
+
+    import respx
+
+    supabase = "https://proj.supabase.test"
+    tokens = itertools.count(1)
+
+    def signed(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.split("/object/sign/", 1)[1]
+        return httpx.Response(200, json={"signedURL": f"/object/sign/{path}?token=t{next(tokens)}"})
+
+    with respx.mock(assert_all_mocked=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.post(url__regex=rf"{supabase}/storage/v1/object/images/.+").respond(json={"Key": "k"})
+        mock.post(url__regex=rf"{supabase}/storage/v1/object/sign/images/.+").mock(
+            side_effect=signed
+        )
+        server = make_service(
+            {
+                "SUPABASE_URL": supabase,
+                "SUPABASE_SERVICE_ROLE_KEY": "service-role-key-123456",
+                "STORAGE_BUCKET": "images",
+                "STORAGE_PUBLIC": "false",
+            }
+        )
+        job_id = conn.execute(
+            "select enqueue_job('generate-image', %s) as id",
+            (Jsonb({"project_id": "p1", "product": PRODUCT, "kind": "detail"}),),
+        ).fetchone()["id"]
+        assert run(server)["outcomes"][0]["status"] == "completed"
+        stored = conn.execute("select result from job_queue where id = %s", (job_id,)).fetchone()
+        image = stored["result"]["image"]
+        assert image["url"] is None and image["storage_path"] == f"p1/{job_id}/detail.png"
+        assert (
+            conn.execute(
+                "select url from generated_images where job_id = %s", (job_id,)
+            ).fetchone()["url"]
+            is None
+        )
+        reads = [
+            httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()["result"]["image"]["url"]
+            for _ in range(2)
+        ]
+    prefix = f"{supabase}/storage/v1/object/sign/images/p1/{job_id}/detail.png?token=t"
+    assert all(url.startswith(prefix) for url in reads) and reads[0] != reads[1]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import respx
 
 from processor.providers.errors import Permanent, Transient
-from processor.storage import LocalStorage, SupabaseStorage
+from processor.storage import LocalStorage, SupabaseStorage, fresh_urls
 
 SUPABASE = "https://project.supabase.test"
 
@@ -39,15 +41,23 @@ async def test_supabase_upload_uses_upsert_and_returns_the_public_url():
     assert url.startswith(f"{SUPABASE}/storage/v1/object/public/images/p1/job/main.jpg")
 
 
-async def test_supabase_signed_urls_when_the_bucket_is_private():
+async def test_a_private_bucket_keeps_no_url_and_signs_one_when_asked():
     with respx.mock(assert_all_called=True) as mock:
         mock.post(f"{SUPABASE}/storage/v1/object/images/p/a.png").respond(json={"Key": "k"})
-        mock.post(f"{SUPABASE}/storage/v1/object/sign/images/p/a.png").respond(
+        sign = mock.post(f"{SUPABASE}/storage/v1/object/sign/images/p/a.png").respond(
             json={"signedURL": "/object/sign/images/p/a.png?token=t0k"}
         )
         storage = SupabaseStorage(SUPABASE, "key", "images", public=False)
-        url = await storage.put("p/a.png", b"png", "image/png")
+        assert await storage.put("p/a.png", b"png", "image/png") is None  # nothing that expires
+        assert not storage.durable_urls
+        url = await storage.url_for("p/a.png")
+        result = await fresh_urls(
+            {"images": [{"slot": "main", "url": None, "storage_path": "p/a.png"}], "n": 1},
+            storage,
+        )
     assert url == f"{SUPABASE}/storage/v1/object/sign/images/p/a.png?token=t0k"
+    assert result == {"images": [{"slot": "main", "url": url, "storage_path": "p/a.png"}], "n": 1}
+    assert int(json.loads(sign.calls.last.request.content)["expiresIn"]) == 7 * 24 * 3600
 
 
 @pytest.mark.parametrize(
