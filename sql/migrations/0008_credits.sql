@@ -220,3 +220,28 @@ select processor_keep_private(array[
     'function grant_credits(text, integer, text)',
     'function set_credits_unlimited(text, boolean)'
 ]);
+
+-- While credits are off, the credit triggers are disabled, so they cost inserts and status
+-- changes nothing; turning the setting on or off switches them (a short ACCESS EXCLUSIVE lock on
+-- job_queue, once).
+create function job_queue_settings_credits_switch() returns trigger
+language plpgsql as $$
+declare
+    v_verb text := case when new.credits_enabled then 'enable' else 'disable' end;
+begin
+    if new.credits_enabled is distinct from old.credits_enabled then
+        execute format('alter table job_queue %s trigger job_queue_credits_on_insert', v_verb);
+        execute format('alter table job_queue %s trigger job_queue_credits_on_status', v_verb);
+    end if;
+    return null;
+end;
+$$;
+
+create trigger job_queue_settings_credits_switch
+    after update of credits_enabled on job_queue_settings
+    for each row execute function job_queue_settings_credits_switch();
+
+alter table job_queue disable trigger job_queue_credits_on_insert;
+alter table job_queue disable trigger job_queue_credits_on_status;
+
+select processor_keep_private(array['function job_queue_settings_credits_switch()']);
