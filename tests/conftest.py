@@ -116,3 +116,20 @@ def make_service(database_url: str, handler_url: str, tmp_path: Path) -> Iterato
     yield start
     for server in servers:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fake_gemini():
+    """A fake Gemini server (tests.fakes), and the settings that point the processor at it."""
+    from tests.fakes import FakeGemini
+
+    fake = FakeGemini()
+    with ThreadedServer(fake.app()) as server:
+        yield (
+            fake,
+            {
+                "GEMINI_API_KEY": fake.api_key,
+                "GEMINI_BASE_URL": f"{server.url}/v1beta",
+                "IMAGE_PROVIDER": "gemini",
+            },
+        )

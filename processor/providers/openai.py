@@ -48,48 +48,37 @@ class OpenAIImages(HttpProvider):
         prompt, aspect_ratio = request.prompt, request.aspect_ratio
         reference, reference_mime = request.reference, request.reference_mime
         size = SIZES.get(aspect_ratio, "1024x1024")
-        headers = {"Authorization": f"Bearer {self._key}"}
-        try:
-            if reference is None:
-                response = await self.client.post(
-                    f"{self.base_url}/images/generations",
-                    headers=headers,
-                    timeout=self.timeout,
-                    json={
-                        "model": self.model,
-                        "prompt": prompt,
-                        "n": 1,
-                        "size": size,
-                        "quality": self.quality,
-                        "background": "opaque",
-                        "output_format": "png",
-                    },
-                )
-            else:
-                ext = reference_mime.split("/")[-1]
-                form = {
+        if reference is None:
+            data = await _post(
+                self,
+                "/images/generations",
+                json={
                     "model": self.model,
                     "prompt": prompt,
-                    "n": "1",
+                    "n": 1,
                     "size": size,
                     "quality": self.quality,
-                }
-                if self.model in self.input_fidelity_models:
-                    form["input_fidelity"] = "high"
-                response = await self.client.post(
-                    f"{self.base_url}/images/edits",
-                    headers=headers,
-                    timeout=self.timeout,
-                    data=form,
-                    files={"image": (f"reference.{ext}", reference, reference_mime)},
-                )
-        except httpx.HTTPError as exc:
-            raise network(NAME, exc) from exc
-        report(http_status=response.status_code)
-        data = json_or_none(response)
-        if response.status_code >= 400:
-            raise _error(response, data)
-        _report_usage(data)
+                    "background": "opaque",
+                    "output_format": "png",
+                },
+            )
+        else:
+            ext = reference_mime.split("/")[-1]
+            form = {
+                "model": self.model,
+                "prompt": prompt,
+                "n": "1",
+                "size": size,
+                "quality": self.quality,
+            }
+            if self.model in self.input_fidelity_models:
+                form["input_fidelity"] = "high"
+            data = await _post(
+                self,
+                "/images/edits",
+                data=form,
+                files={"image": (f"reference.{ext}", reference, reference_mime)},
+            )
         try:
             b64 = data["data"][0]["b64_json"]
             report(images=1)
@@ -110,34 +99,25 @@ class OpenAIText(HttpProvider):
     async def generate_json(
         self, system: str, prompt: str, schema: dict[str, Any]
     ) -> dict[str, Any]:
-        try:
-            response = await self.client.post(
-                f"{self.base_url}/responses",
-                headers={"Authorization": f"Bearer {self._key}"},
-                timeout=self.timeout,
-                json={
-                    "model": self.model,
-                    "instructions": system,
-                    "input": prompt,
-                    "text": {
-                        "format": {
-                            "type": "json_schema",
-                            "name": "document",
-                            "schema": schema,
-                            "strict": False,
-                        }
-                    },
+        data = await _post(
+            self,
+            "/responses",
+            json={
+                "model": self.model,
+                "instructions": system,
+                "input": prompt,
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "document",
+                        "schema": schema,
+                        "strict": False,
+                    }
                 },
-            )
-        except httpx.HTTPError as exc:
-            raise network(NAME, exc) from exc
-        report(http_status=response.status_code)
-        data = json_or_none(response)
-        if response.status_code >= 400:
-            raise _error(response, data)
+            },
+        )
         if not isinstance(data, dict):
-            raise Transient(NAME, f"answered {response.status_code} with a body that is not JSON")
-        _report_usage(data)
+            raise Transient(NAME, "answered with a body that is not JSON")
         if data.get("status") == "incomplete":
             reason = (data.get("incomplete_details") or {}).get("reason", "unknown")
             raise Transient(NAME, f"the JSON answer was cut off ({reason})")
@@ -157,6 +137,25 @@ class OpenAIText(HttpProvider):
         if not isinstance(value, dict):
             raise Transient(NAME, "returned JSON that is not an object")
         return value
+
+
+async def _post(provider: HttpProvider, path: str, **kwargs: Any) -> Any:
+    """One POST to the API: the answer's JSON, its usage reported; errors sorted."""
+    try:
+        response = await provider.client.post(
+            f"{provider.base_url}{path}",
+            headers={"Authorization": f"Bearer {provider._key}"},
+            timeout=provider.timeout,
+            **kwargs,
+        )
+    except httpx.HTTPError as exc:
+        raise network(NAME, exc) from exc
+    report(http_status=response.status_code)
+    data = json_or_none(response)
+    if response.status_code >= 400:
+        raise _error(response, data)
+    _report_usage(data)
+    return data
 
 
 def _report_usage(data: Any) -> None:

@@ -9,13 +9,12 @@ import json
 import time
 
 import httpx
-import pytest
 from PIL import Image
 from psycopg.types.json import Jsonb
 
 from processor.imaging import product_fill
 from tests.conftest import TOKEN
-from tests.fakes import FakeGemini, product_photo
+from tests.fakes import product_photo
 from tests.support import ThreadedServer
 
 PRODUCT = {
@@ -50,20 +49,6 @@ def job(conn, job_id: str) -> dict:
 
 def make_due(conn, job_id: str) -> None:
     conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
-
-
-@pytest.fixture
-def fake_gemini():
-    fake = FakeGemini()
-    with ThreadedServer(fake.app()) as server:
-        yield (
-            fake,
-            {
-                "GEMINI_API_KEY": fake.api_key,
-                "GEMINI_BASE_URL": f"{server.url}/v1beta",
-                "IMAGE_PROVIDER": "gemini",
-            },
-        )
 
 
 def white_corners(image: Image.Image) -> bool:

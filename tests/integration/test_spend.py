@@ -13,25 +13,9 @@ from psycopg.types.json import Jsonb
 from processor.cli import main
 from processor.spend import DEFAULT_PRICES, estimate
 from tests.conftest import TOKEN
-from tests.fakes import FakeGemini
-from tests.support import ThreadedServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
-
-
-@pytest.fixture
-def gemini():
-    fake = FakeGemini()
-    with ThreadedServer(fake.app()) as server:
-        yield (
-            fake,
-            {
-                "GEMINI_API_KEY": fake.api_key,
-                "GEMINI_BASE_URL": f"{server.url}/v1beta",
-                "IMAGE_PROVIDER": "gemini",
-            },
-        )
 
 
 def run(server) -> dict:
@@ -41,9 +25,9 @@ def run(server) -> dict:
 
 
 def test_every_call_of_a_pack_is_in_the_ledger_and_every_view_adds_up(
-    make_service, conn, gemini, monkeypatch, capsys, database_url
+    make_service, conn, fake_gemini, monkeypatch, capsys, database_url
 ):
-    fake, env = gemini
+    fake, env = fake_gemini
     server = make_service(env)
     job_id = conn.execute(
         "select enqueue_job('generate-complete-pack', %s, 'user-1') as id",
@@ -95,9 +79,9 @@ def test_every_call_of_a_pack_is_in_the_ledger_and_every_view_adds_up(
 
 
 def test_a_retried_a_plus_job_writes_its_copy_once_and_makes_only_missing_images(
-    make_service, conn, gemini
+    make_service, conn, fake_gemini
 ):
-    fake, env = gemini
+    fake, env = fake_gemini
     fake.fail = {4: (503, None)}  # the third module image fails the first attempt
     server = make_service({**env, "PACK_CONCURRENCY": "1"})
     job_id = conn.execute(
