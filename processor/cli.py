@@ -215,8 +215,32 @@ def _follow(job_id: UUID, timeout: float) -> int:
     if job is None:
         err.print(f"no job {job_id}")
         return 1
-    err.print(console.summary(job))
+    err.print(console.summary(_with_fresh_urls(job)))
     return 0 if job["status"] == "completed" else 1
+
+
+def _with_fresh_urls(job: dict[str, Any]) -> dict[str, Any]:
+    """Signs URLs for a private bucket's files as the job is shown (they expire, so none is
+    stored); with public or local storage the stored URLs are shown as they are."""
+    from processor.providers.registry import storage_for
+    from processor.settings import ProviderSettings
+    from processor.storage import fresh_urls
+
+    storage = storage_for(
+        ProviderSettings.from_env(os.environ),
+        os.environ.get("PROCESSOR_URL", "http://127.0.0.1:8000"),
+    )
+    if storage.durable_urls:
+        return job
+
+    async def sign() -> dict[str, Any]:
+        return {
+            **job,
+            "result": await fresh_urls(job["result"], storage),
+            "progress": await fresh_urls(job["progress"], storage),
+        }
+
+    return asyncio.run(sign())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -224,6 +248,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if job is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return 1
+    job = _with_fresh_urls(job)
     if args.json:
         _print_json(job)
     else:

@@ -115,7 +115,9 @@ def test_a_retried_a_plus_job_writes_its_copy_once_and_makes_only_missing_images
     assert json.dumps(job).count("fake-gemini-key") == 0
 
 
-def test_a_private_bucket_keeps_paths_and_signs_urls_when_the_job_is_read(make_service, conn):
+def test_a_private_bucket_keeps_paths_and_signs_urls_when_the_job_is_read(
+    make_service, conn, database_url, monkeypatch, capsys
+):
     """Signed URLs expire (7 days), so none is stored: the result keeps the storage path and
     GET /jobs/{id} signs a fresh URL on every read. Supabase Storage is mocked with respx at
     its real endpoints; calls to the service itself pass through."""
@@ -162,5 +164,18 @@ def test_a_private_bucket_keeps_paths_and_signs_urls_when_the_job_is_read(make_s
             httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()["result"]["image"]["url"]
             for _ in range(2)
         ]
+        # The command line signs too, from the same settings.
+        for name, value in {
+            "DATABASE_URL": database_url,
+            "SUPABASE_URL": supabase,
+            "SUPABASE_SERVICE_ROLE_KEY": "service-role-key-123456",
+            "STORAGE_BUCKET": "images",
+            "STORAGE_PUBLIC": "false",
+        }.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["status", str(job_id), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)["result"]["image"]["url"]
+        reads.append(shown)
     prefix = f"{supabase}/storage/v1/object/sign/images/p1/{job_id}/detail.png?token=t"
-    assert all(url.startswith(prefix) for url in reads) and reads[0] != reads[1]
+    assert all(url.startswith(prefix) for url in reads) and len(set(reads)) == 3
