@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -77,8 +78,11 @@ def completed(url: str) -> int:
 
 
 def threaded(url: str, workers: int, loop: Callable[[psycopg.Connection], bool]) -> float:
-    """Runs `loop` in each worker until it returns False; returns the elapsed seconds."""
-    barrier = threading.Barrier(workers + 1)
+    """Runs `loop` in each of `workers` callers, each in its own process with its own
+    connection, until it returns False; returns the elapsed seconds. Processes, not threads:
+    Python threads would share one interpreter lock, and measure the client, not the SQL."""
+    ctx = multiprocessing.get_context("fork")  # the loop closures are inherited, not pickled
+    barrier = ctx.Barrier(workers + 1)
 
     def worker() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -86,14 +90,18 @@ def threaded(url: str, workers: int, loop: Callable[[psycopg.Connection], bool])
             while loop(conn):
                 pass
 
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
+    procs = [ctx.Process(target=worker) for _ in range(workers)]
+    for p in procs:
+        p.start()
     barrier.wait()
     started = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - started
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} caller process(es) failed: exit codes {failed}")
+    return elapsed
 
 
 # --- SQL path -----------------------------------------------------------------------------
@@ -172,7 +180,7 @@ PGBENCH_SCRIPTS = {
 def sql_pgbench(url: str, jobs: int, script: str, seconds: int = 6) -> float:
     """The same claim + complete as one pgbench client each (16 clients, C, no Python): what the
     statements cost the database, without client threads sharing one interpreter."""
-    fill(url, max(jobs, 3000 * seconds))
+    fill(url, max(jobs, 8000 * seconds))  # never runs dry: \gset fails on no row
     path = BENCH / f".pgbench-{script}.sql"
     path.write_text(PGBENCH_SCRIPTS[script])
     pgbench = Path(os.environ.get("PG_BINDIR") or "/usr/lib/postgresql/15/bin") / "pgbench"
