@@ -20,8 +20,9 @@ no retries, so a lease that runs out shows up as a failed job.
 
 The peers come from the project's optional `bench` extra, installed on first run. Every run
 checks that each job was completed exactly once. Figures are jobs per second, the median of
---repeat rounds; each round runs every configuration once, so all of them meet the machine's
-slow and fast moments alike.
+--repeat rounds; each round runs every configuration once (every other round in reverse
+order), so all of them meet the machine's slow and fast moments alike. With the plain claim
+among them, each configuration's ratio to it is also printed round by round.
 """
 
 from __future__ import annotations
@@ -597,15 +598,29 @@ def main() -> None:
         chosen = {k: v for k, v in configs.items() if not only or k in only}
         rates: dict[str, list[float]] = {k: [] for k in chosen}
         # Rounds, not runs in a row: every configuration meets the machine's slow and fast
-        # moments alike, so the ratios compare like with like.
+        # moments alike, so the ratios compare like with like. Every other round runs them in
+        # reverse order, so no configuration always follows the same neighbour.
         for round_no in range(1, args.repeat + 1):
-            for key, (label, run) in chosen.items():
+            order = list(chosen.items())
+            for key, (label, run) in order if round_no % 2 else order[::-1]:
                 rates[key].append(run())
                 print(f"  round {round_no}: {label}: {rates[key][-1]:,.0f} jobs/s", flush=True)
         for key, (label, _) in chosen.items():
             results[key] = statistics.median(rates[key])
             runs = ", ".join(f"{r:,.0f}" for r in rates[key])
             print(f"  {label}: {results[key]:,.0f} jobs/s ({runs})", flush=True)
+
+        if "plain" in rates:
+            # The same ratio round by round: how far the machine's noise moves it.
+            for key in rates:
+                if key != "plain" and not key.endswith("_pgbench"):
+                    per_round = [r / p for r, p in zip(rates[key], rates["plain"], strict=True)]
+                    print(
+                        f"  {configs[key][0]} / plain, round by round: "
+                        + ", ".join(f"{x:.2f}" for x in per_round)
+                        + f" (median {statistics.median(per_round):.3f})",
+                        flush=True,
+                    )
 
         print("\n| config | jobs/s | vs PgQueuer | vs plain SKIP LOCKED x16 |")
         print("| --- | ---: | ---: | ---: |")
