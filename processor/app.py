@@ -314,7 +314,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             client,
             settings.providers.pack_concurrency,
             fetcher,
-            settings.signing_secrets(),
+            settings.builtin_signing_secrets(),
             settings.providers.max_image_pixels,
             settings.providers.prices,
             limits,

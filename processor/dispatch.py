@@ -14,13 +14,19 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import structlog
 
 from processor import signing
 from processor.errors import DatabaseError
-from processor.handler_client import AnswerTooLarge, HandlerCallError, HandlerClient
+from processor.handler_client import (
+    AnswerTooLarge,
+    ConnectionLost,
+    HandlerCallError,
+    HandlerClient,
+)
 from processor.outcomes import OutcomeWriter
 from processor.queue import ClaimedJob, JobQueue
 from processor.settings import Route, Settings
@@ -182,9 +188,18 @@ class Dispatcher:
                 b"}",
             )
         )
+        delivery = signing.new_delivery()
+        signature = signing.sign(
+            body,
+            self.settings.signing_secrets(route),
+            path=urlsplit(route.url).path or "/",
+            delivery=delivery,
+            legacy=self.settings.legacy_signature and not route.builtin,
+        )
         headers = {
             "Content-Type": "application/json",
-            signing.HEADER: signing.sign(body, self.settings.signing_secrets(route)),
+            signing.DELIVERY_HEADER: delivery,
+            signing.HEADER: signature,
         }
         try:
             answer = await self._client.post(route.url, body, headers, route.timeout)
@@ -197,6 +212,8 @@ class Dispatcher:
                 ok=False,
                 error=f"handler answer not stored: {exc} (MAX_HANDLER_ANSWER_BYTES)",
             )
+        except ConnectionLost as exc:
+            return Verdict(ok=False, retryable=True, error=f"handler call failed: {exc}")
         except HandlerCallError as exc:
             return Verdict(ok=False, retryable=True, error=f"handler unreachable: {exc}")
         return judge(answer)

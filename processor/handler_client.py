@@ -15,6 +15,7 @@ client for the AI providers.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections import defaultdict
 from typing import cast
@@ -35,6 +36,11 @@ class AnswerTooLarge(HandlerCallError):
     """The handler answered more bytes than the processor keeps."""
 
 
+class ConnectionLost(HandlerCallError):
+    """The connection ended after the request was written: the handler may have read and acted
+    on it, so it is never sent again within the attempt."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -47,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._headers_done = False
         self._keep_alive = False
-        self.received_any = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,11 +64,10 @@ class _Connection(asyncio.Protocol):
         if self._headers_done and not delimited and exc is None:
             self.on_message_complete()  # an answer that ends where the connection ends
         if self._answer is not None and not self._answer.done():
-            reason = f"connection closed by the handler ({exc})" if exc else "connection closed"
-            self._answer.set_exception(HandlerCallError(reason))
+            reason = "connection closed after the request was sent" + (f" ({exc})" if exc else "")
+            self._answer.set_exception(ConnectionLost(reason))
 
     def data_received(self, data: bytes) -> None:
-        self.received_any = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -106,11 +110,26 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def still_open(self) -> bool:
+        """Whether this idle connection can carry a request: not closed, and nothing waiting
+        to be read on it (an idle HTTP/1.1 connection that turns readable is at its end, or
+        the handler sent something unasked: either way it is not reused)."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
     async def exchange(self, request: bytes) -> Answer:
         assert self.transport is not None
         self._answer = asyncio.get_running_loop().create_future()
         self._headers, self._body, self._size = {}, [], 0
-        self._headers_done = self.received_any = False
+        self._headers_done = False
         self.transport.write(request)
         answer = await self._answer
         self._answer = None
@@ -143,25 +162,10 @@ class HandlerClient:
             )
         )
         async with self._slots, asyncio.timeout(within):
-            idle = self._idle[origin]
-            while idle:
-                conn = idle.pop()
-                if conn.closed:
-                    continue
-                try:
-                    answer = await conn.exchange(request)
-                except HandlerCallError:
-                    if conn.received_any:
-                        raise
-                    # The handler closed this idle connection before reading the request:
-                    # nothing was delivered, so send it on another connection.
-                    continue
-                except BaseException:
-                    conn.close()
-                    raise
-                self._keep(origin, conn)
-                return answer
-            conn = await self._connect(origin)
+            # One request, written once: an idle connection is checked before anything is
+            # written on it, and once written the request is never sent again, whatever
+            # becomes of the connection (the handler may have read it and acted).
+            conn = self._reusable(origin) or await self._connect(origin)
             try:
                 answer = await conn.exchange(request)
             except BaseException:
@@ -178,6 +182,15 @@ class HandlerClient:
         # A transport finishes closing on the loop's next turns: let it, before the loop ends.
         for _ in range(3):
             await asyncio.sleep(0)
+
+    def _reusable(self, origin: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle[origin]
+        while idle:
+            conn = idle.pop()
+            if conn.still_open():
+                return conn
+            conn.close()
+        return None
 
     def _keep(self, origin: tuple[str, str, int], conn: _Connection) -> None:
         if not conn.closed:

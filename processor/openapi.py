@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from processor import __version__
-from processor.signing import HEADER
+from processor.signing import DELIVERY_HEADER, HEADER
 
 JSON = "application/json"
 TYPE_NAME = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"  # not blank, no control characters
@@ -45,7 +45,8 @@ def _handler(summary: str) -> dict[str, Any]:
             "summary": summary,
             "description": (
                 "A built-in handler, called by the dispatcher with a signed body "
-                f"(`{HEADER}`); the bearer token also works, for calls by hand."
+                f"(`{HEADER}`, bound to this path, and `{DELIVERY_HEADER}`); the bearer "
+                "token also works, for calls by hand."
             ),
             "security": [{"signature": []}, {"bearer": []}],
             "requestBody": {"required": True, "content": {JSON: {"schema": CALL_BODY}}},
@@ -220,7 +221,11 @@ def document(max_claim: int) -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": HEADER,
-                    "description": "t=<unix>,v1=<HMAC-SHA256 hex of '<t>.' + body>",
+                    "description": (
+                        "t=<unix>,v2=<HMAC-SHA256 hex of '<t>\\n<METHOD>\\n<path>\\n"
+                        "<Processor-Delivery>\\n' + body>, with the built-in handlers' own "
+                        "secret and only for their own path and job types"
+                    ),
                 },
             },
             "schemas": {

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -62,6 +62,7 @@ class Route:
     timeout: float
     secret: Secret | None = None
     previous_secret: Secret | None = None  # also signed with while the route's secret rotates
+    builtin: bool = False  # one of this service's own /process-* handlers
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Settings:
     db_pool_max: int = 10
     signing_secret: Secret | None = None  # HANDLER_SIGNING_SECRET; derived from the token if unset
     previous_signing_secret: Secret | None = None
+    legacy_signature: bool = False  # HANDLER_SIGNATURE_V1: also send v1 to your own handlers
     max_request_bytes: int = 2 * 1024 * 1024
     max_answer_bytes: int = 1024 * 1024
     log_format: str = "auto"
@@ -170,7 +172,10 @@ class Settings:
     def signing_secrets(self, route: Route | None = None) -> list[str]:
         """The secrets a call to `route` is signed with, current first: the route's own secret,
         else HANDLER_SIGNING_SECRET (and its previous value while rotating), else one derived
-        from PROCESSOR_TOKEN, which can sign calls but never be used as the token."""
+        from PROCESSOR_TOKEN, which can sign calls but never be used as the token. The built-in
+        handlers have a secret of their own that no other handler is given."""
+        if route is not None and route.builtin:
+            return self.builtin_signing_secrets()
         if route is not None and route.secret:
             previous = route.previous_secret
             return [route.secret.reveal(), *([previous.reveal()] if previous else [])]
@@ -183,6 +188,13 @@ class Settings:
         tokens = [self.token, *([self.previous_token] if self.previous_token else [])]
         return [derive_signing_secret(t.reveal()) for t in tokens]
 
+    def builtin_signing_secrets(self) -> list[str]:
+        """What the built-in /process-* handlers accept: derived from PROCESSOR_TOKEN (and the
+        previous token while it rotates) under a label of their own, so a secret handed to your
+        handlers can never sign a call to the built-ins."""
+        tokens = [self.token, *([self.previous_token] if self.previous_token else [])]
+        return [derive_signing_secret(t.reveal(), BUILTIN_LABEL) for t in tokens]
+
     @property
     def heartbeat_seconds(self) -> float:
         """How often a running job's lease is extended: three chances before it expires."""
@@ -192,10 +204,16 @@ class Settings:
         """Every job type this processor can run: built-ins first, then JOB_ROUTES over them."""
         base = self.processor_url.rstrip("/")
         table = {
-            job_type: Route(base + path, BUILTIN_TIMEOUTS[path])
+            job_type: Route(base + path, BUILTIN_TIMEOUTS[path], builtin=True)
             for job_type, path in BUILTIN_ROUTES.items()
         }
         table.update(self.job_routes)
+        own = {base + path for path in BUILTIN_TIMEOUTS}
+        for job_type, route in table.items():
+            if route.url in own and not route.builtin:
+                # A route of yours that points at a built-in handler is signed for it (the
+                # built-in still accepts only its own job types).
+                table[job_type] = replace(route, builtin=True)
         return table
 
     @classmethod
@@ -223,6 +241,7 @@ class Settings:
             "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
             "signing_secret": _secret(env, "HANDLER_SIGNING_SECRET"),
             "previous_signing_secret": _secret(env, "HANDLER_SIGNING_SECRET_PREVIOUS"),
+            "legacy_signature": _choice(env, "HANDLER_SIGNATURE_V1", "off", ("on", "off")) == "on",
             "max_request_bytes": int(
                 _number(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024)
             ),
@@ -248,14 +267,20 @@ class Settings:
             raise ConfigError("PROCESSOR_TOKEN is not set: /process-jobs needs a bearer token")
         if len(settings.token.reveal()) < 16:
             raise ConfigError("PROCESSOR_TOKEN is too short: use at least 16 characters")
-        Secret(derive_signing_secret(settings.token.reveal()))  # registered for redaction
+        for label in (HANDLER_LABEL, BUILTIN_LABEL):  # registered for redaction
+            Secret(derive_signing_secret(settings.token.reveal(), label))
         return settings
 
 
-def derive_signing_secret(token: str) -> str:
-    """The handler signing secret used when HANDLER_SIGNING_SECRET is unset: an HMAC of the
-    token, so it signs calls but cannot be turned back into the token."""
-    return hmac.new(token.encode(), b"processor handler signing v1", hashlib.sha256).hexdigest()
+HANDLER_LABEL = b"processor handler signing v1"
+BUILTIN_LABEL = b"processor built-in handlers v2"
+
+
+def derive_signing_secret(token: str, label: bytes = HANDLER_LABEL) -> str:
+    """A signing secret derived from the token: an HMAC of it under `label`, so it signs calls
+    but cannot be turned back into the token. HANDLER_LABEL gives your handlers' secret when
+    HANDLER_SIGNING_SECRET is unset; BUILTIN_LABEL the built-in handlers' own."""
+    return hmac.new(token.encode(), label, hashlib.sha256).hexdigest()
 
 
 def _prices(raw: str) -> dict[str, dict[str, float]]:

@@ -71,6 +71,20 @@ class HandlerCall:
     started: float
     signature: str = ""  # the Processor-Signature header
     raw: bytes = b""  # the exact body, as signed
+    path: str = ""
+    delivery: str = ""  # the Processor-Delivery header
+
+    def verify(self, secret: str, *, path: str | None = None, raw: bytes | None = None) -> int:
+        """Checks the call's signature as a handler would (on its own path by default)."""
+        from processor.signing import verify
+
+        return verify(
+            self.signature,
+            self.raw if raw is None else raw,
+            secret,
+            path=self.path if path is None else path,
+            delivery=self.delivery,
+        )
 
 
 @dataclass
@@ -120,6 +134,8 @@ class ScriptedHandler:
             time.monotonic(),
             request.headers.get("processor-signature", ""),
             raw,
+            request.url.path,
+            request.headers.get("processor-delivery", ""),
         )
         with self.lock:
             self.calls.append(call)
@@ -142,3 +158,69 @@ class ScriptedHandler:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST"])])
+
+
+class RawHandler:
+    """A bare HTTP/1.1 server in a thread, for handler faults uvicorn will not make: it reads
+    each request whole, answers 200 on keep-alive to any path but `/hangup`, and on `/hangup`
+    closes the connection without a byte of answer (after acting on the request)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []  # path, headers, body
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RawHandler:
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop
+        )
+        self.server = started.result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.requests]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests.append((path, headers, body))
+                if path == "/hangup":
+                    return
+                answer = b'{"result": {"ok": true}}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+                await writer.drain()
+        finally:
+            writer.close()

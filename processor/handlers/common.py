@@ -25,6 +25,7 @@ from processor.handlers.payload import ImageJob, PayloadError
 from processor.imaging import ImageDataError, load, probe
 from processor.providers.errors import Permanent, ProviderError, RateLimited, Transient
 from processor.providers.registry import Providers
+from processor.settings import BUILTIN_ROUTES
 from processor.throttle import SharedLimits
 
 log = structlog.get_logger("processor.handlers")
@@ -39,6 +40,7 @@ class JobCall:
     """The body the dispatcher POSTs to a handler."""
 
     job_id: uuid.UUID
+    job_type: str | None
     attempt: int
     lease_token: uuid.UUID
     user_id: str | None
@@ -52,7 +54,7 @@ class HandlerContext:
     client: httpx.AsyncClient
     pack_concurrency: int
     fetcher: Fetcher
-    signing_secrets: list[str]  # what the dispatcher signs built-in calls with
+    signing_secrets: list[str]  # the built-in handlers' own (Settings.builtin_signing_secrets)
     max_image_pixels: int = 40_000_000
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     limits: SharedLimits | None = None
@@ -87,25 +89,50 @@ def parse_call(raw: bytes) -> JobCall:
     user_id = body.get("user_id")
     if user_id is not None and not isinstance(user_id, str):
         problems.append("user_id must be a string or null")
+    job_type = body.get("job_type")
+    if job_type is not None and not isinstance(job_type, str):
+        problems.append("job_type must be a string")
     if "payload" not in body:
         problems.append("payload is required")
     if problems:
         raise HTTPException(400, "; ".join(problems))
     job_id, lease_token = ids["job_id"], ids["lease_token"]
     assert job_id is not None and lease_token is not None
-    return JobCall(job_id, attempt, lease_token, user_id, body["payload"])
+    return JobCall(job_id, job_type, attempt, lease_token, user_id, body["payload"])
 
 
-def check_caller(request: Request, body: bytes, secrets: list[str]) -> None:
-    """A built-in handler takes calls signed by the dispatcher, or (by hand) the bearer token."""
+def check_caller(request: Request, body: bytes, secrets: list[str]) -> bool:
+    """A built-in handler takes calls signed by the dispatcher for its route, or (by hand) the
+    bearer token; returns whether the call was signed."""
     header = request.headers.get(signing.HEADER)
     if header is None:
         require_token(request)
-        return
+        return False
     try:
-        signing.verify(header, body, secrets)
+        signing.verify(
+            header,
+            body,
+            secrets,
+            path=request.url.path,
+            delivery=request.headers.get(signing.DELIVERY_HEADER),
+        )
     except signing.SignatureError as exc:
+        log.warning("handler_call_refused", path=request.url.path, reason=str(exc))
         raise HTTPException(401, str(exc)) from None
+    return True
+
+
+def check_job_type(request: Request, call: JobCall, signed: bool) -> None:
+    """A built-in handler runs only the job types routed to it: a call signed for another type
+    is refused before anything is spent (a call by hand with the token may leave it out)."""
+    mine = sorted(t for t, path in BUILTIN_ROUTES.items() if path == request.url.path)
+    if call.job_type is None and not signed:
+        return
+    if call.job_type not in mine:
+        raise HTTPException(
+            403,
+            f"{request.url.path} runs job types {', '.join(mine)}, not {call.job_type!r}",
+        )
 
 
 Handler = Callable[[HandlerContext, JobCall], Awaitable[Any]]
@@ -118,8 +145,9 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         ctx: HandlerContext = request.app.state.handler_context
         body = await request.body()
-        check_caller(request, body, ctx.signing_secrets)
+        signed = check_caller(request, body, ctx.signing_secrets)
         call = parse_call(body)
+        check_job_type(request, call, signed)
         structlog.contextvars.bind_contextvars(job_id=str(call.job_id), attempt=call.attempt)
         project = call.payload.get("project_id") if isinstance(call.payload, dict) else None
         spend.current_job.set(

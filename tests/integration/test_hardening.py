@@ -203,8 +203,6 @@ def test_user_handlers_never_receive_the_processor_token(make_service, conn):
 
 
 def test_a_route_with_its_own_secret_signs_with_it(make_service, conn, handler, handler_url):
-    from processor.signing import verify
-
     route_secret = "route-secret-0123456789"
     server = make_service(
         {"JOB_ROUTES": json.dumps({"ok": {"url": f"{handler_url}/ok", "secret": route_secret}})}
@@ -212,29 +210,86 @@ def test_a_route_with_its_own_secret_signs_with_it(make_service, conn, handler, 
     job_id = enqueue(conn)
     post(server, {"wait": True})
     [call] = handler.calls_for(job_id)
-    assert verify(call.signature, call.raw, route_secret)
+    assert call.verify(route_secret)
 
 
 def test_built_in_handlers_refuse_a_bad_signature(make_service):
+    from processor.signing import new_delivery, sign
+
     server = make_service()
     body = json.dumps(
         {"job_id": str(uuid.uuid4()), "lease_token": str(uuid.uuid4()), "payload": {}}
     ).encode()
-    from processor.signing import sign
 
-    forged = httpx.post(
-        f"{server.url}/process-image",
-        content=body,
-        headers={"Processor-Signature": sign(body, "not-the-secret-000000")},
-    )
+    def call(signature: str, delivery: str | None = None) -> httpx.Response:
+        headers: dict[str, str | bytes] = {"Processor-Signature": signature.encode()}
+        if delivery is not None:
+            headers["Processor-Delivery"] = delivery
+        return httpx.post(f"{server.url}/process-image", content=body, headers=headers)
+
+    delivery = new_delivery()
+    signed = sign(body, "not-the-secret-000000", path="/process-image", delivery=delivery)
+    forged = call(signed, delivery)
     assert forged.status_code == 401
     assert "does not match" in forged.json()["error"]
-    old = httpx.post(
+    old = sign(body, "x" * 20, path="/process-image", delivery=delivery, timestamp=1_000_000)
+    assert call(old, delivery).status_code == 401
+    assert "older than 300 s" in call(old, delivery).json()["error"]
+    # Malformed headers of any length are a 401 with a reason, never a 500.
+    hostile = (f"t={'9' * 400},v2=00", f"t={'9' * 5000},v2={'0' * 64}", "t=²,v2=00", "x" * 9000)
+    for header in hostile:
+        refused = call(header, delivery)
+        assert refused.status_code == 401, header[:40]
+        assert "malformed" in refused.json()["error"]
+    assert "Processor-Delivery" in call(signed).json()["error"]
+
+
+def test_a_call_signed_for_your_handler_cannot_be_replayed_to_a_built_in(
+    make_service, conn, handler
+):
+    """A handler holding a call for a cheap custom type replays it, headers and all, to each
+    built-in route: every one refuses it, and no provider is called."""
+    server = make_service()
+    job_id = enqueue(conn)
+    post(server, {"wait": True})
+    [call] = handler.calls_for(job_id)
+    for path in ("/process-image", "/process-complete-pack", "/process-aplus"):
+        replayed = httpx.post(
+            f"{server.url}{path}",
+            content=call.raw,
+            headers={"Processor-Signature": call.signature, "Processor-Delivery": call.delivery},
+        )
+        assert replayed.status_code == 401, path
+        assert "does not match" in replayed.json()["error"]
+
+
+def test_a_built_in_refuses_a_job_type_that_is_not_its_own(make_service):
+    """Even signed with the built-ins' own secret for the right path, a call for another job
+    type is refused before anything runs."""
+    from processor.settings import BUILTIN_LABEL, derive_signing_secret
+    from processor.signing import new_delivery, sign
+
+    server = make_service()
+    secret = derive_signing_secret(TOKEN, BUILTIN_LABEL)
+    body = json.dumps(
+        {
+            "job_id": str(uuid.uuid4()),
+            "job_type": "generate-aplus",
+            "lease_token": str(uuid.uuid4()),
+            "payload": {},
+        }
+    ).encode()
+    delivery = new_delivery()
+    refused = httpx.post(
         f"{server.url}/process-image",
         content=body,
-        headers={"Processor-Signature": sign(body, "x" * 20, timestamp=1_000_000)},
+        headers={
+            "Processor-Signature": sign(body, secret, path="/process-image", delivery=delivery),
+            "Processor-Delivery": delivery,
+        },
     )
-    assert old.status_code == 401 and "older than 300 s" in old.json()["error"]
+    assert refused.status_code == 403
+    assert "not 'generate-aplus'" in refused.json()["error"]
 
 
 # --- retries that make sense -----------------------------------------------------------------

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from processor.pgcluster import free_port
 from processor.settings import derive_signing_secret
-from processor.signing import SignatureError, verify
+from processor.signing import SignatureError
 from tests.conftest import TOKEN
 
 
@@ -75,9 +75,12 @@ def test_a_claimed_job_is_answered_at_once_and_completed_with_the_handlers_resul
     # Signed, and without the processor's token: a handler cannot act as the processor.
     assert call.authorization == ""
     secret = derive_signing_secret(TOKEN)
-    assert verify(call.signature, call.raw, secret) > 0
-    with pytest.raises(SignatureError):
-        verify(call.signature, call.raw + b" ", secret)
+    assert call.verify(secret) > 0
+    assert len(call.delivery) == 32
+    with pytest.raises(SignatureError, match="does not match"):
+        call.verify(secret, raw=call.raw + b" ")
+    with pytest.raises(SignatureError, match="does not match"):
+        call.verify(secret, path="/process-image")  # bound to the route it was sent to
 
 
 def test_wait_returns_the_outcome(make_service, conn):

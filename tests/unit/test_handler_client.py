@@ -9,7 +9,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from processor.handler_client import AnswerTooLarge, HandlerCallError, HandlerClient
+from processor.handler_client import (
+    AnswerTooLarge,
+    ConnectionLost,
+    HandlerCallError,
+    HandlerClient,
+)
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -121,7 +126,7 @@ def test_chunked_and_close_delimited_answers_are_read_whole(loop_kind):
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_an_idle_connection_the_handler_closed_is_replaced_without_losing_the_call(loop_kind):
+def test_an_idle_connection_the_handler_closed_is_discarded_before_anything_is_written(loop_kind):
     async def script(reader, writer, n) -> bool:
         writer.write(json_answer(200, b"{}"))
         await writer.drain()
@@ -137,6 +142,36 @@ def test_an_idle_connection_the_handler_closed_is_replaced_without_losing_the_ca
             await client.close()
         assert second.status == 200
         assert (server.connections, len(server.requests)) == (2, 2)
+
+    run(loop_kind, test)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_request_is_written_once_even_when_the_handler_hangs_up_after_reading_it(loop_kind):
+    """A handler that reads each request and closes without answering: the request reached it
+    (it may have acted), so the client reports a lost connection and never sends it again,
+    on a reused connection and on a fresh one alike."""
+
+    async def script(reader, writer, n) -> bool:
+        if n == 1:
+            writer.write(json_answer(200, b"{}"))  # the first call leaves a kept connection
+            await writer.drain()
+            return True
+        return False  # read, then hang up
+
+    async def test() -> None:
+        server = Server(script)
+        async with server as url:
+            client = HandlerClient(2)
+            await client.post(url, b"{}", {}, 5)
+            with pytest.raises(ConnectionLost, match="after the request was sent"):
+                await client.post(url, b'{"n":2}', {}, 5)  # on the kept connection
+            with pytest.raises(ConnectionLost, match="after the request was sent"):
+                await client.post(url, b'{"n":3}', {}, 5)  # on a new one
+            await client.close()
+        assert len(server.requests) == 3  # each request exactly once
+        assert server.requests[1].endswith(b'{"n":2}')
+        assert server.requests[2].endswith(b'{"n":3}')
 
     run(loop_kind, test)
 
