@@ -81,6 +81,7 @@ class LocalCluster:
     database: str = "processor"
     fast: bool = False  # fsync off: for throw-away test clusters only
     preload: tuple[str, ...] = ("pg_cron",)  # the benchmarks add pg_net (a real build of it)
+    superuser: str = SERVER_USER  # the bootstrap role (a Supabase-like test cluster renames it)
 
     @classmethod
     def for_project(cls, root: Path, port: int) -> LocalCluster:
@@ -96,7 +97,7 @@ class LocalCluster:
         return self.url_for(self.database)
 
     def url_for(self, database: str) -> str:
-        return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
 
     @property
     def log_file(self) -> Path:
@@ -144,7 +145,7 @@ class LocalCluster:
             "-D",
             str(self.data_dir),
             "-U",
-            SERVER_USER,
+            self.superuser,
             "--auth=trust",
             "--encoding=UTF8",
             "--locale=C.UTF-8" if _has_locale("C.UTF-8") else "--locale=C",

@@ -22,11 +22,13 @@ TEMPLATE = "processor_template"
 
 
 @contextmanager
-def throwaway_cluster(prefix: str = "processor-test-") -> Iterator[LocalCluster]:
+def throwaway_cluster(
+    prefix: str = "processor-test-", superuser: str = "postgres"
+) -> Iterator[LocalCluster]:
     """A started PostgreSQL cluster with pg_cron in a temporary folder, deleted afterwards."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)
-    pg = LocalCluster(folder / "pg", free_port(), fast=True)
+    pg = LocalCluster(folder / "pg", free_port(), fast=True, superuser=superuser)
     pg.start()
     try:
         yield pg
