@@ -21,10 +21,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from processor import handlers, redact, spend
-from processor.auth import require_token
+from processor.auth import FailureGuard, require_token
 from processor.claim import Claimer
 from processor.db import Database
-from processor.dispatch import Dispatcher
+from processor.dispatch import Dispatcher, Outcome
 from processor.drainer import Drainer
 from processor.errors import DatabaseError
 from processor.fetch import Fetcher
@@ -35,7 +35,7 @@ from processor.openapi import document
 from processor.outcomes import OutcomeWriter
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
-from processor.queue import JobQueue
+from processor.queue import ClaimedJob, JobQueue
 from processor.relay import Relay
 from processor.settings import Settings
 from processor.storage import FILES_PREFIX, LocalStorage, fresh_urls
@@ -72,6 +72,10 @@ async def process_jobs(request: Request) -> Response:
     require_token(request)
     settings: Settings = request.app.state.settings
     limit, job_types, wait, drain = parse_claim_request(await request.body(), settings.max_claim)
+    if request.app.state.stopping.is_set():
+        raise HTTPException(
+            503, "the processor is shutting down; nothing claimed", headers={"Retry-After": "5"}
+        )
     structlog.contextvars.bind_contextvars(
         request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
     )
@@ -96,9 +100,55 @@ async def process_jobs(request: Request) -> Response:
     if drain:
         request.app.state.drainer.request(job_types)
     if wait:
-        outcomes = await asyncio.gather(*claim.tasks)
-        body["outcomes"] = [o.as_dict() for o in outcomes]
+        body["outcomes"] = await _outcomes(claim.jobs, claim.tasks, request.app.state.stopping)
     return ApiResponse(body)
+
+
+STILL_RUNNING = (
+    "the processor is shutting down: the job goes on for up to SHUTDOWN_GRACE seconds, "
+    "and is retried if it does not finish"
+)
+
+
+async def _outcomes(
+    jobs: list[ClaimedJob], tasks: list[asyncio.Task[Outcome]], stopping: asyncio.Event
+) -> list[dict[str, Any]]:
+    """Each claimed job's outcome, waited for until they all end or shutdown begins; a job
+    still running then is answered as running (its outcome is recorded when it ends)."""
+    if tasks:
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while not stop.done() and not all(t.done() for t in tasks):
+                await asyncio.wait(
+                    {*(t for t in tasks if not t.done()), stop},
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            stop.cancel()
+    return [
+        t.result().as_dict()
+        if t.done()
+        else {
+            "id": str(j.id),
+            "job_type": j.job_type,
+            "attempt": j.attempt,
+            "status": "processing",
+            "error": STILL_RUNNING,
+        }
+        for j, t in zip(jobs, tasks, strict=True)
+    ]
+
+
+def begin_shutdown(app: object) -> None:
+    """Called from the signal handler as shutdown begins, before the server waits for open
+    requests: claiming stops, and calls waiting for outcomes are answered with what they have,
+    so the wait for open requests ends at once and the running jobs get the whole grace."""
+    state = getattr(app, "state", None)
+    loop: asyncio.AbstractEventLoop | None = getattr(state, "loop", None)
+    stopping: asyncio.Event | None = getattr(state, "stopping", None)
+    if loop is not None and stopping is not None:
+        loop.call_soon_threadsafe(stopping.set)
 
 
 def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool, bool]:
@@ -265,10 +315,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def database_error(request: Request, exc: Exception) -> Response:
-    log.error("database_error", error=str(exc))
-    return ApiResponse(
-        {"error": f"database unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
-    )
+    """503 with Retry-After only when the database is away; an input the database refused is
+    a 4xx naming the reason, and a query that should never fail a 500."""
+    assert isinstance(exc, DatabaseError)
+    if exc.outage:
+        log.error("database_error", error=str(exc))
+        return ApiResponse(
+            {"error": f"database unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
+        )
+    if exc.status >= 500:
+        log.error("database_error", error=str(exc))
+    return ApiResponse({"error": exc.reason}, status_code=exc.status)
 
 
 routes = [
@@ -322,12 +379,21 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         app.state.settings = settings
         app.state.openapi = document(settings.max_claim)
         app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
-        app.state.ui_sessions = Sessions(settings)
+        app.state.ui_sessions = Sessions(settings, db)
+        app.state.auth_guard = FailureGuard()
         app.state.queue = queue
         app.state.dispatcher = dispatcher
         app.state.claimer = claimer
         app.state.drainer = drainer
-        background = []
+        app.state.stopping = asyncio.Event()
+        app.state.loop = asyncio.get_running_loop()
+
+        async def stop_claiming() -> None:
+            await app.state.stopping.wait()
+            log.info("processor_stopping", running=dispatcher.running)
+            await drainer.stop()
+
+        background = [asyncio.create_task(stop_claiming(), name="stop-claiming")]
         if settings.run_relay:
             background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
         reason = why_not_listen(settings.database_url, settings.listen)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -47,6 +48,17 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, telling the app as soon as a signal asks it to stop (uvicorn itself tells the
+    app only after every open request has ended)."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        from processor.app import begin_shutdown
+
+        begin_shutdown(self.config.app)
+        super().handle_exit(sig, frame)
+
+
 def _serve(settings: Settings, host: str, port: int) -> None:
     from processor.app import create_app
 
@@ -60,7 +72,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     if not server.started:
         raise ProcessorError(f"the server did not start on {host}:{port} (see the log above)")
@@ -321,6 +333,36 @@ def cmd_signing_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_KEEP_DAYS = 36_500  # a hundred years: an age beyond it is a typo, not a retention policy
+
+
+def _days(text: str) -> float:
+    """A retention age in days: a finite number from 0 to MAX_KEEP_DAYS (nan and 1e10 are not
+    ages, and a negative one would delete jobs that finished moments ago)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_KEEP_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"days must be a number from 0 to {MAX_KEEP_DAYS}, got {text!r}"
+        )
+    return value
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+        return value
+
+    return parse
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     def days(value: float | None) -> timedelta | None:
         return None if value is None else timedelta(days=value)
@@ -441,7 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_type", metavar="TYPE", help="job type (a built-in or one in JOB_ROUTES)")
     p.add_argument("payload", metavar="JSON", nargs="?", default="{}", help="the payload object")
     p.add_argument("--user-id", help="the user the job belongs to")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument(
+        "--priority",
+        type=_bounded_int(-(2**31), 2**31 - 1),
+        default=0,
+        help="higher runs first",
+    )
     p.add_argument(
         "--max-retries", type=int, default=3, help="retries after the first attempt, 0-25"
     )
@@ -539,17 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--completed-days",
-        type=float,
+        type=_days,
         help="keep completed jobs this long (default: job_queue_settings.keep_completed, 14)",
     )
     p.add_argument(
         "--failed-days",
-        type=float,
+        type=_days,
         help="keep failed and cancelled jobs this long (default: keep_failed, 30)",
     )
     p.add_argument(
         "--cron-days",
-        type=float,
+        type=_days,
         help="keep pg_cron run history this long (default: keep_cron_history, 7)",
     )
     p.add_argument(
@@ -557,7 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also delete the deleted jobs' files from storage",
     )
-    p.add_argument("--batch", type=int, default=1000, help="rows per transaction")
+    p.add_argument(
+        "--batch", type=_bounded_int(1, 100_000), default=1000, help="rows per transaction"
+    )
     p.set_defaults(func=cmd_prune)
     _sub(sub, "relay", "send the local pg_net stand-in's requests").set_defaults(func=cmd_relay)
     _sub(

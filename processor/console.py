@@ -3,6 +3,7 @@ Rendering only (rich); the commands in processor.cli fetch the rows."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +25,25 @@ STYLE = {
 }
 
 Row = dict[str, Any]
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and the bidirectional
+# overrides that reorder what a reader sees. Anything that came from a job, a handler or a
+# provider goes through inert() before it is printed.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}.get(char)
+    if named:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def inert(value: object, style: str = "") -> Text:
+    """Text that prints as exactly what it is: never read as rich markup (a `[link=…]` stays
+    those characters), and every control character shown escaped (ESC as `\\e`)."""
+    return Text(_UNSAFE.sub(_escaped, "" if value is None else str(value)), style=style)
 
 
 def ago(when: datetime | None) -> str:
@@ -60,12 +80,12 @@ def jobs_table(rows: list[Row]) -> Table:
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["job_type"],
+            inert(r["job_type"]),
             status_text(r["status"]),
             f"{r['attempt']}/{r['max_attempts']}",
             progress_text(r["progress"]),
             ago(r["created_at"]),
-            (r["error_message"] or "")[:120],
+            inert((r["error_message"] or "")[:120]),
         )
     return table
 
@@ -79,7 +99,7 @@ def stats_table(rows: list[Row]) -> Table:
         table.add_column(name, justify="left" if name in ("job_type", "status") else "right")
     for r in rows:
         table.add_row(
-            r["job_type"],
+            inert(r["job_type"]),
             status_text(r["status"]),
             str(r["jobs"]),
             seconds(r["oldest_due_seconds"]),
@@ -97,7 +117,7 @@ def spend_table(rows: list[Row], total: Row) -> Group:
         table.add_column(name, justify="left" if name == "provider" else "right")
     for r in rows:
         table.add_row(
-            r["provider"], str(r["calls"]), str(r["images"]), f"{r['input_tokens']:,}",
+            inert(r["provider"]), str(r["calls"]), str(r["images"]), f"{r['input_tokens']:,}",
             f"{r['output_tokens']:,}", f"{r['credits']:g}", f"${r['cost_usd']:.4f}",
         )  # fmt: skip
     line = Text(f"total: {total['calls']} calls, ${total['cost_usd']:.4f} estimated", style="bold")
@@ -107,7 +127,8 @@ def spend_table(rows: list[Row], total: Row) -> Group:
 def summary(job: Row) -> Group:
     """One job for a person: state, attempts and their errors, progress, and image URLs."""
     head = Text.assemble(
-        (f"{job['job_type']} ", "bold"),
+        inert(job["job_type"], "bold"),
+        " ",
         (str(job["id"]), "dim"),
         "  ",
         status_text(job["status"]),
@@ -123,11 +144,11 @@ def summary(job: Row) -> Group:
         "created", f"{job['created_at']:%Y-%m-%d %H:%M:%S} UTC ({ago(job['created_at'])})"
     )
     if job.get("user_id"):
-        facts.add_row("user", job["user_id"])
+        facts.add_row("user", inert(job["user_id"]))
     if prog := progress_text(job["progress"]):
         facts.add_row("progress", prog)
     if job["error_message"]:
-        facts.add_row("error", Text(job["error_message"], style="red"))
+        facts.add_row("error", inert(job["error_message"], "red"))
     parts: list[Any] = [head, facts]
     errors = job.get("errors") or []
     if errors:
@@ -137,7 +158,9 @@ def summary(job: Row) -> Group:
         attempts_table.add_column("error", overflow="fold")
         for e in errors:
             attempts_table.add_row(
-                str(e.get("attempt", "")), str(e.get("at", ""))[:19], e.get("error", "")
+                inert(e.get("attempt", "")),
+                inert(str(e.get("at", ""))[:19]),
+                inert(e.get("error", "")),
             )
         parts += [Text("failed attempts", style="bold"), attempts_table]
     spend = job.get("spend") or []
@@ -156,7 +179,8 @@ def summary(job: Row) -> Group:
         parts.append(Text("images", style="bold"))
         # One line each, never folded: they are copied into a browser.
         parts += [
-            Text(f"  {slot:<16} {url}", no_wrap=True, overflow="ignore") for slot, url in urls
+            Text.assemble("  ", inert(f"{slot:<16} {url}"), no_wrap=True, overflow="ignore")
+            for slot, url in urls
         ]
     return Group(*parts)
 
@@ -194,7 +218,7 @@ def image_urls(job: Row) -> list[tuple[str, str]]:
 def follow(fetch: Callable[[], Row | None], console: Console, every: float = 0.5) -> Row | None:
     """Shows one job's progress (a bar for a pack) until it ends; returns the final row."""
     bar = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[state]}"),
@@ -205,7 +229,7 @@ def follow(fetch: Callable[[], Row | None], console: Console, every: float = 0.5
     job = fetch()
     if job is None:
         return None
-    task = bar.add_task(job["job_type"], total=None, state="")
+    task = bar.add_task(inert(job["job_type"]).plain, total=None, state="")
     with bar:
         while True:
             prog = job["progress"] if isinstance(job["progress"], dict) else {}

@@ -35,6 +35,34 @@ def describe(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+# SQLSTATE → HTTP status for errors that are the input's fault. Everything else from the server
+# is 500 (a query that should not fail), except the classes that mean the database is away or
+# busy for now (connection, resources, operator intervention, system errors, lock and
+# serialization conflicts), which are 503.
+_INPUT_STATES = {
+    "22": 400,  # data exception: a value out of range, malformed, NUL in text
+    "23": 409,  # integrity: a duplicate, a check the row breaks
+    "54000": 413,  # program limit: a payload too large or too deep (job_queue_settings)
+    "53000": 409,  # raised by the credit functions: insufficient credits
+    "P0001": 400,  # a plain RAISE EXCEPTION from the processor's functions
+    "42883": 400,  # no such function signature: an argument of the wrong type
+}
+_OUTAGE_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status a failed query deserves (see _INPUT_STATES)."""
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        # Raised by psycopg before anything was sent (a NUL byte in a text value): the input's
+        # fault. Without a connection or a free one from the pool: an outage.
+        return 400 if isinstance(exc, psycopg.DataError) else 503
+    for key in (state, state[:2]):
+        if key in _INPUT_STATES and not (key == "53000" and "credit" not in describe(exc)):
+            return _INPUT_STATES[key]
+    return 503 if state[:2] in _OUTAGE_CLASSES else 500
+
+
 UNDECODABLE = {"undecodable": "this JSON nests too deeply for the processor to read"}
 
 
@@ -116,7 +144,7 @@ class Database:
                 rows = await cur.fetchall() if cur.description else []
                 return cast(list[Row], rows)  # the pool's connections use dict_row
         except (psycopg.Error, PoolTimeout) as exc:
-            raise DatabaseError(f"{name} failed: {describe(exc)}") from exc
+            raise DatabaseError(f"{name} failed: {describe(exc)}", http_status(exc)) from exc
 
     async def fetch_one(self, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
         rows = await self.fetch_all(name, params)

@@ -27,9 +27,10 @@ class Drainer:
         self._tasks: dict[Key, asyncio.Task[int]] = {}
         self._deadlines: dict[Key, float] = {}
         self._again: dict[Key, asyncio.Event] = {}
+        self._stopped = False
 
     def request(self, job_types: list[str] | None) -> None:
-        if self.settings.drain_seconds <= 0:
+        if self.settings.drain_seconds <= 0 or self._stopped:
             return
         key = tuple(sorted(job_types)) if job_types else None
         self._deadlines[key] = time.monotonic() + self.settings.drain_seconds
@@ -63,6 +64,8 @@ class Drainer:
         return claimed
 
     async def stop(self) -> None:
+        """Ends every drain; later requests are ignored (the processor is shutting down)."""
+        self._stopped = True
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -19,7 +19,22 @@ class ConfigError(ProcessorError):
 
 
 class DatabaseError(ProcessorError):
-    """PostgreSQL could not be reached, or a query failed."""
+    """PostgreSQL could not be reached, or a query failed. `status` is the HTTP answer it
+    deserves: 503 for an outage (the caller may try again), 4xx when the database refused the
+    input itself (the caller must change it), 500 for a query that should never fail."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def outage(self) -> bool:
+        return self.status == 503
+
+    @property
+    def reason(self) -> str:
+        """The database's own words, without the name of the query that met them."""
+        return str(self).split(" failed: ", 1)[-1]
 
 
 class MigrationError(DatabaseError):

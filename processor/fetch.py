@@ -18,15 +18,22 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpcore
+import idna
 
 MAX_REDIRECTS = 5
+URL_SAFE = "/%:@!$&'()*+,;=?~-._"  # what stays as it is when a URL is made ASCII
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Special-purpose ranges Python's ipaddress counts as global: the 6to4 relay anycast (RFC 7526),
+# IPv6 site-local (deprecated, RFC 3879, still routed inside some networks) and the IPv6
+# documentation range of RFC 9637.
+SPECIAL = tuple(ipaddress.ip_network(n) for n in ("192.88.99.0/24", "fec0::/10", "3fff::/20"))
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -66,6 +73,39 @@ def refused_address(address: IPAddress) -> bool:
         or address.is_reserved
         or address.is_unspecified
         or (isinstance(address, ipaddress.IPv4Address) and address in CGNAT)
+        or any(address.version == n.version and address in n for n in SPECIAL)
+    )
+
+
+def ascii_url(url: str) -> str:
+    """The URL in the ASCII form DNS, the address check and HTTP see: a host in fullwidth
+    digits and dots (U+FF11, U+FF0E, ...) becomes `127.0.0.1`, other names their IDNA form
+    (`xn--...`), and non-ASCII characters in the path and query are percent-encoded. A host
+    that has no such form, or a bad port, is refused."""
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise FetchRefused("the URL's port is not a number from 0 to 65535") from None
+    try:
+        ascii_host = idna.encode(unicodedata.normalize("NFKC", host), uts46=True).decode()
+    except (idna.IDNAError, UnicodeError):
+        raise FetchRefused("the host name is not a valid internationalised name") from None
+    netloc = ascii_host if ":" not in ascii_host else f"[{ascii_host}]"
+    if port is not None:
+        netloc += f":{port}"
+    if parts.username is not None:
+        raise FetchRefused("the URL's authority holds characters a host name cannot")
+    return urlunsplit(
+        parts._replace(
+            netloc=netloc,
+            path=quote(parts.path, safe=URL_SAFE),
+            query=quote(parts.query, safe=URL_SAFE),
+            fragment="",
+        )
     )
 
 
@@ -141,6 +181,7 @@ class Fetcher:
 
     async def _follow(self, url: str, max_bytes: int) -> Fetched:
         for _ in range(MAX_REDIRECTS + 1):
+            url = ascii_url(url)
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise FetchRefused("not an http(s) URL")

@@ -10,6 +10,7 @@ warning; pg_net and cron still wake the processor.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -51,19 +52,28 @@ class Listener:
         self.database_url = database_url
         self.on_insert = on_insert
         self.connected = asyncio.Event()
+        self.waits: deque[float] = deque(maxlen=100)  # the latest reconnect waits (tests)
+
+    FIRST_RETRY = 0.5
+    MAX_RETRY = 10.0
 
     async def run(self) -> None:
         """Listens until cancelled, reconnecting after a lost connection; each (re)connect
-        also wakes the processor once, for anything inserted while it was not listening."""
-        delay = 0.5
+        also wakes the processor once, for anything inserted while it was not listening. The
+        wait doubles while connecting fails and starts again from FIRST_RETRY once a
+        connection has held, so every restart of the database is met as quickly."""
+        delay = self.FIRST_RETRY
         while True:
             try:
                 await self._listen()
             except psycopg.Error as exc:
+                if self.connected.is_set():
+                    delay = self.FIRST_RETRY  # this connection had held: a fresh failure
                 self.connected.clear()
                 log.warning("listen_reconnecting", error=describe(exc), retry_in=delay)
+                self.waits.append(delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, self.MAX_RETRY)
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(

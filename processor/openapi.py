@@ -65,6 +65,7 @@ def _handler(summary: str) -> dict[str, Any]:
                 },
                 "400": BAD_REQUEST,
                 "401": UNAUTHORIZED,
+                "403": _error("signed for another job type: this route does not run it"),
                 "409": _error("the job was cancelled or taken over while it ran; stopped"),
                 "413": TOO_LARGE,
                 "422": _error("the payload can never succeed (every problem named)"),

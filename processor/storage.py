@@ -74,7 +74,7 @@ class LocalStorage:
         try:
             return await asyncio.to_thread(self._file(path).read_bytes)
         except FileNotFoundError:
-            raise Permanent("storage", f"no file at {path!r} in {self.root}") from None
+            raise Permanent("storage", f"no file at {path!r} in the storage") from None
 
     async def delete(self, paths: list[str]) -> list[str]:
         def remove() -> list[str]:

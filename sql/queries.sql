@@ -56,7 +56,7 @@ limit %(limit)s;
 
 -- enqueue_job --
 select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
-                   %(priority)s::integer, coalesce(%(run_at)s::timestamptz, now()),
+                   %(priority)s::bigint, coalesce(%(run_at)s::timestamptz, now()),
                    %(max_retries)s::integer, %(idempotency_key)s::text) as id;
 
 -- cancel_job --
@@ -348,3 +348,15 @@ select provider_release(%(slot_id)s);
 
 -- provider_pause --
 select provider_pause(%(provider)s, %(seconds)s, %(reason)s) as paused_until;
+
+-- ui_signed_out --
+select exists (select 1 from processor_ui_signouts
+               where sid_hash = %(sid_hash)s and until > now()) as signed_out;
+
+-- ui_sign_out --
+-- Records the sign-out and drops records whose cookies have expired by now.
+with gone as (delete from processor_ui_signouts where until <= now())
+insert into processor_ui_signouts (sid_hash, until)
+values (%(sid_hash)s, now() + make_interval(secs => %(max_age)s))
+on conflict (sid_hash) do nothing
+returning sid_hash;

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from processor import redact
-from processor.auth import token_matches
+from processor.auth import FailureGuard, client_address, retry_after, token_matches
 from processor.console import ago
 from processor.db import Database
 from processor.errors import DatabaseError
@@ -108,19 +108,33 @@ async def login(request: Request) -> Response:
     if not next_path.startswith("/ui") or next_path.startswith("//"):
         next_path = "/ui"
     if request.method == "GET":
-        if sessions.load(request):
+        if await sessions.load(request):
             return RedirectResponse(next_path, 303)
         return _render(request, "login.html", None, next=next_path, error=None)
+    guard: FailureGuard = request.app.state.auth_guard
+    address = client_address(request)
+    wait = guard.held_off(address)
+    if wait is not None:
+        seconds = retry_after(wait)
+        response = _render(
+            request, "login.html", None, next=next_path,
+            error=f"Too many wrong tokens from this address. Try again in {seconds} s.",
+        )  # fmt: skip
+        response.status_code = 429
+        response.headers["Retry-After"] = seconds
+        return response
     form = await request.form()
     token = form.get("token")
     if not _same_origin(request) or not isinstance(token, str) or not token.strip():
         return _render(request, "login.html", None, next=next_path, error="Paste the token.")
     if not token_matches(token.strip(), request.app.state.accepted_tokens):
+        guard.failed(address, "ui_login", "not the token")
         response = _render(
             request, "login.html", None, next=next_path, error="That is not the token."
         )
         response.status_code = 401
         return response
+    guard.succeeded(address)
     response = RedirectResponse(next_path, 303)
     sessions.start(response)
     return response
@@ -128,11 +142,11 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     sessions = _sessions(request)
-    session = sessions.load(request)
+    session = await sessions.load(request)
     if session is not None and await _checked_form(request, session) is None:
         return Response("bad or missing CSRF token", 403)
     response = RedirectResponse("/ui/login", 303)
-    sessions.end(response)
+    await sessions.end(session, response)
     return response
 
 
@@ -145,7 +159,7 @@ async def _optional(db: Database, name: str, params: dict[str, Any] | None = Non
 
 
 async def overview(request: Request) -> Response:
-    session = _sessions(request).load(request)
+    session = await _sessions(request).load(request)
     if session is None:
         return _to_login(request)
     db = _db(request)
@@ -181,7 +195,7 @@ async def overview(request: Request) -> Response:
 
 
 async def jobs(request: Request) -> Response:
-    session = _sessions(request).load(request)
+    session = await _sessions(request).load(request)
     if session is None:
         return _to_login(request)
     q = request.query_params
@@ -197,6 +211,9 @@ async def jobs(request: Request) -> Response:
         "user_id": q.get("user") or None,
         "project_id": q.get("project") or None,
     }
+    bad = [k for k, v in filters.items() if v and not _storable(v)]
+    if bad:
+        return _plain(f"the {', '.join(bad)} filter holds a control character; no job has one", 400)
     before_at: datetime | None = None
     before_id: uuid.UUID | None = None
     if q.get("before"):
@@ -234,7 +251,7 @@ async def jobs(request: Request) -> Response:
 
 
 async def job(request: Request) -> Response:
-    session = _sessions(request).load(request)
+    session = await _sessions(request).load(request)
     if session is None:
         return _to_login(request)
     try:
@@ -259,13 +276,30 @@ async def job(request: Request) -> Response:
         session,
         job=row,
         images=[i for i in images if not i["slot"].startswith("aplus_")],
-        aplus=aplus.get("document") if aplus else None,
+        aplus=_stored_only(aplus.get("document"), images) if aplus else None,
         progress=progress,
     )
 
 
+def _stored_only(document: Any, images: list[dict[str, Any]]) -> Any:
+    """The A+ document with each module image replaced by the image the processor stored under
+    the same path, and dropped when there is none: a handler's result names what it likes, but
+    the page loads no image from anywhere else (no tracking pixels, no third-party hosts)."""
+    stored = {i["storage_path"]: i for i in images if i.get("storage_path")}
+    if isinstance(document, list):
+        return [_stored_only(v, images) for v in document]
+    if not isinstance(document, dict):
+        return document
+    out = {k: _stored_only(v, images) for k, v in document.items() if k != "image"}
+    if "image" in document:
+        image = document["image"]
+        path = image.get("storage_path") if isinstance(image, dict) else None
+        out["image"] = stored.get(path) if isinstance(path, str) else None
+    return out
+
+
 async def act(request: Request) -> Response:
-    session = _sessions(request).load(request)
+    session = await _sessions(request).load(request)
     if session is None:
         return _to_login(request)
     if await _checked_form(request, session) is None:
@@ -277,8 +311,22 @@ async def act(request: Request) -> Response:
         return Response("not a job id", 400)
     if action not in ("retry", "cancel"):
         return Response("unknown action", 404)
-    await _db(request).fetch_one(f"{action}_job", {"id": job_id})
+    try:
+        await _db(request).fetch_one(f"{action}_job", {"id": job_id})
+    except DatabaseError as exc:
+        if exc.outage:
+            raise
+        # Refused by the database for a reason the operator can act on (insufficient credits).
+        return _plain(f"{action} refused: {exc.reason}", exc.status)
     return RedirectResponse(f"/ui/jobs/{job_id}", 303)
+
+
+def _storable(value: str) -> bool:
+    return not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def _plain(message: str, status: int) -> Response:
+    return Response(message, status, media_type="text/plain; charset=utf-8")
 
 
 async def home(request: Request) -> Response:

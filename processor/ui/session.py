@@ -1,7 +1,9 @@
 """The status page's sign-in: the operator pastes PROCESSOR_TOKEN once and gets a signed,
 HttpOnly, SameSite=Strict session cookie (itsdangerous). The cookie holds no token: only a
 fingerprint of the token used to sign in (so rotating the token ends old sessions once its
-previous value is dropped) and the session's CSRF token for the page's forms."""
+previous value is dropped), a random session id, and the session's CSRF token for the page's
+forms. Signing out records the session id (hashed) in processor_ui_signouts, so a saved copy of
+the cookie opens nothing afterwards, on any processor sharing the database."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from processor.db import Database
 from processor.settings import Settings
 
 COOKIE = "processor_session"
@@ -23,6 +26,11 @@ MAX_AGE = 12 * 3600  # a session lasts a working day
 @dataclass(frozen=True)
 class Session:
     csrf: str
+    sid: str
+
+    @property
+    def sid_hash(self) -> str:
+        return hashlib.sha256(self.sid.encode()).hexdigest()
 
 
 def _derive(token: str, purpose: bytes) -> str:
@@ -30,7 +38,8 @@ def _derive(token: str, purpose: bytes) -> str:
 
 
 class Sessions:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._db = db
         tokens = [t.reveal() for t in (settings.previous_token, settings.token) if t]
         # Signed with the current token's key; cookies signed with the previous one still load.
         self._serializer = URLSafeTimedSerializer(
@@ -40,7 +49,16 @@ class Sessions:
         self._current = _derive(settings.token.reveal(), b"processor ui session v1")
         self.secure = settings.processor_url.startswith("https://")
 
-    def load(self, request: Request) -> Session | None:
+    async def load(self, request: Request) -> Session | None:
+        """The request's session, or None: no cookie, a bad signature, an old token, past
+        MAX_AGE, or signed out."""
+        session = self._decode(request)
+        if session is None:
+            return None
+        row = await self._db.fetch_one("ui_signed_out", {"sid_hash": session.sid_hash})
+        return None if row and row["signed_out"] else session
+
+    def _decode(self, request: Request) -> Session | None:
         raw = request.cookies.get(COOKIE)
         if not raw:
             return None
@@ -50,11 +68,17 @@ class Sessions:
             return None
         if not isinstance(data, dict) or data.get("fp") not in self._fingerprints:
             return None
-        csrf = data.get("csrf")
-        return Session(csrf) if isinstance(csrf, str) else None
+        csrf, sid = data.get("csrf"), data.get("sid")
+        return Session(csrf, sid) if isinstance(csrf, str) and isinstance(sid, str) else None
 
     def start(self, response: Response) -> None:
-        value = self._serializer.dumps({"fp": self._current, "csrf": secrets.token_urlsafe(24)})
+        value = self._serializer.dumps(
+            {
+                "fp": self._current,
+                "sid": secrets.token_urlsafe(24),
+                "csrf": secrets.token_urlsafe(24),
+            }
+        )
         response.set_cookie(
             COOKIE,
             value,
@@ -65,5 +89,11 @@ class Sessions:
             secure=self.secure,
         )
 
-    def end(self, response: Response) -> None:
+    async def end(self, session: Session | None, response: Response) -> None:
+        """Signs the session out for good (until the cookie would have expired anyway) and
+        deletes the cookie from this browser."""
+        if session is not None:
+            await self._db.fetch_one(
+                "ui_sign_out", {"sid_hash": session.sid_hash, "max_age": MAX_AGE}
+            )
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")

@@ -22,6 +22,7 @@ from tests.support import ThreadedServer
         "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
         "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::",
         "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        "192.88.99.1", "fec0::1", "3fff::1",  # 6to4 relay anycast, site-local, RFC 9637 docs
     ],
 )  # fmt: skip
 def test_private_and_special_addresses_are_refused(address):
@@ -84,6 +85,33 @@ def test_every_redirect_hop_is_checked():
 
         with pytest.raises(fetch.FetchRefused):
             asyncio.run(strict())
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:9101/a.png", "http://127.0.0.1:9101/a.png"),
+        ("http://\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11/", "http://127.0.0.1/"),
+        ("https://b\u00fccher.example/f\u00fc\u00df.png?q=\u00e9", "https://xn--bcher-kva.example/f%C3%BC%C3%9F.png?q=%C3%A9"),
+        ("https://example.com/plain.png", "https://example.com/plain.png"),
+    ],
+)  # fmt: skip
+def test_a_non_ascii_url_is_made_ascii_before_the_address_check(url, expected):
+    assert fetch.ascii_url(url) == expected
+
+
+def test_a_fullwidth_loopback_host_is_refused_not_a_crash():
+    async def run() -> None:
+        fetcher = fetch.Fetcher(allow_private=False)
+        try:
+            await fetcher.get("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:9/a.png", 1000)
+        finally:
+            await fetcher.close()
+
+    with pytest.raises(fetch.FetchRefused):
+        asyncio.run(run())
+    with pytest.raises(fetch.FetchRefused, match="not a valid internationalised name"):
+        fetch.ascii_url("http://a\u0000\u00e9b.example/")
 
 
 def test_json_depth_counts_without_decoding_and_ignores_brackets_in_strings():
