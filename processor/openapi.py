@@ -22,7 +22,13 @@ def _error(description: str) -> dict[str, Any]:
 
 UNAUTHORIZED = _error("missing, malformed or wrong credentials (nothing was done)")
 TOO_LARGE = _error("the body is larger than MAX_REQUEST_BYTES")
-UNAVAILABLE = _error("the database is unreachable; try again (Retry-After)")
+UNAVAILABLE = _error(
+    "the database is unreachable, or the processor is shutting down; try again (Retry-After)"
+)
+THROTTLED = _error(
+    "too many failed token checks from this address: held off until Retry-After (the token "
+    "is not compared meanwhile)"
+)
 BAD_REQUEST = _error("the body or a parameter is malformed; the message names the problem")
 
 CALL_BODY = {
@@ -69,7 +75,10 @@ def _handler(summary: str) -> dict[str, Any]:
                 "409": _error("the job was cancelled or taken over while it ran; stopped"),
                 "413": TOO_LARGE,
                 "422": _error("the payload can never succeed (every problem named)"),
-                "429": _error("a provider's rate limit: postponed until Retry-After"),
+                "429": _error(
+                    "a provider's rate limit: postponed until Retry-After; or, for a bearer "
+                    "call, too many failed token checks from this address"
+                ),
                 "500": _error("a bug in the handler, named; the attempt is retried"),
                 "503": _error("a provider or the storage failed for now; retried with backoff"),
             },
@@ -130,6 +139,7 @@ def document(max_claim: int) -> dict[str, Any]:
                         "400": BAD_REQUEST,
                         "401": UNAUTHORIZED,
                         "413": TOO_LARGE,
+                        "429": THROTTLED,
                         "503": UNAVAILABLE,
                     },
                 }
@@ -154,6 +164,7 @@ def document(max_claim: int) -> dict[str, Any]:
                         "400": BAD_REQUEST,
                         "401": UNAUTHORIZED,
                         "404": _error("no such job"),
+                        "429": THROTTLED,
                         "503": UNAVAILABLE,
                     },
                 }
@@ -198,6 +209,7 @@ def document(max_claim: int) -> dict[str, Any]:
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
                         "401": UNAUTHORIZED,
+                        "429": THROTTLED,
                         "503": UNAVAILABLE,
                     },
                 }
