@@ -31,10 +31,12 @@ class FailureGuard:
     """Counts failed token checks per client address and overall, in fixed windows of WINDOW
     seconds. An address past PER_ADDRESS failures is held off (429, its token not even
     compared) until its window ends, so guessing from one address runs at PER_ADDRESS a
-    minute. Past OVERALL failures from all addresses together, only addresses that have
-    signed in or called with the right token before are still heard: a spread-out attack
-    cannot lock out the operator's browser or the database's pg_net. Failures are logged
-    once per address per window, and once when a limit is reached, never once per guess."""
+    minute; past OVERALL failures from all addresses together, every address is. Addresses
+    that have presented the right token before are never held off (their failures are still
+    counted and logged): a flood of wrong tokens cannot lock out the operator's browser or
+    the database's pg_net, even when it comes from an address they share (a cloud egress).
+    Failures are logged once per address per window, and once when a limit is reached, never
+    once per guess."""
 
     per_address: int = 20
     overall: int = 300
@@ -52,12 +54,14 @@ class FailureGuard:
 
     def held_off(self, address: str) -> float | None:
         """Seconds until this address may try again, or None when it may try now."""
+        if address in self._trusted:
+            return None
         now = self.clock()
         entry = self._addresses.get(address)
         if entry is not None and self._current(entry, now).failures >= self.per_address:
             return entry.start + self.window - now
         everyone = self._current(self._all, now)
-        if everyone.failures >= self.overall and address not in self._trusted:
+        if everyone.failures >= self.overall:
             return everyone.start + self.window - now
         return None
 

@@ -295,6 +295,13 @@ def test_many_addresses_cannot_lock_out_one_that_signed_in_before():
     assert guard.held_off("203.0.113.9") == 60  # a stranger waits for the window
     now[0] = 61
     assert guard.held_off("203.0.113.9") is None
+    # Wrong tokens from the operator's own address (a shared egress) do not lock it out.
+    for _ in range(5):
+        guard.failed("10.0.0.1", "/process-jobs", "invalid bearer token")
+    assert guard.held_off("10.0.0.1") is None
+    for _ in range(3):
+        guard.failed("198.51.100.1", "/process-jobs", "invalid bearer token")
+    assert guard.held_off("198.51.100.1") == 60
 
 
 # --- operator output is inert -------------------------------------------------------------------
