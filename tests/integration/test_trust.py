@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -28,21 +27,6 @@ from tests.integration.test_load import _healthy
 from tests.integration.test_service import enqueue, post, row, wait_for
 from tests.integration.test_ui import CLIENTS, _close_clients, csrf, signed_in  # noqa: F401
 from tests.support import RawHandler, wait_until
-
-
-@contextmanager
-def patched_env(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
 
 # --- one attempt, one delivery ------------------------------------------------------------------
 
@@ -206,6 +190,26 @@ def test_switching_credits_off_releases_what_jobs_hold(conn):
     assert kinds == [("reserve", None), ("release", "credits switched off")]
 
 
+@pytest.mark.parametrize("days", ["nan", "1e10", "-1", "inf"])
+def test_processor_prune_refuses_an_age_that_is_not_one(database_url, monkeypatch, capsys, days):
+    from processor import cli
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["prune", "--completed-days", days])
+    assert stop.value.code == 2
+    assert "days must be a number from 0 to 36500" in capsys.readouterr().err
+
+
+async def test_a_missing_source_file_does_not_name_the_servers_folder(tmp_path):
+    from processor.providers.errors import Permanent
+    from processor.storage import LocalStorage
+
+    with pytest.raises(Permanent) as refused:
+        await LocalStorage(tmp_path, "http://x").get("p1/missing.png")
+    assert "'p1/missing.png'" in str(refused.value) and str(tmp_path) not in str(refused.value)
+
+
 # --- clear answers over HTTP --------------------------------------------------------------------
 
 
@@ -309,7 +313,7 @@ def test_many_addresses_cannot_lock_out_one_that_signed_in_before():
 HOSTILE = "see [link=https://evil.example/login]details[/link] \x1b]0;PWNED\x1b\\ [/red] \u202e"
 
 
-def test_hostile_job_text_prints_as_text_in_every_command(conn, database_url, capsys):
+def test_hostile_job_text_prints_as_text_in_every_command(conn, database_url, capsys, monkeypatch):
     from processor import cli
 
     conn.execute(
@@ -323,11 +327,11 @@ def test_hostile_job_text_prints_as_text_in_every_command(conn, database_url, ca
         ),
     )
     job_id = conn.execute("select id from job_queue").fetchone()["id"]
-    env = {"DATABASE_URL": database_url, "COLUMNS": "400"}
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "400")
     outputs = {}
     for args in (["jobs"], ["status", str(job_id)], ["stats"]):
-        with patched_env(env):
-            code = cli.main(args)
+        code = cli.main(args)
         out, err = capsys.readouterr()
         outputs[args[0]] = out + err
         assert code == 0, (args, out, err)
