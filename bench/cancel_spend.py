@@ -20,10 +20,10 @@ import psycopg
 from common import TOKEN, private_database
 from psycopg.types.json import Jsonb
 
-from processor.app import create_app
 from processor.logging import configure
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from processor.settings import Settings
+from processor.web.app import create_app
 from tests.fakes import FakeGemini
 from tests.support import ThreadedServer
 

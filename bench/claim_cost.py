@@ -28,7 +28,7 @@ import psycopg
 from common import private_database
 from side_by_side import PLAIN_CLAIM, PLAIN_COMPLETE
 
-from processor.pgcluster import SERVER_USER, _as_root, _bindir
+from processor.ops.pgcluster import SERVER_USER, _as_root, _bindir
 
 CLAIM1 = "select id, lease_token from claim_jobs('w', 1)"
 COMPLETE1 = "select mark_job_completed(%s, %s)"  # no result: the plain statement stores none

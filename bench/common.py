@@ -12,8 +12,8 @@ from pathlib import Path
 # The benchmarks reuse the tests' local servers (tests/support.py, tests/fakes.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from processor.ops.migrate import migrate
+from processor.ops.pgcluster import LocalCluster, free_port
 
 TOKEN = "bench-token-0123456789"
 

@@ -34,7 +34,7 @@ from common import TOKEN, private_database
 from psycopg.rows import dict_row
 from side_by_side import handler_process, service
 
-from processor import schedule
+from processor.ops import schedule
 
 
 def insert_one_by_one(url: str, jobs: int, gap: float) -> dict[str, float]:

@@ -23,10 +23,10 @@ from common import TOKEN, private_database
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from processor.app import create_app
 from processor.logging import configure
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from processor.settings import Settings
+from processor.web.app import create_app
 from tests.fakes import FakeGemini
 from tests.support import ThreadedServer
 

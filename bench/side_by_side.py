@@ -47,7 +47,7 @@ import httpx
 import psycopg
 from common import TOKEN, private_database
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 
 BENCH = Path(__file__).resolve().parent
 PLAIN_CLAIM = """

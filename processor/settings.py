@@ -89,9 +89,9 @@ class ProviderSettings:
     local_storage_dir: str = ".data/storage"
     pack_concurrency: int = 3
     max_image_pixels: int = 40_000_000  # sources larger than this are refused before decoding
-    # USD per unit by "provider/model" (tokens per million); processor.spend has the defaults.
+    # USD per unit by "provider/model" (tokens per million); DEFAULT_PRICES below.
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # Per provider: {"concurrent": N, "per_minute": N}, shared by every processor (throttle).
+    # Per provider: {"concurrent": N, "per_minute": N}, shared by every processor.
     limits: Mapping[str, Any] = field(default_factory=dict)
     allow_private_urls: bool = False  # source_image_url may reach private addresses (local dev)
 
@@ -283,16 +283,88 @@ def derive_signing_secret(token: str, label: bytes = HANDLER_LABEL) -> str:
     return hmac.new(token.encode(), label, hashlib.sha256).hexdigest()
 
 
-def _prices(raw: str) -> dict[str, dict[str, float]]:
-    from processor.spend import parse_prices  # the price table lives with the ledger
+# --- provider prices and limits (PROVIDER_PRICES, PROVIDER_LIMITS) -------------------------
 
-    return parse_prices(raw)
+UNITS = ("input_tokens", "output_tokens", "images", "credits")  # what a provider call reports
+
+# Estimated list prices in USD: tokens per million, images and credits each. Configuration
+# (PROVIDER_PRICES overrides or adds entries, keyed "provider/model" or "provider/*"): vendors
+# change prices, and an estimate is all a ledger of this kind can hold.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "gemini/gemini-3.1-flash-image": {"input_tokens": 0.30, "output_tokens": 30.0},
+    "gemini/gemini-3-pro-image": {"input_tokens": 2.0, "output_tokens": 120.0},
+    "gemini/gemini-3.5-flash": {"input_tokens": 0.30, "output_tokens": 2.50},
+    "gemini/*": {"input_tokens": 0.30, "output_tokens": 2.50},
+    "openai/gpt-image-2": {"input_tokens": 5.0, "output_tokens": 40.0},
+    "openai/gpt-image-1-mini": {"input_tokens": 2.0, "output_tokens": 8.0},
+    "openai/gpt-5-mini": {"input_tokens": 0.25, "output_tokens": 2.0},
+    "openai/*": {"input_tokens": 1.25, "output_tokens": 10.0},
+    "remove.bg/*": {"credits": 0.20},
+    "demo/*": {},
+}
 
 
-def _limits(raw: str) -> dict[str, Any]:
-    from processor.throttle import parse_limits
+def parse_prices(raw: str) -> dict[str, dict[str, float]]:
+    """PROVIDER_PRICES: {"provider/model": {"input_tokens": usd_per_million, ...}} over the
+    defaults."""
+    prices = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
+    if not raw.strip():
+        return prices
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PROVIDER_PRICES is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError('PROVIDER_PRICES must map "provider/model" to prices per unit')
+    for key, entry in data.items():
+        if "/" not in key or not isinstance(entry, dict):
+            raise ConfigError(f'PROVIDER_PRICES[{key!r}] must be "provider/model": {{...}}')
+        for unit, price in entry.items():
+            if unit not in UNITS or not isinstance(price, int | float) or price < 0:
+                raise ConfigError(
+                    f"PROVIDER_PRICES[{key!r}].{unit} must be one of {', '.join(UNITS)} "
+                    "with a price of 0 or more"
+                )
+        prices[key] = {u: float(p) for u, p in entry.items()}
+    return prices
 
-    return parse_limits(raw)
+
+@dataclass(frozen=True)
+class Limit:
+    concurrent: int | None = None
+    per_minute: float | None = None
+
+
+def parse_limits(raw: str) -> dict[str, Limit]:
+    """PROVIDER_LIMITS: {"gemini": {"concurrent": 8, "per_minute": 60}, "openai": {...}}."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PROVIDER_LIMITS is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("PROVIDER_LIMITS must map provider names to limits")
+    limits = {}
+    for provider, spec in data.items():
+        where = f"PROVIDER_LIMITS[{provider!r}]"
+        if not isinstance(spec, dict) or set(spec) - {"concurrent", "per_minute"}:
+            raise ConfigError(f'{where} must be {{"concurrent": N, "per_minute": N}}')
+        concurrent, per_minute = spec.get("concurrent"), spec.get("per_minute")
+        for name, value in (("concurrent", concurrent), ("per_minute", per_minute)):
+            if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+            ):
+                raise ConfigError(f"{where}.{name} must be a positive number")
+        limits[provider] = Limit(
+            int(concurrent) if concurrent is not None else None,
+            float(per_minute) if per_minute is not None else None,
+        )
+    return limits
+
+
+_prices = parse_prices
+_limits = parse_limits
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from processor.migrate import migrate
-from processor.pgcluster import LocalCluster, free_port
+from processor.ops.migrate import migrate
+from processor.ops.pgcluster import LocalCluster, free_port
 from tests.support import ScriptedHandler, ThreadedServer
 
 TEMPLATE = "processor_template"
@@ -92,8 +92,8 @@ def make_service(database_url: str, handler_url: str, tmp_path: Path) -> Iterato
     'ok', 'slow' … all route to the scripted handler; extra settings override the defaults.
     It does not LISTEN for inserts unless asked (LISTEN_FOR_JOBS=on): most tests drive
     /process-jobs themselves and must not race the listener."""
-    from processor.app import create_app
     from processor.settings import Settings
+    from processor.web.app import create_app
 
     servers: list[ThreadedServer] = []
 

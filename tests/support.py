@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:

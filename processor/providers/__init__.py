@@ -1,5 +1,9 @@
-"""AI providers behind small interfaces: an image generator, a JSON text generator, and a
-background remover. Each is an httpx client with configurable base URL, key and model."""
+"""The third-party services the built-in handlers call, behind small interfaces: an image
+generator, a JSON text generator and a background remover (gemini, openai, removebg, and the
+offline demo), the file store (storage: Supabase Storage or a local folder), which of them a
+configuration picks (registry), the usage ledger and metered wrappers (metering, usage) and the
+limits every processor shares (shared_limits). Each is an httpx client with a configurable base
+URL, key and model. It may import only the shared core (settings, db, errors, redact)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import re
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from processor.imaging import encode
 from processor.providers import GeneratedImage, ImageRequest
 from processor.providers.usage import report
 
@@ -297,7 +297,7 @@ class DemoImages:
     model = "pillow-demo-1"
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
-        data = await asyncio.to_thread(lambda: encode(render(request), "PNG", comment=MARK))
+        data = await asyncio.to_thread(lambda: _png(render(request), MARK))
         report(images=1)
         return GeneratedImage(data, "image/png", NAME, self.model)
 
@@ -347,3 +347,12 @@ class DemoText:
             },
             "demo": True,
         }
+
+
+def _png(image: Image.Image, comment: str) -> bytes:
+    """PNG bytes with a text comment that marks the image as a demo placeholder."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", comment)
+    out = io.BytesIO()
+    image.save(out, "PNG", pnginfo=info)
+    return out.getvalue()

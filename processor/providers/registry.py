@@ -12,8 +12,8 @@ from processor.providers.demo import DemoImages, DemoText
 from processor.providers.gemini import Gemini
 from processor.providers.openai import OpenAIImages, OpenAIText
 from processor.providers.removebg import RemoveBg
+from processor.providers.storage import LocalStorage, Storage, SupabaseStorage
 from processor.settings import ProviderSettings
-from processor.storage import LocalStorage, Storage, SupabaseStorage
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ def build(cfg: ProviderSettings, client: httpx.AsyncClient, processor_url: str) 
         if cfg.removebg_api_key
         else None
     )
-    # Every call is timed and recorded in provider_calls (processor.spend).
-    from processor.spend import MeteredBackground, MeteredImages, MeteredText
+    # Every call is timed and recorded in provider_calls (processor.providers.metering).
+    from processor.providers.metering import MeteredBackground, MeteredImages, MeteredText
 
     return Providers(
         MeteredImages(images),

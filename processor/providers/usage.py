@@ -1,5 +1,6 @@
 """What a provider call used, as the vendor reported it. Providers call `report(...)` while
-they read an answer; processor.spend times the call, sorts its outcome and records it."""
+they read an answer; processor.providers.metering times the call, sorts its outcome and
+records it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any
 
-UNITS = ("input_tokens", "output_tokens", "images", "credits")
+from processor.settings import UNITS
 
 
 @dataclass

@@ -5,7 +5,7 @@
 -- calling transaction commits and records the answer in net._http_response. Here that
 -- something is the processor's relay (`processor relay`, or inside `processor dev`), woken by a
 -- NOTIFY, which PostgreSQL delivers only at commit; it paces itself as pg_net's worker does
--- (processor/relay.py), so timings measured locally carry over. On Supabase, enable the real pg_net
+-- (processor/ops/relay.py), so timings measured locally carry over. On Supabase, enable the real pg_net
 -- extension instead: `processor schedule` refuses to install this where pg_net exists.
 
 create schema if not exists net;

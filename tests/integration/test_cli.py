@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from processor.cli import main
+from processor.cli.commands import main
 
 PAYLOAD = '{"project_id": "p1", "product": {"name": "Mug"}}'
 

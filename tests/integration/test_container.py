@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from processor.pgcluster import LocalCluster, free_port
+from processor.ops.pgcluster import LocalCluster, free_port
 
 
 @pytest.fixture

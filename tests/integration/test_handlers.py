@@ -12,7 +12,7 @@ import httpx
 from PIL import Image
 from psycopg.types.json import Jsonb
 
-from processor.imaging import product_fill
+from processor.images.imaging import product_fill
 from tests.conftest import TOKEN
 from tests.fakes import product_photo
 from tests.support import ThreadedServer

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from tests.conftest import TOKEN
 from tests.fakes import FakeGemini, product_photo
 from tests.integration.test_handlers import PRODUCT

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from tests.conftest import TOKEN
 from tests.support import wait_until
 
@@ -134,7 +134,7 @@ def test_a_running_processor_picks_up_a_plain_insert_with_cron_and_pg_net_off(
 
 
 def test_listen_is_off_behind_a_transaction_pooler_with_a_reason():
-    from processor.listener import why_not_listen
+    from processor.queue.listen import why_not_listen
 
     pooler = "postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres"
     session = "postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:5432/postgres"

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from processor import migrate
 from processor.errors import MigrationError
+from processor.ops import migrate
 
 
 def test_a_second_migrate_changes_nothing(database_url, conn):

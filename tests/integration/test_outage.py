@@ -16,10 +16,10 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from processor.app import create_app
-from processor.migrate import migrate
-from processor.pgcluster import free_port
+from processor.ops.migrate import migrate
+from processor.ops.pgcluster import free_port
 from processor.settings import Settings
+from processor.web.app import create_app
 from tests.conftest import TOKEN, throwaway_cluster
 from tests.support import ThreadedServer, wait_until
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from processor.settings import derive_signing_secret
 from processor.signing import SignatureError
 from tests.conftest import TOKEN

@@ -10,8 +10,9 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from processor.cli import main
-from processor.spend import DEFAULT_PRICES, estimate
+from processor.cli.commands import main
+from processor.providers.metering import estimate
+from processor.settings import DEFAULT_PRICES
 from tests.conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from processor.migrate import migrate
+from processor.ops.migrate import migrate
 from tests.conftest import throwaway_cluster
 
 HERE = Path(__file__).resolve().parents[1] / "sql"

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from processor import migrate, schedule
 from processor.errors import ConfigError
-from processor.pgcluster import LocalCluster, free_port
-from processor.verify import verify
+from processor.ops import migrate, schedule
+from processor.ops.pgcluster import LocalCluster, free_port
+from processor.ops.verify import verify
 from tests.conftest import TOKEN
 from tests.support import wait_until
 

@@ -21,7 +21,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from processor.pgcluster import free_port
+from processor.ops.pgcluster import free_port
 from tests.conftest import TOKEN
 from tests.integration.test_load import _healthy
 from tests.integration.test_service import enqueue, post, row, wait_for
@@ -82,7 +82,7 @@ def test_run_at_out_of_range_is_refused_by_name(conn, run_at):
 def test_rows_with_an_unreadable_run_at_are_repaired_and_read(cluster, tmp_path):
     """Rows written before 0010 with run_at infinity or year 294276: the migration moves them to
     the nearest bound (their order kept), and every read of them works."""
-    from processor import migrate
+    from processor.ops import migrate
 
     name = f"old_rows_{uuid.uuid4().hex[:8]}"
     cluster.create_database(name)
@@ -203,7 +203,7 @@ def test_processor_prune_refuses_an_age_that_is_not_one(database_url, monkeypatc
 
 async def test_a_missing_source_file_does_not_name_the_servers_folder(tmp_path):
     from processor.providers.errors import Permanent
-    from processor.storage import LocalStorage
+    from processor.providers.storage import LocalStorage
 
     with pytest.raises(Permanent) as refused:
         await LocalStorage(tmp_path, "http://x").get("p1/missing.png")
@@ -378,7 +378,7 @@ def test_the_job_page_shows_only_images_the_processor_stored(make_service, conn)
 
 
 def test_the_listen_backoff_starts_again_after_a_connection_held(database_url, conn):
-    from processor.listener import Listener
+    from processor.queue.listen import Listener
 
     async def run() -> tuple[list[float], list[float]]:
         woke = asyncio.Event()

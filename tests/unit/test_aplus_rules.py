@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from processor.handlers.aplus import MAX_ALT, InvalidDocument, check_document
+from processor.images.aplus import MAX_ALT, InvalidDocument, check_document
 from tests.fakes import APLUS
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from starlette.exceptions import HTTPException
 
-from processor.app import parse_claim_request
+from processor.web.app import parse_claim_request
 
 
 def test_an_empty_body_claims_one_job_without_waiting():

@@ -7,7 +7,7 @@ import itertools
 
 from PIL import Image, ImageChops, ImageStat
 
-from processor.imaging import fit
+from processor.images.imaging import fit
 from processor.providers import ImageRequest
 from processor.providers.demo import render
 

@@ -9,8 +9,8 @@ from starlette.applications import Starlette
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from processor import fetch
-from processor.dispatch import json_depth
+from processor.images import fetch
+from processor.queue.dispatch import json_depth
 from tests.support import ThreadedServer
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from processor.handler_client import (
+from processor.queue.handler_client import (
     AnswerTooLarge,
     ConnectionLost,
     HandlerCallError,

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from processor.imaging import (
+from processor.images.imaging import (
     ImageDataError,
     compose_main,
     cutout_local,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from processor.verdict import Answer, judge
+from processor.queue.verdict import Answer, judge
 
 
 def answer(status: int, *, json_body=None, text=None, headers=None) -> Answer:

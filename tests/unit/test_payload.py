@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.handlers.payload import PayloadError, parse
+from processor.images.payload import PayloadError, parse
 
 
 def test_a_minimal_payload_gets_the_defaults():

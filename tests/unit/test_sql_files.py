@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.migrate import available
+from processor.ops.migrate import available
 from processor.sql import parse_queries, queries
 
 

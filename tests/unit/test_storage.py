@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from processor.providers.errors import Permanent, Transient
-from processor.storage import LocalStorage, SupabaseStorage, fresh_urls
+from processor.providers.storage import LocalStorage, SupabaseStorage, fresh_urls
 
 SUPABASE = "https://project.supabase.test"
 

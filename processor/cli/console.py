@@ -1,0 +1,275 @@
+"""What the command line shows a person: tables of jobs, one job's summary, and live progress.
+Rendering only (rich); the commands in processor.cli.commands fetch the rows."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from processor.humanize import ago
+
+FINISHED = ("completed", "failed", "cancelled")
+STYLE = {
+    "pending": "yellow",
+    "processing": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+Row = dict[str, Any]
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and the bidirectional
+# overrides that reorder what a reader sees. Anything that came from a job, a handler or a
+# provider goes through inert() before it is printed.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}.get(char)
+    if named:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def inert(value: object, style: str = "", *, no_wrap: bool = False) -> Text:
+    """Text that prints as exactly what it is: never read as rich markup (a `[link=…]` stays
+    those characters), and every control character shown escaped (ESC as `\\e`)."""
+    text = _UNSAFE.sub(_escaped, "" if value is None else str(value))
+    if no_wrap:
+        return Text(text, style=style, no_wrap=True, overflow="ignore")
+    return Text(text, style=style)
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STYLE.get(status, ""))
+
+
+def progress_text(progress: Any) -> str:
+    if isinstance(progress, dict) and isinstance(progress.get("total"), int):
+        return f"{progress.get('done', 0)}/{progress['total']}"
+    return ""
+
+
+# What `processor jobs` shows, most useful first: narrower terminals drop columns from the end
+# of this list before any of the first five is cut.
+JOB_COLUMNS = ("id", "type", "status", "attempt", "progress", "error", "created")
+# Widths the columns never go below (a status, an attempt count and a progress stay whole;
+# ids are copied from here, so never cut).
+MIN_WIDTH = {"id": 36, "status": 10, "attempt": 7, "progress": 8, "created": 8}
+OPTIONAL_FROM = {"error": 100, "created": 120}  # the terminal width each optional column needs
+
+
+def jobs_table(rows: list[Row], width: int = 120) -> Table:
+    shown = [c for c in JOB_COLUMNS if width >= OPTIONAL_FROM.get(c, 0)]
+    fixed = sum(MIN_WIDTH.get(c, 0) for c in shown)
+    free = max(width - fixed - 2 * (len(shown) - 1), 8)  # for type and error
+    type_width = min(24, free) if "error" not in shown else min(24, max(12, free // 3))
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in shown:
+        table.add_column(
+            name,
+            justify="right" if name in ("attempt", "progress", "created") else "left",
+            overflow="ellipsis",
+            no_wrap=True,
+            min_width=MIN_WIDTH.get(name),
+            max_width={"type": type_width, "error": free - type_width}.get(name),
+        )
+    for r in rows:
+        cells: dict[str, str | Text] = {
+            "id": str(r["id"]),
+            "type": inert(r["job_type"]),
+            "status": status_text(r["status"]),
+            "attempt": f"{r['attempt']}/{r['max_attempts']}",
+            "progress": progress_text(r["progress"]),
+            "created": ago(r["created_at"]),
+            "error": inert((r["error_message"] or "")[:120]),
+        }
+        table.add_row(*(cells[name] for name in shown))
+    return table
+
+
+def stats_table(rows: list[Row]) -> Table:
+    def seconds(value: object) -> str:
+        return "" if value is None else f"{float(value):.1f}s"  # type: ignore[arg-type]
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("job_type", "status", "jobs", "oldest due", "p50", "p95"):
+        table.add_column(name, justify="left" if name in ("job_type", "status") else "right")
+    for r in rows:
+        table.add_row(
+            inert(r["job_type"]),
+            status_text(r["status"]),
+            str(r["jobs"]),
+            seconds(r["oldest_due_seconds"]),
+            seconds(r["p50_seconds"]),
+            seconds(r["p95_seconds"]),
+        )
+    return table
+
+
+def spend_table(rows: list[Row], total: Row) -> Group:
+    """Calls, units and estimated cost per provider, and the total."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("provider", "calls", "images", "input tokens", "output tokens", "credits",
+                 "est. cost"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "provider" else "right")
+    for r in rows:
+        table.add_row(
+            inert(r["provider"]), str(r["calls"]), str(r["images"]), f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}", f"{r['credits']:g}", f"${r['cost_usd']:.4f}",
+        )  # fmt: skip
+    line = Text(f"total: {total['calls']} calls, ${total['cost_usd']:.4f} estimated", style="bold")
+    return Group(table, line)
+
+
+def summary(job: Row, width: int = 120) -> Group:
+    """One job for a person: state, attempts and their errors, progress, and image URLs. A URL
+    is never cut: one that does not fit beside its slot goes whole on a line of its own (print
+    the summary with crop=False, and the terminal wraps it as one line)."""
+    head = Text.assemble(
+        inert(job["job_type"], "bold"),
+        " ",
+        (str(job["id"]), "dim"),
+        "  ",
+        status_text(job["status"]),
+    )
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    attempts = f"{job['attempt']} of {job['max_retries'] + 1}"
+    if job["status"] == "pending" and job["retry_count"]:
+        attempts += f" (next try {_when(job['run_at'])})"
+    facts.add_row("attempt", attempts)
+    facts.add_row(
+        "created", f"{job['created_at']:%Y-%m-%d %H:%M:%S} UTC ({ago(job['created_at'])})"
+    )
+    if job.get("user_id"):
+        facts.add_row("user", inert(job["user_id"]))
+    if prog := progress_text(job["progress"]):
+        facts.add_row("progress", prog)
+    if job["error_message"]:
+        facts.add_row("error", inert(job["error_message"], "red"))
+    parts: list[Any] = [head, facts]
+    errors = job.get("errors") or []
+    if errors:
+        attempts_table = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+        attempts_table.add_column("#", justify="right")
+        attempts_table.add_column("at")
+        attempts_table.add_column("error", overflow="fold")
+        for e in errors:
+            attempts_table.add_row(
+                inert(e.get("attempt", "")),
+                inert(str(e.get("at", ""))[:19]),
+                inert(e.get("error", "")),
+            )
+        parts += [Text("failed attempts", style="bold"), attempts_table]
+    spend = job.get("spend") or []
+    if spend:
+        calls = Table(box=None, header_style="bold", pad_edge=False)
+        for name in ("attempt", "provider calls", "ok", "images", "est. cost"):
+            calls.add_column(name, justify="right")
+        for a in spend:
+            calls.add_row(
+                str(a["attempt"]), str(a["calls"]), str(a["ok"]), str(a["images"]),
+                f"${a['cost_usd']:.4f}",
+            )  # fmt: skip
+        parts += [Text("spend", style="bold"), calls]
+    urls = image_urls(job)
+    if urls:
+        parts.append(Text("images", style="bold"))
+        # One line each, never folded: they are copied into a browser.
+        for slot, url in urls:
+            if 2 + 17 + len(url) <= width:
+                parts.append(
+                    Text.assemble("  ", inert(f"{slot:<16} {url}"), no_wrap=True, overflow="ignore")
+                )
+            else:
+                parts += [Text.assemble("  ", inert(slot)), inert(url, no_wrap=True)]
+    return Group(*parts)
+
+
+def _when(at: datetime | None) -> str:
+    if at is None:
+        return "now"
+    seconds = (at - datetime.now(UTC)).total_seconds()
+    return "now" if seconds <= 0 else f"in {seconds:.0f}s"
+
+
+def image_urls(job: Row) -> list[tuple[str, str]]:
+    """(slot, url) of every image in the job's result, else in its progress so far."""
+    for source in (job.get("result"), job.get("progress")):
+        if not isinstance(source, dict):
+            continue
+        items = source.get("images") or source.get("items") or []
+        found = [
+            (str(i.get("slot") or i.get("kind") or ""), i["url"])
+            for i in items
+            if isinstance(i, dict) and isinstance(i.get("url"), str)
+        ]
+        aplus = source.get("aplus")
+        if isinstance(aplus, dict):
+            found += [
+                (str(i.get("slot", "")), i["url"])
+                for i in aplus.get("images", [])
+                if isinstance(i, dict) and isinstance(i.get("url"), str)
+            ]
+        if found:
+            return found
+    return []
+
+
+def follow(fetch: Callable[[], Row | None], console: Console, every: float = 0.5) -> Row | None:
+    """Shows one job's progress (a bar for a pack) until it ends; returns the final row."""
+    bar = Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    job = fetch()
+    if job is None:
+        return None
+    task = bar.add_task(inert(job["job_type"]).plain, total=None, state="")
+    with bar:
+        while True:
+            prog = job["progress"] if isinstance(job["progress"], dict) else {}
+            total = prog.get("total") if isinstance(prog.get("total"), int) else None
+            bar.update(
+                task,
+                total=total,
+                completed=prog.get("done", 0) if total else 0,
+                state=Text.from_markup(f"[{STYLE.get(job['status'], '')}]{job['status']}[/]"),
+            )
+            if job["status"] in FINISHED:
+                if job["status"] == "completed" and total:
+                    bar.update(task, completed=total)
+                return job
+            time.sleep(every)
+            job = fetch() or job
+
+
+def watch_queue(fetch: Callable[[], list[Row]], console: Console, every: float = 1.0) -> None:
+    """The whole queue, live, until Ctrl-C."""
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            live.update(
+                Group(
+                    Text(f"job_queue at {datetime.now():%H:%M:%S}  (Ctrl-C to stop)", style="dim"),
+                    stats_table(fetch()),
+                )
+            )
+            time.sleep(every)

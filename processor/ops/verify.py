@@ -1,0 +1,262 @@
+"""`processor verify`: every link of the chain, one line each, with the fix when a link is broken.
+
+database → migrations → functions → pg_cron job → cron runs → pg_net → endpoint → queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+
+from processor.db import Row, connect, run
+from processor.errors import DatabaseError, ProcessorError
+from processor.ops import migrate
+from processor.ops.schedule import JOB_NAME
+
+# How to (re)install the trigger path, for a real deployment and for the local stack.
+SCHEDULE_HINT = (
+    "run `processor schedule --url URL` with PROCESSOR_TOKEN set (locally: restart `make dev`, "
+    "which does it, or `PROCESSOR_TOKEN=$(cat .data/token) processor schedule --local --url "
+    "http://127.0.0.1:8000`)"
+)
+
+FUNCTIONS = [
+    "enqueue_job",
+    "get_next_job",
+    "mark_job_processing",
+    "mark_job_completed",
+    "mark_job_failed",
+    "extend_job_lease",
+    "requeue_expired_jobs",
+    "invoke_job_processor",
+]
+MAX_DUE_SECONDS = 180  # a due job older than this means nothing is calling the processor
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    label: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        return f"{mark} {self.label}" + (f"\n    fix: {self.fix}" if self.fix else "")
+
+
+class Verifier:
+    def __init__(self, conn: psycopg.Connection[Row], client: httpx.Client) -> None:
+        self.conn = conn
+        self.client = client
+
+    def migrations(self) -> Check:
+        todo = migrate.pending(self.conn)
+        if todo:
+            return Check(
+                False,
+                f"migrations: {len(todo)} not applied ({', '.join(m.path.name for m in todo)})",
+                "run `processor migrate`",
+            )
+        return Check(True, f"migrations current ({len(migrate.available())} applied)")
+
+    def functions(self) -> Check:
+        missing = run(self.conn, "functions_present", {"names": FUNCTIONS})[0]["missing"]
+        if missing:
+            return Check(
+                False, f"functions missing: {', '.join(missing)}", "run `processor migrate`"
+            )
+        return Check(True, f"queue functions present ({len(FUNCTIONS)})")
+
+    def cron_job(self) -> Check:
+        version = run(self.conn, "cron_version")
+        if not version:
+            return Check(
+                False,
+                "pg_cron is not installed in this database",
+                "enable pg_cron, then " + SCHEDULE_HINT,
+            )
+        job = run(self.conn, "cron_job", {"name": JOB_NAME})
+        if not job:
+            return Check(
+                False,
+                f"no cron job {JOB_NAME!r} (pg_cron {version[0]['extversion']})",
+                SCHEDULE_HINT,
+            )
+        if not job[0]["active"]:
+            return Check(
+                False,
+                f"cron job {JOB_NAME!r} is inactive",
+                SCHEDULE_HINT + " to re-enable it",
+            )
+        endpoint = run(self.conn, "endpoint")[0]
+        if endpoint["token"] and endpoint["token"] in job[0]["command"]:
+            return Check(
+                False,
+                "the cron command contains the processor token",
+                "run `processor schedule` again: it stores the token in Vault or "
+                "processor_settings and schedules a command without it",
+            )
+        return Check(
+            True,
+            f"cron job {JOB_NAME!r} active, every '{job[0]['schedule']}' "
+            f"(pg_cron {version[0]['extversion']}); no secret in its command",
+        )
+
+    def cron_runs(self) -> Check:
+        runs = run(self.conn, "cron_recent_runs", {"name": JOB_NAME})
+        if not runs:
+            return Check(True, "cron runs: none recorded yet (the first tick is due)")
+        last = runs[0]
+        if last["status"] not in ("succeeded", "running", "starting"):
+            return Check(
+                False,
+                f"last cron run {last['status']}: {last['return_message']}",
+                "see cron.job_run_details; run `processor migrate` if a function is missing",
+            )
+        return Check(True, f"last cron run {last['status']} at {last['start_time']:%H:%M:%S}")
+
+    def net(self) -> Check:
+        state = run(self.conn, "net_state")[0]
+        if not state["has_http_post"]:
+            return Check(
+                False,
+                "pg_net is not installed",
+                "enable pg_net (`create extension pg_net;`), or `processor schedule "
+                "--local` for the local stand-in",
+            )
+        kind = (
+            "pg_net " + state["pg_net_version"]
+            if state["pg_net_version"]
+            else "local pg_net stand-in"
+        )
+        first = run(self.conn, "net_queue_waiting")[0]
+        if first["queued"]:
+            time.sleep(2)  # the queue has no timestamps: see whether it moves
+            later = run(self.conn, "net_queue_waiting")[0]
+            if later["oldest_id"] == first["oldest_id"]:
+                fix = (
+                    "start the relay (`processor relay`, or use `processor dev`)"
+                    if not state["pg_net_version"]
+                    else "check pg_net's background worker"
+                )
+                return Check(False, f"{kind}: {first['queued']} request(s) are not being sent", fix)
+        responses = run(self.conn, "net_recent_responses")
+        if not responses:
+            return Check(True, f"{kind} present; no calls in the last hour")
+        last = responses[0]
+        if last["timed_out"] or last["error_msg"] or not 200 <= (last["status_code"] or 0) < 300:
+            what = (
+                "timed out"
+                if last["timed_out"]
+                else last["error_msg"] or f"HTTP {last['status_code']}"
+            )
+            return Check(
+                False,
+                f"{kind}: last call to the processor failed: {what}",
+                "is the processor running at the URL given to `processor schedule`? "
+                "(see the endpoint line)",
+            )
+        ok = sum(1 for r in responses if r["status_code"] and 200 <= r["status_code"] < 300)
+        return Check(True, f"{kind}: last {len(responses)} call(s), {ok} answered 2xx")
+
+    def endpoint(self) -> Check:
+        endpoint = run(self.conn, "endpoint")[0]
+        if not endpoint["url"] or not endpoint["token"]:
+            return Check(
+                False,
+                "no processor URL/token stored",
+                SCHEDULE_HINT,
+            )
+        url = endpoint["url"]
+        try:
+            health = self.client.get(f"{url}/healthz", timeout=5)
+            # An authenticated request with no side effects: the token is right when a
+            # made-up job is 404, wrong when it is 401.
+            probe = self.client.get(
+                f"{url}/jobs/{uuid.UUID(int=0)}",
+                timeout=5,
+                headers={"Authorization": f"Bearer {endpoint['token']}"},
+            )
+        except httpx.HTTPError as exc:
+            return Check(
+                False,
+                f"processor unreachable at {url}: {type(exc).__name__}",
+                "start it (`processor serve` / `make dev`), or fix the URL with "
+                "`processor schedule --url URL`",
+            )
+        if probe.status_code == 401:
+            return Check(
+                False,
+                f"processor at {url} rejects the stored token (401)",
+                "run `processor schedule` with the PROCESSOR_TOKEN the server uses",
+            )
+        if health.status_code != 200 or probe.status_code != 404:
+            return Check(
+                False,
+                f"processor at {url} answered healthz {health.status_code}, "
+                f"jobs {probe.status_code}",
+                "check the processor's log",
+            )
+        return Check(True, f"processor reachable at {url}, token accepted")
+
+    def queue(self) -> Check:
+        row = run(self.conn, "pending_health")[0]
+        age = float(row["oldest_due_seconds"] or 0)
+        expired = row["expired_leases"]
+        problems = []
+        if age > MAX_DUE_SECONDS:
+            problems.append(f"the oldest due job has waited {age:.0f}s")
+        if expired:
+            problems.append(f"{expired} job(s) with an expired lease")
+        if problems:
+            return Check(
+                False,
+                "queue: " + "; ".join(problems),
+                "nothing is calling /process-jobs often enough: check the lines above",
+            )
+        return Check(True, f"queue: oldest due job {age:.0f}s, no expired leases")
+
+
+def verify(database_url: str, out: Callable[[str], None] = print) -> bool:
+    """Prints one line per link; returns whether every link holds."""
+    try:
+        with connect(database_url) as conn:
+            version = run(conn, "server_version")[0]["version"]
+            out(Check(True, f"database reachable (PostgreSQL {version})").line())
+            return _links(conn, out)
+    except DatabaseError as exc:
+        out(
+            Check(
+                False,
+                f"database unreachable: {exc}",
+                "check DATABASE_URL and that PostgreSQL is running",
+            ).line()
+        )
+        return False
+
+
+def _links(conn: psycopg.Connection[Row], out: Callable[[str], None]) -> bool:
+    ok = True
+    with httpx.Client() as client:
+        verifier = Verifier(conn, client)
+        for check in (
+            verifier.migrations,
+            verifier.functions,
+            verifier.cron_job,
+            verifier.cron_runs,
+            verifier.net,
+            verifier.endpoint,
+            verifier.queue,
+        ):
+            try:
+                result = check()
+            except (psycopg.Error, ProcessorError) as exc:
+                result = Check(False, f"{check.__name__}: {exc}", "run `processor migrate`")
+            ok &= result.ok
+            out(result.line())
+    return ok

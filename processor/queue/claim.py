@@ -1,0 +1,79 @@
+"""Admission control: every path that claims jobs (POST /process-jobs, draining, the LISTEN
+wake-up) goes through here, so one processor never holds more than MAX_RUNNING_JOBS claimed
+jobs at once. Demand comes from free slots, never from the caller's wish: a call claims at most
+the free slots, and with none free it claims nothing and says it is busy.
+
+Claims run one at a time per processor. A claim is a single short statement, so callers
+waiting behind it lose a millisecond at most, and callers that would only find no free slot
+are answered without touching the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from processor.queue.dispatch import Dispatcher, Outcome
+from processor.queue.jobs import ClaimedJob, JobQueue
+from processor.settings import Settings
+
+log = structlog.get_logger("processor.queue.claim")
+
+REQUEUE_EVERY_SECONDS = 1.0  # expired leases are swept at most this often per processor
+
+
+@dataclass(frozen=True)
+class Claim:
+    jobs: list[ClaimedJob]
+    tasks: list[asyncio.Task[Outcome]]
+    busy: bool  # no free slot: nothing was claimed
+    running: int  # jobs this processor runs now (after this claim)
+    requeued: int = 0  # expired leases put back by this call
+
+
+class Claimer:
+    def __init__(self, queue: JobQueue, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.queue = queue
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self._lock = asyncio.Lock()
+        self._last_requeue = float("-inf")
+
+    @property
+    def free(self) -> int:
+        return max(0, self.settings.max_running - self.dispatcher.running)
+
+    async def claim(self, limit: int, job_types: list[str] | None, *, via: str) -> Claim:
+        """Claims up to `limit` due jobs, never more than the free slots, and starts them."""
+        async with self._lock:
+            requeued = await self._requeue_expired()
+            want = min(limit, self.free, self.settings.max_claim)
+            if want <= 0:
+                return Claim([], [], busy=True, running=self.dispatcher.running, requeued=requeued)
+            jobs = await self.queue.claim(
+                self.settings.worker_id, want, job_types, self.settings.lease_seconds
+            )
+            # Started before the lock is released, so the next claim sees these slots taken.
+            tasks = self.dispatcher.start(jobs)
+        for job in jobs:
+            log.info(
+                "job_claimed",
+                job_id=str(job.id),
+                job_type=job.job_type,
+                attempt=job.attempt,
+                via=via,
+            )
+        return Claim(jobs, tasks, busy=False, running=self.dispatcher.running, requeued=requeued)
+
+    async def _requeue_expired(self) -> int:
+        now = time.monotonic()
+        if now - self._last_requeue < REQUEUE_EVERY_SECONDS:
+            return 0
+        self._last_requeue = now
+        requeued = await self.queue.requeue_expired()
+        if requeued:
+            log.warning("leases_expired_requeued", jobs=requeued)
+        return requeued

@@ -1,0 +1,441 @@
+"""The HTTP service: the route table, the lifespan, and the queue endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from processor import redact
+from processor.auth import FailureGuard, require_token
+from processor.db import Database
+from processor.errors import DatabaseError
+from processor.images import handlers
+from processor.images.common import HandlerContext
+from processor.images.fetch import Fetcher
+from processor.ops.relay import Relay
+from processor.providers import metering as spend
+from processor.providers.registry import build as build_providers
+from processor.providers.registry import storage_for
+from processor.providers.shared_limits import SharedLimits
+from processor.providers.storage import FILES_PREFIX, LocalStorage, fresh_urls
+from processor.queue.claim import Claimer
+from processor.queue.dispatch import Dispatcher, Outcome
+from processor.queue.drain import Drainer
+from processor.queue.jobs import ClaimedJob, JobQueue
+from processor.queue.listen import Listener, why_not_listen
+from processor.queue.recorder import OutcomeWriter
+from processor.settings import Settings
+from processor.web.body_limit import BodyLimit
+from processor.web.openapi import document
+from processor.web.ui import pages as ui_pages
+from processor.web.ui.session import Sessions
+
+log = structlog.get_logger("processor.web.app")
+
+CLAIM_FIELDS = ("limit", "job_types", "wait", "drain")
+MAX_JOB_TYPES = 100
+HEALTH_TIMEOUT = 1.0  # /healthz answers within this, whatever the database does
+
+
+class ApiResponse(JSONResponse):
+    """JSON that also carries datetimes and UUIDs."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, default=_encode, separators=(",", ":"))
+        return redact.redact(text).encode()
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+async def process_jobs(request: Request) -> Response:
+    """Claims due jobs (never more than the free running slots), answers at once, and runs
+    them. With no free slot it claims nothing and answers "busy"."""
+    require_token(request)
+    settings: Settings = request.app.state.settings
+    limit, job_types, wait, drain = parse_claim_request(await request.body(), settings.max_claim)
+    if request.app.state.stopping.is_set():
+        raise HTTPException(
+            503, "the processor is shutting down; nothing claimed", headers={"Retry-After": "5"}
+        )
+    structlog.contextvars.bind_contextvars(
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+    )
+    claim = await request.app.state.claimer.claim(limit, job_types, via="request")
+    body: dict[str, Any] = {
+        "claimed": [
+            {"id": str(j.id), "job_type": j.job_type, "attempt": j.attempt} for j in claim.jobs
+        ]
+    }
+    if claim.busy:
+        body["message"] = (
+            f"Busy: {claim.running} of {settings.max_running} jobs running; nothing claimed"
+        )
+        body["busy"] = True
+        body["running"] = claim.running
+    else:
+        body["message"] = (
+            f"Claimed {len(claim.jobs)} job(s)" if claim.jobs else "No jobs to process"
+        )
+    if claim.requeued:
+        body["requeued_expired"] = claim.requeued
+    if drain:
+        request.app.state.drainer.request(job_types)
+    if wait:
+        body["outcomes"] = await _outcomes(claim.jobs, claim.tasks, request.app.state.stopping)
+    return ApiResponse(body)
+
+
+STILL_RUNNING = (
+    "the processor is shutting down: the job goes on for up to SHUTDOWN_GRACE seconds, "
+    "and is retried if it does not finish"
+)
+
+
+async def _outcomes(
+    jobs: list[ClaimedJob], tasks: list[asyncio.Task[Outcome]], stopping: asyncio.Event
+) -> list[dict[str, Any]]:
+    """Each claimed job's outcome, waited for until they all end or shutdown begins; a job
+    still running then is answered as running (its outcome is recorded when it ends)."""
+    if tasks:
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while not stop.done() and not all(t.done() for t in tasks):
+                await asyncio.wait(
+                    {*(t for t in tasks if not t.done()), stop},
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            stop.cancel()
+    return [
+        t.result().as_dict()
+        if t.done()
+        else {
+            "id": str(j.id),
+            "job_type": j.job_type,
+            "attempt": j.attempt,
+            "status": "processing",
+            "error": STILL_RUNNING,
+        }
+        for j, t in zip(jobs, tasks, strict=True)
+    ]
+
+
+def begin_shutdown(app: object) -> None:
+    """Called from the signal handler as shutdown begins, before the server waits for open
+    requests: claiming stops, and calls waiting for outcomes are answered with what they have,
+    so the wait for open requests ends at once and the running jobs get the whole grace."""
+    state = getattr(app, "state", None)
+    loop: asyncio.AbstractEventLoop | None = getattr(state, "loop", None)
+    stopping: asyncio.Event | None = getattr(state, "stopping", None)
+    if loop is not None and stopping is not None:
+        loop.call_soon_threadsafe(stopping.set)
+
+
+def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool, bool]:
+    """Validates the optional body {"limit", "job_types", "wait", "drain"}; 400 names what is
+    wrong. drain: keep claiming due jobs for DRAIN_SECONDS after answering (the trigger path)."""
+    if not raw.strip():
+        return 1, None, False, False
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise HTTPException(400, "body is not valid JSON: it nests too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
+        raise HTTPException(400, f"body is not valid JSON: {_short(exc)}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, f"body must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(CLAIM_FIELDS))
+    if unknown:
+        raise HTTPException(
+            400, f"unknown field(s): {', '.join(unknown)}; expected {', '.join(CLAIM_FIELDS)}"
+        )
+    limit = data.get("limit", 1)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= max_limit:
+        raise HTTPException(
+            400, f"limit must be an integer from 1 to {max_limit}, got {_short(repr(limit))}"
+        )
+    job_types = data.get("job_types")
+    if job_types is not None and (
+        not isinstance(job_types, list)
+        or not 1 <= len(job_types) <= MAX_JOB_TYPES
+        or not all(isinstance(t, str) and _type_name(t) for t in job_types)
+    ):
+        raise HTTPException(
+            400,
+            f"job_types must be a list of 1 to {MAX_JOB_TYPES} job type names "
+            "(200 characters at most each, without control characters)",
+        )
+    wait = data.get("wait", False)
+    if not isinstance(wait, bool):
+        raise HTTPException(400, f"wait must be true or false, got {_short(repr(wait))}")
+    drain = data.get("drain", False)
+    if not isinstance(drain, bool):
+        raise HTTPException(400, f"drain must be true or false, got {_short(repr(drain))}")
+    return limit, job_types, wait, drain
+
+
+def _type_name(text: str) -> bool:
+    """A job type name as the database can store and match it: 1-200 characters, not all
+    blank, no control characters (NUL cannot be stored at all) and no lone surrogates."""
+    return (
+        0 < len(text) <= 200
+        and bool(text.strip())
+        and not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    )
+
+
+def _short(value: object, limit: int = 80) -> str:
+    return redact.clean(str(value), limit)
+
+
+async def get_job(request: Request) -> Response:
+    require_token(request)
+    raw = request.path_params["job_id"]
+    try:
+        job_id = uuid.UUID(raw)
+    except ValueError:
+        raise HTTPException(400, f"job id must be a UUID, got {_short(repr(raw))}") from None
+    job = await request.app.state.queue.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    storage = request.app.state.handler_context.providers.storage
+    job["result"] = await fresh_urls(job["result"], storage)
+    job["progress"] = await fresh_urls(job["progress"], storage)
+    attempts = await request.app.state.queue.db.fetch_all("job_spend", {"job_id": job_id})
+    job["spend"] = {
+        "calls": sum(a["calls"] for a in attempts),
+        "cost_usd": round(sum(a["cost_usd"] for a in attempts), 6),
+        "attempts": attempts,
+    }
+    return ApiResponse(job)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text: the queue by type and status, and this process's attempts."""
+    require_token(request)
+    rows = await request.app.state.queue.db.fetch_all("queue_stats")
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    lines = [
+        "# HELP processor_jobs Jobs in job_queue by type and status.",
+        "# TYPE processor_jobs gauge",
+    ]
+    lines += [
+        f'processor_jobs{{job_type="{_label(r["job_type"])}",status="{r["status"]}"}} {r["jobs"]}'
+        for r in rows
+    ]
+    lines += [
+        "# HELP processor_oldest_pending_seconds Age of the oldest pending job by type.",
+        "# TYPE processor_oldest_pending_seconds gauge",
+    ]
+    lines += [
+        f'processor_oldest_pending_seconds{{job_type="{_label(r["job_type"])}"}} '
+        f"{float(r['oldest_pending_seconds']):.3f}"
+        for r in rows
+        if r["oldest_pending_seconds"] is not None
+    ]
+    lines += [
+        "# HELP processor_running_jobs Jobs this process is running now.",
+        "# TYPE processor_running_jobs gauge",
+        f"processor_running_jobs {dispatcher.running}",
+        "# HELP processor_attempts_total Attempts this process finished, by outcome.",
+        "# TYPE processor_attempts_total counter",
+    ]
+    lines += [
+        f'processor_attempts_total{{outcome="{k}"}} {v}'
+        for k, v in sorted(dispatcher.finished.items())
+    ]
+    lines += [
+        "# HELP processor_provider_calls_total Provider calls this process made, by outcome.",
+        "# TYPE processor_provider_calls_total counter",
+    ]
+    lines += [
+        f'processor_provider_calls_total{{provider="{_label(p)}",outcome="{o}"}} {n}'
+        for (p, o), n in sorted(spend.TOTALS.items())
+    ]
+    lines += [
+        "# HELP processor_provider_cost_usd_total Estimated cost of those calls (PROVIDER_PRICES).",
+        "# TYPE processor_provider_cost_usd_total counter",
+    ]
+    lines += [
+        f'processor_provider_cost_usd_total{{provider="{_label(p)}",outcome="{o}"}} {c:.6f}'
+        for (p, o), c in sorted(spend.COSTS.items())
+    ]
+    return PlainTextResponse(
+        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+async def openapi(request: Request) -> Response:
+    return ApiResponse(request.app.state.openapi)
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await request.app.state.queue.ping()
+    except TimeoutError:
+        return ApiResponse(
+            {"status": "error", "database": f"no answer within {HEALTH_TIMEOUT:g} s"},
+            status_code=503,
+        )
+    except DatabaseError as exc:
+        return ApiResponse({"status": "error", "database": str(exc)}, status_code=503)
+    return ApiResponse(
+        {"status": "ok", "database": "ok", "running_jobs": request.app.state.dispatcher.running}
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ApiResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """503 with Retry-After only when the database is away; an input the database refused is
+    a 4xx naming the reason, and a query that should never fail a 500."""
+    assert isinstance(exc, DatabaseError)
+    if exc.outage:
+        log.error("database_error", error=str(exc))
+        return ApiResponse(
+            {"error": f"database unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
+        )
+    if exc.status >= 500:
+        log.error("database_error", error=str(exc))
+    return ApiResponse({"error": exc.reason}, status_code=exc.status)
+
+
+routes = [
+    Route("/process-jobs", process_jobs, methods=["POST"]),
+    *handlers.routes,
+    Route("/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None) -> Starlette:
+    """Builds the service. Pass an httpx client to control how handlers are reached (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = Database(settings.database_url, max_size=settings.db_pool_max)
+        await db.open()
+        # Outcome writes and lease extensions get their own connections: they never wait
+        # behind claims or handlers.
+        outcome_db = Database(
+            settings.database_url, max_size=3, application_name="processor-outcomes"
+        )
+        await outcome_db.open()
+        client = http_client or httpx.AsyncClient(
+            timeout=60.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        )
+        providers = build_providers(settings.providers, client, settings.processor_url)
+        queue = JobQueue(db)
+        writer = OutcomeWriter(JobQueue(outcome_db), give_up_after=settings.lease_seconds)
+        writer.start()
+        dispatcher = Dispatcher(queue, writer, settings)
+        await dispatcher.open()
+        claimer = Claimer(queue, dispatcher, settings)
+        drainer = Drainer(claimer, settings)
+        fetcher = Fetcher(allow_private=settings.providers.allow_private_urls)
+        limits = SharedLimits(db, settings.worker_id, settings.providers.limits)
+        await limits.configure()
+        app.state.handler_context = HandlerContext(
+            db,
+            providers,
+            client,
+            settings.providers.pack_concurrency,
+            fetcher,
+            settings.builtin_signing_secrets(),
+            settings.providers.max_image_pixels,
+            settings.providers.prices,
+            limits,
+        )
+        app.state.settings = settings
+        app.state.openapi = document(settings.max_claim)
+        app.state.accepted_tokens = [t for t in (settings.token, settings.previous_token) if t]
+        app.state.ui_sessions = Sessions(settings, db)
+        app.state.auth_guard = FailureGuard()
+        app.state.queue = queue
+        app.state.dispatcher = dispatcher
+        app.state.claimer = claimer
+        app.state.drainer = drainer
+        app.state.stopping = asyncio.Event()
+        app.state.loop = asyncio.get_running_loop()
+
+        async def stop_claiming() -> None:
+            await app.state.stopping.wait()
+            log.info("processor_stopping", running=dispatcher.running)
+            await drainer.stop()
+
+        background = [asyncio.create_task(stop_claiming(), name="stop-claiming")]
+        if settings.run_relay:
+            background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
+        reason = why_not_listen(settings.database_url, settings.listen)
+        if reason is None:
+            listener = Listener(settings.database_url, lambda: drainer.request(None))
+            background.append(asyncio.create_task(listener.run(), name="listener"))
+        elif settings.listen:
+            log.warning("listen_unavailable", reason=reason)
+        else:
+            log.info("listen_off", reason=reason)
+        log.info(
+            "processor_started",
+            worker=settings.worker_id,
+            routes=sorted(settings.routes()),
+            max_running=settings.max_running,
+        )
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await drainer.stop()
+            await dispatcher.shutdown(settings.shutdown_grace)
+            await writer.stop()
+            await fetcher.close()
+            if http_client is None:
+                await client.aclose()
+            await outcome_db.close()
+            await db.close()
+            log.info("processor_stopped")
+
+    app_routes: list[BaseRoute] = [*routes, *ui_pages.routes]
+    if isinstance(storage := storage_for(settings.providers, settings.processor_url), LocalStorage):
+        # Generated files are served by the app itself, so result URLs open in a browser.
+        storage.root.mkdir(parents=True, exist_ok=True)
+        app_routes.append(Mount(FILES_PREFIX, StaticFiles(directory=storage.root), name="files"))
+    return Starlette(
+        routes=app_routes,
+        lifespan=lifespan,
+        middleware=[Middleware(BodyLimit, max_bytes=settings.max_request_bytes)],
+        exception_handlers={HTTPException: http_error, DatabaseError: database_error},
+    )

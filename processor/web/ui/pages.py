@@ -1,0 +1,345 @@
+"""The status page at /ui, server-rendered (Jinja2; one small script of our own refreshes the
+live part of each page): the queue at a glance, jobs filtered and paged, one job with its
+attempts, result, progress and images, and retry / cancel buttons.
+
+Sign-in is a pasted PROCESSOR_TOKEN exchanged for a session cookie (processor.web.ui.session); every
+form carries the session's CSRF token and must come from this origin."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from processor import redact
+from processor.auth import FailureGuard, client_address, retry_after, token_matches
+from processor.db import Database
+from processor.errors import DatabaseError
+from processor.humanize import ago
+from processor.ops.schedule import JOB_NAME
+from processor.providers.storage import fresh_urls
+from processor.web.ui.session import Session, Sessions
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+PAGE_SIZE = 50
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+CSP = (
+    "default-src 'self'; img-src 'self' https: data:; script-src 'self'; style-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _duration(start: Any, end: Any) -> str:
+    try:
+        a = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
+        b = end if isinstance(end, datetime) else datetime.fromisoformat(str(end))
+    except (TypeError, ValueError):
+        return ""
+    seconds = (b - a).total_seconds()
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+templates.env.filters["pretty"] = _pretty
+templates.env.filters["ago"] = ago
+templates.env.filters["redact"] = redact.redact
+templates.env.globals["duration"] = _duration
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.queue.db
+    return db
+
+
+def _sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.ui_sessions
+    return sessions
+
+
+def _render(request: Request, name: str, session: Session | None, **context: Any) -> Response:
+    response = templates.TemplateResponse(
+        request, name, {"session": session, "statuses": STATUSES, **context}
+    )
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _to_login(request: Request) -> Response:
+    return RedirectResponse(f"/ui/login?{urlencode({'next': request.url.path})}", 303)
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return True  # some clients send neither; the CSRF token still has to match
+    return urlsplit(origin).netloc == request.headers.get("host")
+
+
+async def _checked_form(request: Request, session: Session) -> dict[str, Any] | None:
+    form = await request.form()
+    token = form.get("csrf")
+    if not _same_origin(request) or not isinstance(token, str):
+        return None
+    if not hmac.compare_digest(token, session.csrf):
+        return None
+    return dict(form)
+
+
+async def login(request: Request) -> Response:
+    sessions = _sessions(request)
+    next_path = request.query_params.get("next", "/ui")
+    if not next_path.startswith("/ui") or next_path.startswith("//"):
+        next_path = "/ui"
+    if request.method == "GET":
+        if await sessions.load(request):
+            return RedirectResponse(next_path, 303)
+        return _render(request, "login.html", None, next=next_path, error=None)
+    guard: FailureGuard = request.app.state.auth_guard
+    address = client_address(request)
+    wait = guard.held_off(address)
+    if wait is not None:
+        seconds = retry_after(wait)
+        response = _render(
+            request, "login.html", None, next=next_path,
+            error=f"Too many wrong tokens from this address. Try again in {seconds} s.",
+        )  # fmt: skip
+        response.status_code = 429
+        response.headers["Retry-After"] = seconds
+        return response
+    form = await request.form()
+    token = form.get("token")
+    if not _same_origin(request) or not isinstance(token, str) or not token.strip():
+        return _render(request, "login.html", None, next=next_path, error="Paste the token.")
+    if not token_matches(token.strip(), request.app.state.accepted_tokens):
+        guard.failed(address, "ui_login", "not the token")
+        response = _render(
+            request, "login.html", None, next=next_path, error="That is not the token."
+        )
+        response.status_code = 401
+        return response
+    guard.succeeded(address)
+    response = RedirectResponse(next_path, 303)
+    sessions.start(response)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    sessions = _sessions(request)
+    session = await sessions.load(request)
+    if session is not None and await _checked_form(request, session) is None:
+        return Response("bad or missing CSRF token", 403)
+    response = RedirectResponse("/ui/login", 303)
+    await sessions.end(session, response)
+    return response
+
+
+async def _optional(db: Database, name: str, params: dict[str, Any] | None = None) -> Any:
+    """Rows of a query that needs pg_cron or pg_net, or None where they are not installed."""
+    try:
+        return await db.fetch_all(name, params)
+    except DatabaseError:
+        return None
+
+
+async def overview(request: Request) -> Response:
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    db = _db(request)
+    counts = await db.fetch_all("ui_counts")
+    types = sorted({r["job_type"] for r in counts})
+    table = {t: {s: 0 for s in STATUSES} for t in types}
+    for r in counts:
+        table[r["job_type"]][r["status"]] = r["jobs"]
+    minutes = {r["minute"]: r for r in await db.fetch_all("ui_per_minute")}
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    per_minute = []
+    for i in range(59, -1, -1):
+        minute = now - timedelta(minutes=i)
+        row = minutes.get(minute, {})
+        per_minute.append(
+            {"minute": minute, "completed": row.get("completed", 0), "failed": row.get("failed", 0)}
+        )
+    peak = max([1] + [m["completed"] + m["failed"] for m in per_minute])
+    return _render(
+        request,
+        "overview.html",
+        session,
+        table=table,
+        oldest=await db.fetch_one("ui_oldest_due"),
+        durations=await db.fetch_all("ui_durations"),
+        per_minute=per_minute,
+        peak=peak,
+        cron_runs=await _optional(db, "cron_recent_runs", {"name": JOB_NAME}),
+        net_answers=await _optional(db, "net_recent_responses"),
+        running=request.app.state.dispatcher.running,
+        cron_job=JOB_NAME,
+    )
+
+
+async def jobs(request: Request) -> Response:
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    q = request.query_params
+    search = (q.get("q") or "").strip()
+    if search:
+        try:
+            return RedirectResponse(f"/ui/jobs/{uuid.UUID(search)}", 303)
+        except ValueError:
+            pass
+    filters = {
+        "status": q.get("status") if q.get("status") in STATUSES else None,
+        "job_type": q.get("type") or None,
+        "user_id": q.get("user") or None,
+        "project_id": q.get("project") or None,
+    }
+    bad = [k for k, v in filters.items() if v and not _storable(v)]
+    if bad:
+        return _plain(f"the {', '.join(bad)} filter holds a control character; no job has one", 400)
+    before_at: datetime | None = None
+    before_id: uuid.UUID | None = None
+    if q.get("before"):
+        at, _, ident = q["before"].partition("_")
+        try:
+            before_at, before_id = datetime.fromisoformat(at), uuid.UUID(ident)
+        except ValueError:
+            before_at = before_id = None
+    rows = await _db(request).fetch_all(
+        "list_jobs",
+        {**filters, "before_at": before_at, "before_id": before_id, "limit": PAGE_SIZE + 1},
+        prepare=False,
+    )
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    shown = {"status": filters["status"], "type": filters["job_type"],
+             "user": filters["user_id"], "project": filters["project_id"]}  # fmt: skip
+    kept = {k: v for k, v in shown.items() if v}
+    next_page = None
+    if more:
+        last = rows[-1]
+        cursor = f"{last['created_at'].isoformat()}_{last['id']}"
+        next_page = "/ui/jobs?" + urlencode({**kept, "before": cursor})
+    return _render(
+        request,
+        "jobs.html",
+        session,
+        rows=rows,
+        filters=shown,
+        search=search,
+        not_found=bool(search),
+        next_page=next_page,
+        first_page="/ui/jobs?" + urlencode(kept) if q.get("before") else None,
+    )
+
+
+async def job(request: Request) -> Response:
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    try:
+        job_id = uuid.UUID(request.path_params["job_id"])
+    except ValueError:
+        return _render(request, "missing.html", session, what=request.path_params["job_id"])
+    db = _db(request)
+    row = await db.fetch_one("get_job", {"id": job_id})
+    if row is None:
+        response = _render(request, "missing.html", session, what=str(job_id))
+        response.status_code = 404
+        return response
+    storage = request.app.state.handler_context.providers.storage
+    images = await fresh_urls(await db.fetch_all("images_for_job", {"job_id": job_id}), storage)
+    row["result"] = await fresh_urls(row["result"], storage)
+    result = row["result"] if isinstance(row["result"], dict) else {}
+    aplus = result.get("aplus") if isinstance(result.get("aplus"), dict) else None
+    progress = row["progress"] if isinstance(row["progress"], dict) else None
+    return _render(
+        request,
+        "job.html",
+        session,
+        job=row,
+        images=[i for i in images if not i["slot"].startswith("aplus_")],
+        aplus=_stored_only(aplus.get("document"), images) if aplus else None,
+        progress=progress,
+    )
+
+
+def _stored_only(document: Any, images: list[dict[str, Any]]) -> Any:
+    """The A+ document with each module image replaced by the image the processor stored under
+    the same path, and dropped when there is none: a handler's result names what it likes, but
+    the page loads no image from anywhere else (no tracking pixels, no third-party hosts)."""
+    stored = {i["storage_path"]: i for i in images if i.get("storage_path")}
+    if isinstance(document, list):
+        return [_stored_only(v, images) for v in document]
+    if not isinstance(document, dict):
+        return document
+    out = {k: _stored_only(v, images) for k, v in document.items() if k != "image"}
+    if "image" in document:
+        image = document["image"]
+        path = image.get("storage_path") if isinstance(image, dict) else None
+        out["image"] = stored.get(path) if isinstance(path, str) else None
+    return out
+
+
+async def act(request: Request) -> Response:
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    if await _checked_form(request, session) is None:
+        return Response("bad or missing CSRF token", 403)
+    action = request.path_params["action"]
+    try:
+        job_id = uuid.UUID(request.path_params["job_id"])
+    except ValueError:
+        return Response("not a job id", 400)
+    if action not in ("retry", "cancel"):
+        return Response("unknown action", 404)
+    try:
+        await _db(request).fetch_one(f"{action}_job", {"id": job_id})
+    except DatabaseError as exc:
+        if exc.outage:
+            raise
+        # Refused by the database for a reason the operator can act on (insufficient credits).
+        return _plain(f"{action} refused: {exc.reason}", exc.status)
+    return RedirectResponse(f"/ui/jobs/{job_id}", 303)
+
+
+def _storable(value: str) -> bool:
+    return not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def _plain(message: str, status: int) -> Response:
+    return Response(message, status, media_type="text/plain; charset=utf-8")
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/ui", 307)
+
+
+routes: list[BaseRoute] = [
+    Route("/", home, methods=["GET"]),
+    Route("/ui", overview, methods=["GET"]),
+    Route("/ui/login", login, methods=["GET", "POST"]),
+    Route("/ui/logout", logout, methods=["POST"]),
+    Route("/ui/jobs", jobs, methods=["GET"]),
+    Route("/ui/jobs/{job_id}", job, methods=["GET"]),
+    Route("/ui/jobs/{job_id}/{action}", act, methods=["POST"]),
+    Mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static"),
+]
