@@ -154,8 +154,8 @@ class Settings:
     lease_seconds: float = 60.0
     max_claim: int = 50
     drain_seconds: float = 8.0
-    max_running: int = 20
-    listen: bool = True  # LISTEN for inserts: millisecond pickup while running
+    max_running_jobs: int = 20
+    listen_for_jobs: bool = True  # LISTEN for inserts: millisecond pickup while running
     run_relay: bool = False  # `processor dev` runs the local pg_net relay inside the service
     shutdown_grace: float = 30.0
     db_pool_max: int = 10
@@ -235,8 +235,8 @@ class Settings:
             "lease_seconds": _number(env, "LEASE_SECONDS", 60.0, minimum=3.0),
             "max_claim": int(_number(env, "MAX_CLAIM", 50, minimum=1)),
             "drain_seconds": _number(env, "DRAIN_SECONDS", 8.0, minimum=0.0),
-            "max_running": int(_number(env, "MAX_RUNNING_JOBS", 20, minimum=1)),
-            "listen": _choice(env, "LISTEN_FOR_JOBS", "on", ("on", "off")) == "on",
+            "max_running_jobs": int(_number(env, "MAX_RUNNING_JOBS", 20, minimum=1)),
+            "listen_for_jobs": _choice(env, "LISTEN_FOR_JOBS", "on", ("on", "off")) == "on",
             "shutdown_grace": _number(env, "SHUTDOWN_GRACE", 30.0, minimum=0.0),
             "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
             "signing_secret": _secret(env, "HANDLER_SIGNING_SECRET"),

@@ -1,7 +1,7 @@
 -- Named queries used by the processor. Each block starts with a "-- name --" line; Python asks
 -- for queries["name"]. Parameters are psycopg named placeholders.
 
--- requeue_expired --
+-- requeue_expired_jobs --
 select requeue_expired_jobs() as requeued;
 
 -- claim_jobs --
@@ -21,7 +21,7 @@ select job_id, new_status
 from fail_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(errors)s::text[],
                %(retryable)s::boolean[]);
 
--- extend_leases --
+-- extend_job_leases --
 select e.id
 from extend_job_leases(%(ids)s::uuid[], %(lease_tokens)s::uuid[],
                        make_interval(secs => %(lease_seconds)s)) as e(id);
@@ -105,7 +105,7 @@ values (%(version)s, %(name)s, %(checksum)s);
 select postpone_job(%(id)s, %(lease_token)s, make_interval(secs => %(delay_seconds)s),
                     %(reason)s) as status;
 
--- set_progress --
+-- set_job_progress --
 select set_job_progress(%(id)s, %(lease_token)s, %(progress)s::jsonb) as ok;
 
 -- images_for_job --

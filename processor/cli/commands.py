@@ -25,6 +25,7 @@ from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.ops import devstack, migrate, relay, retention, schedule, verify
 from processor.settings import BUILTIN_ROUTES, Settings, parse_job_routes
+from processor.status import STATUSES
 
 DEFAULT_PG_PORT = 54320
 
@@ -504,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "jobs", "list jobs, newest first")
     p.add_argument(
         "--status",
-        choices=("pending", "processing", "completed", "failed", "cancelled"),
+        choices=STATUSES,
         help="only jobs in this status",
     )
     p.add_argument("--type", help="only jobs of this type")

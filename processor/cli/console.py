@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from processor.humanize import ago
+from processor.status import FINISHED
 
-FINISHED = ("completed", "failed", "cancelled")
 STYLE = {
     "pending": "yellow",
     "processing": "cyan",

@@ -277,7 +277,7 @@ class Assets:
 
     async def progress(self, done: int, total: int, items: list[dict[str, Any]]) -> None:
         row = await self.ctx.db.fetch_one(
-            "set_progress",
+            "set_job_progress",
             {
                 "id": self.call.job_id,
                 "lease_token": self.call.lease_token,

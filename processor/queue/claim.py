@@ -11,18 +11,16 @@ are answered without touching the database.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import structlog
 
 from processor.queue.dispatch import Dispatcher, Outcome
 from processor.queue.jobs import ClaimedJob, JobQueue
+from processor.queue.rescue import LeaseRescue
 from processor.settings import Settings
 
 log = structlog.get_logger("processor.queue.claim")
-
-REQUEUE_EVERY_SECONDS = 1.0  # expired leases are swept at most this often per processor
 
 
 @dataclass(frozen=True)
@@ -40,20 +38,20 @@ class Claimer:
         self.dispatcher = dispatcher
         self.settings = settings
         self._lock = asyncio.Lock()
-        self._last_requeue = float("-inf")
+        self.rescue = LeaseRescue(queue)
 
     @property
     def free(self) -> int:
-        return max(0, self.settings.max_running - self.dispatcher.running)
+        return max(0, self.settings.max_running_jobs - self.dispatcher.running)
 
     async def claim(self, limit: int, job_types: list[str] | None, *, via: str) -> Claim:
         """Claims up to `limit` due jobs, never more than the free slots, and starts them."""
         async with self._lock:
-            requeued = await self._requeue_expired()
+            requeued = await self.rescue.requeue_expired_jobs()
             want = min(limit, self.free, self.settings.max_claim)
             if want <= 0:
                 return Claim([], [], busy=True, running=self.dispatcher.running, requeued=requeued)
-            jobs = await self.queue.claim(
+            jobs = await self.queue.claim_jobs(
                 self.settings.worker_id, want, job_types, self.settings.lease_seconds
             )
             # Started before the lock is released, so the next claim sees these slots taken.
@@ -67,13 +65,3 @@ class Claimer:
                 via=via,
             )
         return Claim(jobs, tasks, busy=False, running=self.dispatcher.running, requeued=requeued)
-
-    async def _requeue_expired(self) -> int:
-        now = time.monotonic()
-        if now - self._last_requeue < REQUEUE_EVERY_SECONDS:
-            return 0
-        self._last_requeue = now
-        requeued = await self.queue.requeue_expired()
-        if requeued:
-            log.warning("leases_expired_requeued", jobs=requeued)
-        return requeued

@@ -9,9 +9,8 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from processor.queue.handler_client import (
     HandlerClient,
 )
 from processor.queue.jobs import ClaimedJob, JobQueue
-from processor.queue.recorder import OutcomeWriter
+from processor.queue.recorder import Recorder
 from processor.queue.verdict import Verdict, judge
 from processor.settings import Route, Settings
 
@@ -45,7 +44,7 @@ class Outcome:
     id: str
     job_type: str
     attempt: int
-    status: str  # completed | pending (will retry) | failed | lost (lease taken away)
+    status: str  # a Status (completed, pending to retry, failed), or "lost": lease taken away
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,7 +65,7 @@ class Dispatcher:
     shutdown. `running` counts every job from its claim until its outcome is written."""
 
     queue: JobQueue
-    writer: OutcomeWriter
+    writer: Recorder
     settings: Settings
     finished: Counter[str] = field(default_factory=Counter)  # attempts by outcome (/metrics)
 
@@ -79,7 +78,7 @@ class Dispatcher:
 
     async def open(self) -> None:
         self._client = HandlerClient(
-            self.settings.max_running, max_answer_bytes=self.settings.max_answer_bytes
+            self.settings.max_running_jobs, max_answer_bytes=self.settings.max_answer_bytes
         )
         self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
 
@@ -227,7 +226,7 @@ class Dispatcher:
             if not entries:
                 continue
             try:
-                held = await self.writer.extend_leases(
+                held = await self.writer.extend_job_leases(
                     [e.job for e in entries], self.settings.lease_seconds
                 )
             except DatabaseError as exc:
@@ -268,9 +267,7 @@ class Dispatcher:
         error = verdict.error or "failed"
         if verdict.postpone_seconds is not None:
             delay = verdict.postpone_seconds
-            status = await _persist(
-                lambda: self.queue.postpone(job, delay, error), self.settings.lease_seconds
-            )
+            status = await self.writer.postpone_job(job, delay, error)
             if status == "pending":
                 _log(job).warning("job_postponed", error=error, retry_after=delay)
                 return outcome(status)
@@ -322,19 +319,3 @@ def json_depth(text: str, stop: int) -> int:
 def _log(job: ClaimedJob) -> Any:
     """A logger whose lines carry the job's id, type and attempt."""
     return log.bind(job_id=str(job.id), job_type=job.job_type, attempt=job.attempt)
-
-
-async def _persist(write: Callable[[], Awaitable[T]], within: float) -> T:
-    """Writes a single-row outcome, riding out a database outage for as long as the job's lease
-    lasts (`within` seconds): giving up sooner would let the job run again."""
-    deadline = time.monotonic() + within
-    delay = 0.1
-    while True:
-        try:
-            return await write()
-        except DatabaseError as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("outcome_write_retry", error=str(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)

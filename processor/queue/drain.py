@@ -45,7 +45,7 @@ class Drainer:
         again = self._again[key]
         # Claim in chunks: waiting for a quarter of the slots to free up makes fewer, larger
         # claims under load without delaying a job when the processor is idle.
-        chunk = max(1, min(self.settings.max_running, self.settings.max_claim) // 4)
+        chunk = max(1, min(self.settings.max_running_jobs, self.settings.max_claim) // 4)
         try:
             while time.monotonic() < self._deadlines[key]:
                 again.clear()

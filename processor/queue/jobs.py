@@ -45,11 +45,11 @@ class JobQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def requeue_expired(self) -> int:
-        row = await self.db.fetch_one("requeue_expired")
+    async def requeue_expired_jobs(self) -> int:
+        row = await self.db.fetch_one("requeue_expired_jobs")
         return int(row["requeued"]) if row else 0
 
-    async def claim(
+    async def claim_jobs(
         self, worker: str, limit: int, job_types: list[str] | None, lease_seconds: float
     ) -> list[ClaimedJob]:
         rows = await self.db.fetch_all(
@@ -63,7 +63,7 @@ class JobQueue:
         )
         return [ClaimedJob.from_row(row) for row in rows]
 
-    async def postpone(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
+    async def postpone_job(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
         """Back to pending after a rate limit without spending an attempt (capped in SQL)."""
         row = await self.db.fetch_one(
             "postpone_job",
@@ -76,7 +76,7 @@ class JobQueue:
         )
         return row["status"] if row else None
 
-    async def complete_many(self, done: list[tuple[ClaimedJob, Any]]) -> set[UUID]:
+    async def complete_jobs(self, done: list[tuple[ClaimedJob, Any]]) -> set[UUID]:
         """Completes many jobs in one statement, each fenced by its lease token; returns the ids
         completed (the others were no longer held by this worker, and nothing changed)."""
         rows = await self.db.fetch_all(
@@ -90,7 +90,7 @@ class JobQueue:
         )
         return {row["id"] for row in rows}
 
-    async def fail_many(self, failed: list[tuple[ClaimedJob, str, bool]]) -> dict[UUID, str]:
+    async def fail_jobs(self, failed: list[tuple[ClaimedJob, str, bool]]) -> dict[UUID, str]:
         """Records many failed attempts (job, error, retryable) in one statement; returns each
         held job's new status: 'pending' (retry) or 'failed'."""
         rows = await self.db.fetch_all(
@@ -104,10 +104,10 @@ class JobQueue:
         )
         return {row["job_id"]: row["new_status"] for row in rows}
 
-    async def extend_many(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
+    async def extend_job_leases(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
         """Extends the leases of many jobs in one statement; returns the ids still held."""
         rows = await self.db.fetch_all(
-            "extend_leases",
+            "extend_job_leases",
             {
                 "ids": [j.id for j in jobs],
                 "lease_tokens": [j.lease_token for j in jobs],

@@ -1,5 +1,7 @@
-"""Records what became of attempts, in batches: completions and failures from many running jobs
-are written together, one statement per kind per batch, each row still fenced by its lease token.
+"""The one path by which outcomes reach the database: completions, failures, postpones (a 429
+with a wait) and lease extensions, each row fenced by its lease token. Completions and failures
+from many running jobs are written in batches, one statement per kind per batch; a postpone is
+rare and written alone; leases are extended many per statement.
 
 There is no timer: while one batch is being written the next one gathers, so a quiet processor
 writes each outcome at once and a busy one writes hundreds per statement. The writer gets its
@@ -14,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -25,6 +27,7 @@ from processor.queue.jobs import ClaimedJob, JobQueue
 log = structlog.get_logger("processor.queue.recorder")
 
 MAX_BATCH = 500
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,8 +40,9 @@ class _Pending:
     queued_at: float = field(default_factory=time.monotonic)
 
 
-class OutcomeWriter:
-    """complete() and fail() return once their row is written (or known to be lost)."""
+class Recorder:
+    """complete(), fail() and postpone_job() return once their row is written (or known to be
+    lost); every write rides out a database outage for as long as the job's lease lasts."""
 
     def __init__(
         self, queue: JobQueue, *, give_up_after: float, max_batch: int = MAX_BATCH
@@ -83,10 +87,20 @@ class OutcomeWriter:
         result: str | None = await pending.future
         return result
 
-    async def extend_leases(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
-        """Extends many leases in one statement, on the writer's own connections too: keeping
-        a lease must never wait behind claims or handlers for a connection."""
-        return await self.queue.extend_many(jobs, lease_seconds)
+    async def postpone_job(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
+        """Back to pending after a rate limit without spending an attempt: the job's new status,
+        or None when the lease was lost."""
+        return await _retrying(
+            lambda: self.queue.postpone_job(job, delay_seconds, reason),
+            started=time.monotonic(),
+            within=self.give_up_after,
+        )
+
+    async def extend_job_leases(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
+        """Extends many leases in one statement, on the recorder's own connections too:
+        keeping a lease must never wait behind claims or handlers for a connection. Not
+        retried: the heartbeat asks again within a third of the lease."""
+        return await self.queue.extend_job_leases(jobs, lease_seconds)
 
     async def _run(self) -> None:
         while True:
@@ -113,33 +127,47 @@ class OutcomeWriter:
     ) -> None:
         if not batch:
             return
-        delay = 0.1
-        while True:
-            try:
-                results: dict[UUID, Any] = await write(batch)
-            except DatabaseError as exc:
-                waited = time.monotonic() - min(p.queued_at for p in batch)
-                if waited + delay > self.give_up_after:
-                    log.error("outcome_write_failed", jobs=len(batch), error=str(exc))
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                    return
-                log.warning("outcome_write_retry", jobs=len(batch), error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self.batches += 1
+        try:
+            results: dict[UUID, Any] = await _retrying(
+                lambda: write(batch),
+                started=min(p.queued_at for p in batch),
+                within=self.give_up_after,
+                jobs=len(batch),
+            )
+        except DatabaseError as exc:
             for p in batch:
                 if not p.future.done():
-                    p.future.set_result(results.get(p.job.id))
+                    p.future.set_exception(exc)
             return
+        self.batches += 1
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(results.get(p.job.id))
 
     async def _write_completions(self, batch: list[_Pending]) -> dict[UUID, Any]:
-        done = await self.queue.complete_many([(p.job, p.result) for p in batch])
+        done = await self.queue.complete_jobs([(p.job, p.result) for p in batch])
         return {job_id: True for job_id in done}
 
     async def _write_failures(self, batch: list[_Pending]) -> dict[UUID, Any]:
-        return await self.queue.fail_many(
+        return await self.queue.fail_jobs(
             [(p.job, p.error or "failed", p.retryable) for p in batch]
         )
+
+
+async def _retrying(
+    write: Callable[[], Awaitable[T]], *, started: float, within: float, jobs: int = 1
+) -> T:
+    """The one retry rule for outcome writes: try again with backoff while the oldest job's
+    lease (`within` seconds from `started`) would still hold; giving up sooner would let the
+    job run again after its lease expires."""
+    delay = 0.1
+    while True:
+        try:
+            return await write()
+        except DatabaseError as exc:
+            if time.monotonic() - started + delay > within:
+                log.error("outcome_write_failed", jobs=jobs, error=str(exc))
+                raise
+            log.warning("outcome_write_retry", jobs=jobs, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -28,7 +28,6 @@ from processor.images import handlers
 from processor.images.common import HandlerContext
 from processor.images.fetch import Fetcher
 from processor.ops.relay import Relay
-from processor.providers import metering as spend
 from processor.providers.registry import build as build_providers
 from processor.providers.registry import storage_for
 from processor.providers.shared_limits import SharedLimits
@@ -38,17 +37,17 @@ from processor.queue.dispatch import Dispatcher, Outcome
 from processor.queue.drain import Drainer
 from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.listen import Listener, why_not_listen
-from processor.queue.recorder import OutcomeWriter
+from processor.queue.recorder import Recorder
 from processor.settings import Settings
 from processor.web.body_limit import BodyLimit
+from processor.web.metrics import metrics
 from processor.web.openapi import document
+from processor.web.requests import ClaimRequest, short
 from processor.web.ui import pages as ui_pages
 from processor.web.ui.session import Sessions
 
 log = structlog.get_logger("processor.web.app")
 
-CLAIM_FIELDS = ("limit", "job_types", "wait", "drain")
-MAX_JOB_TYPES = 100
 HEALTH_TIMEOUT = 1.0  # /healthz answers within this, whatever the database does
 
 
@@ -73,7 +72,8 @@ async def process_jobs(request: Request) -> Response:
     them. With no free slot it claims nothing and answers "busy"."""
     require_token(request)
     settings: Settings = request.app.state.settings
-    limit, job_types, wait, drain = parse_claim_request(await request.body(), settings.max_claim)
+    ask = ClaimRequest.parse(await request.body(), settings.max_claim)
+    limit, job_types, wait, drain = ask.limit, ask.job_types, ask.wait, ask.drain
     if request.app.state.stopping.is_set():
         raise HTTPException(
             503, "the processor is shutting down; nothing claimed", headers={"Retry-After": "5"}
@@ -89,7 +89,7 @@ async def process_jobs(request: Request) -> Response:
     }
     if claim.busy:
         body["message"] = (
-            f"Busy: {claim.running} of {settings.max_running} jobs running; nothing claimed"
+            f"Busy: {claim.running} of {settings.max_running_jobs} jobs running; nothing claimed"
         )
         body["busy"] = True
         body["running"] = claim.running
@@ -153,70 +153,13 @@ def begin_shutdown(app: object) -> None:
         loop.call_soon_threadsafe(stopping.set)
 
 
-def parse_claim_request(raw: bytes, max_limit: int) -> tuple[int, list[str] | None, bool, bool]:
-    """Validates the optional body {"limit", "job_types", "wait", "drain"}; 400 names what is
-    wrong. drain: keep claiming due jobs for DRAIN_SECONDS after answering (the trigger path)."""
-    if not raw.strip():
-        return 1, None, False, False
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise HTTPException(400, "body is not valid JSON: it nests too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
-        raise HTTPException(400, f"body is not valid JSON: {_short(exc)}") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, f"body must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(CLAIM_FIELDS))
-    if unknown:
-        raise HTTPException(
-            400, f"unknown field(s): {', '.join(unknown)}; expected {', '.join(CLAIM_FIELDS)}"
-        )
-    limit = data.get("limit", 1)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= max_limit:
-        raise HTTPException(
-            400, f"limit must be an integer from 1 to {max_limit}, got {_short(repr(limit))}"
-        )
-    job_types = data.get("job_types")
-    if job_types is not None and (
-        not isinstance(job_types, list)
-        or not 1 <= len(job_types) <= MAX_JOB_TYPES
-        or not all(isinstance(t, str) and _type_name(t) for t in job_types)
-    ):
-        raise HTTPException(
-            400,
-            f"job_types must be a list of 1 to {MAX_JOB_TYPES} job type names "
-            "(200 characters at most each, without control characters)",
-        )
-    wait = data.get("wait", False)
-    if not isinstance(wait, bool):
-        raise HTTPException(400, f"wait must be true or false, got {_short(repr(wait))}")
-    drain = data.get("drain", False)
-    if not isinstance(drain, bool):
-        raise HTTPException(400, f"drain must be true or false, got {_short(repr(drain))}")
-    return limit, job_types, wait, drain
-
-
-def _type_name(text: str) -> bool:
-    """A job type name as the database can store and match it: 1-200 characters, not all
-    blank, no control characters (NUL cannot be stored at all) and no lone surrogates."""
-    return (
-        0 < len(text) <= 200
-        and bool(text.strip())
-        and not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
-    )
-
-
-def _short(value: object, limit: int = 80) -> str:
-    return redact.clean(str(value), limit)
-
-
 async def get_job(request: Request) -> Response:
     require_token(request)
     raw = request.path_params["job_id"]
     try:
         job_id = uuid.UUID(raw)
     except ValueError:
-        raise HTTPException(400, f"job id must be a UUID, got {_short(repr(raw))}") from None
+        raise HTTPException(400, f"job id must be a UUID, got {short(repr(raw))}") from None
     job = await request.app.state.queue.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -230,65 +173,6 @@ async def get_job(request: Request) -> Response:
         "attempts": attempts,
     }
     return ApiResponse(job)
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus text: the queue by type and status, and this process's attempts."""
-    require_token(request)
-    rows = await request.app.state.queue.db.fetch_all("queue_stats")
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    lines = [
-        "# HELP processor_jobs Jobs in job_queue by type and status.",
-        "# TYPE processor_jobs gauge",
-    ]
-    lines += [
-        f'processor_jobs{{job_type="{_label(r["job_type"])}",status="{r["status"]}"}} {r["jobs"]}'
-        for r in rows
-    ]
-    lines += [
-        "# HELP processor_oldest_pending_seconds Age of the oldest pending job by type.",
-        "# TYPE processor_oldest_pending_seconds gauge",
-    ]
-    lines += [
-        f'processor_oldest_pending_seconds{{job_type="{_label(r["job_type"])}"}} '
-        f"{float(r['oldest_pending_seconds']):.3f}"
-        for r in rows
-        if r["oldest_pending_seconds"] is not None
-    ]
-    lines += [
-        "# HELP processor_running_jobs Jobs this process is running now.",
-        "# TYPE processor_running_jobs gauge",
-        f"processor_running_jobs {dispatcher.running}",
-        "# HELP processor_attempts_total Attempts this process finished, by outcome.",
-        "# TYPE processor_attempts_total counter",
-    ]
-    lines += [
-        f'processor_attempts_total{{outcome="{k}"}} {v}'
-        for k, v in sorted(dispatcher.finished.items())
-    ]
-    lines += [
-        "# HELP processor_provider_calls_total Provider calls this process made, by outcome.",
-        "# TYPE processor_provider_calls_total counter",
-    ]
-    lines += [
-        f'processor_provider_calls_total{{provider="{_label(p)}",outcome="{o}"}} {n}'
-        for (p, o), n in sorted(spend.TOTALS.items())
-    ]
-    lines += [
-        "# HELP processor_provider_cost_usd_total Estimated cost of those calls (PROVIDER_PRICES).",
-        "# TYPE processor_provider_cost_usd_total counter",
-    ]
-    lines += [
-        f'processor_provider_cost_usd_total{{provider="{_label(p)}",outcome="{o}"}} {c:.6f}'
-        for (p, o), c in sorted(spend.COSTS.items())
-    ]
-    return PlainTextResponse(
-        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 async def openapi(request: Request) -> Response:
@@ -358,7 +242,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         )
         providers = build_providers(settings.providers, client, settings.processor_url)
         queue = JobQueue(db)
-        writer = OutcomeWriter(JobQueue(outcome_db), give_up_after=settings.lease_seconds)
+        writer = Recorder(JobQueue(outcome_db), give_up_after=settings.lease_seconds)
         writer.start()
         dispatcher = Dispatcher(queue, writer, settings)
         await dispatcher.open()
@@ -398,11 +282,11 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         background = [asyncio.create_task(stop_claiming(), name="stop-claiming")]
         if settings.run_relay:
             background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
-        reason = why_not_listen(settings.database_url, settings.listen)
+        reason = why_not_listen(settings.database_url, settings.listen_for_jobs)
         if reason is None:
             listener = Listener(settings.database_url, lambda: drainer.request(None))
             background.append(asyncio.create_task(listener.run(), name="listener"))
-        elif settings.listen:
+        elif settings.listen_for_jobs:
             log.warning("listen_unavailable", reason=reason)
         else:
             log.info("listen_off", reason=reason)
@@ -410,7 +294,7 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             "processor_started",
             worker=settings.worker_id,
             routes=sorted(settings.routes()),
-            max_running=settings.max_running,
+            max_running=settings.max_running_jobs,
         )
         try:
             yield

@@ -8,6 +8,7 @@ from typing import Any
 
 from processor import __version__
 from processor.signing import DELIVERY_HEADER, HEADER
+from processor.status import STATUSES
 
 JSON = "application/json"
 TYPE_NAME = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"  # not blank, no control characters
@@ -286,9 +287,7 @@ def document(max_claim: int) -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string", "format": "uuid"},
                         "job_type": {"type": "string"},
-                        "status": {
-                            "enum": ["pending", "processing", "completed", "failed", "cancelled"]
-                        },
+                        "status": {"enum": list(STATUSES)},
                         "attempt": {"type": "integer"},
                         "errors": {"type": "array"},
                         "error_message": {"type": ["string", "null"]},

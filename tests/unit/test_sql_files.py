@@ -21,9 +21,9 @@ def test_every_query_the_code_uses_is_defined():
         "claim_jobs",
         "complete_jobs",
         "fail_jobs",
-        "extend_leases",
+        "extend_job_leases",
         "listen_inserts",
-        "requeue_expired",
+        "requeue_expired_jobs",
         "get_job",
         "migrations_record",
     } <= set(queries())

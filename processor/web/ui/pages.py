@@ -28,12 +28,12 @@ from processor.errors import DatabaseError
 from processor.humanize import ago
 from processor.ops.schedule import JOB_NAME
 from processor.providers.storage import fresh_urls
+from processor.status import STATUSES
 from processor.web.ui.session import Session, Sessions
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 PAGE_SIZE = 50
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 CSP = (
     "default-src 'self'; img-src 'self' https: data:; script-src 'self'; style-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"

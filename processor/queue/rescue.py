@@ -1,0 +1,35 @@
+"""The lease rescue: jobs whose lease ran out (their worker died, hung or lost the database)
+go back to pending with the attempt counted, or end failed after their last one
+(requeue_expired_jobs). Every claim asks for it, at most once per REQUEUE_EVERY_SECONDS per
+processor, so a queue with a live processor never holds an expired lease for long."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from processor.queue.jobs import JobQueue
+
+log = structlog.get_logger("processor.queue.rescue")
+
+REQUEUE_EVERY_SECONDS = 1.0
+
+
+class LeaseRescue:
+    def __init__(self, queue: JobQueue, every: float = REQUEUE_EVERY_SECONDS) -> None:
+        self.queue = queue
+        self.every = every
+        self._last = float("-inf")
+
+    async def requeue_expired_jobs(self) -> int:
+        """Sends back expired jobs unless this processor did so less than `every` s ago; returns
+        how many it moved."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return 0
+        self._last = now
+        moved = await self.queue.requeue_expired_jobs()
+        if moved:
+            log.warning("leases_expired_requeued", jobs=moved)
+        return moved
