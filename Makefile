@@ -5,7 +5,7 @@ PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint format check system-deps test-deps install clean
+.PHONY: dev test test-fast lint format check schema system-deps test-deps install clean
 
 $(BIN)/processor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ dev: system-deps install
 
 test: system-deps test-deps install
 	$(BIN)/pytest
+
+# The unit tests only: no database, no system packages, a few seconds.
+test-fast: install
+	$(BIN)/pytest tests/unit -q
+
+# Regenerates sql/schema.sql from a freshly migrated private cluster (after a new migration).
+schema: system-deps install
+	$(BIN)/python -m processor.ops.schema
 
 lint: install
 	$(BIN)/ruff check .

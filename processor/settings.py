@@ -446,3 +446,51 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What the command-line commands read from the environment besides the service's own
+    Settings: each is read when a command asks for it, so `processor jobs` does not need the
+    variables only `serve` needs."""
+
+    env: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CommandSettings:
+        return cls(os.environ if env is None else env)
+
+    @property
+    def database_url(self) -> str:
+        url = self.env.get("DATABASE_URL", "")
+        if not url:
+            raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/db)")
+        return url
+
+    @property
+    def processor_url(self) -> str | None:
+        return self.env.get("PROCESSOR_URL") or None
+
+    @property
+    def token(self) -> str:
+        return self.env.get("PROCESSOR_TOKEN", "")
+
+    @property
+    def log_format(self) -> str:
+        return self.env.get("LOG_FORMAT", "auto")
+
+    @property
+    def log_level(self) -> str:
+        return self.env.get("LOG_LEVEL", "info")
+
+    @property
+    def job_routes(self) -> str:
+        return self.env.get("JOB_ROUTES", "")
+
+    @property
+    def providers(self) -> ProviderSettings:
+        return ProviderSettings.from_env(self.env)
+
+    def port(self, name: str, default: int) -> int:
+        """A port number from `name` (PORT, PROCESSOR_PG_PORT), else `default`."""
+        return int(_number(self.env, name, default, minimum=1))

@@ -1,4 +1,5 @@
-"""Where the SQL lives: the migrations and the named queries of sql/queries.sql."""
+"""Where the SQL lives: the migrations, and the named queries in sql/queries/*.sql (one file per
+concern; a name may be defined once across all of them)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,23 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
+def load_queries(folder: Path) -> dict[str, str]:
+    """Every named query in the folder's .sql files; a name defined twice, in one file or in
+    two, is an error that names both places."""
+    found: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for path in sorted(folder.glob("*.sql")):
+        for name, body in parse_queries(path.read_text(encoding="utf-8")).items():
+            if name in found:
+                raise ValueError(f"query {name!r} is defined twice ({where[name]}, {path.name})")
+            found[name], where[name] = body, path.name
+    return found
+
+
 @cache
 def queries() -> dict[str, sql.SQL]:
     """The named queries, loaded once."""
-    text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
-    return {name: sql.SQL(body) for name, body in parse_queries(text).items()}
+    return {name: sql.SQL(body) for name, body in load_queries(sql_dir() / "queries").items()}
 
 
 def query(name: str) -> sql.SQL:

@@ -4,10 +4,8 @@ database, and a fresh copy of it for every test that asks for one."""
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -16,24 +14,9 @@ from psycopg.rows import dict_row
 
 from processor.ops.migrate import migrate
 from processor.ops.pgcluster import LocalCluster, free_port
-from tests.support import ScriptedHandler, ThreadedServer
+from tests.support import CLIENTS, TOKEN, ScriptedHandler, ThreadedServer, throwaway_cluster
 
 TEMPLATE = "processor_template"
-
-
-@contextmanager
-def throwaway_cluster(
-    prefix: str = "processor-test-", superuser: str = "postgres"
-) -> Iterator[LocalCluster]:
-    """A started PostgreSQL cluster with pg_cron in a temporary folder, deleted afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    folder.chmod(0o755)
-    pg = LocalCluster(folder / "pg", free_port(), fast=True, superuser=superuser)
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +64,6 @@ def handler(handler_server: tuple[ThreadedServer, ScriptedHandler]) -> ScriptedH
 @pytest.fixture
 def handler_url(handler_server: tuple[ThreadedServer, ScriptedHandler]) -> str:
     return handler_server[0].url
-
-
-TOKEN = "test-token-0123456789abcdef"
 
 
 @pytest.fixture
@@ -135,3 +115,11 @@ def fake_gemini():
                 "IMAGE_PROVIDER": "gemini",
             },
         )
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    """Closes the signed-in status-page clients a test made (tests.support.signed_in)."""
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()

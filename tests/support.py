@@ -1,21 +1,32 @@
-"""Test support: real HTTP servers in threads, and a scriptable job handler."""
+"""What the tests share: the token, a throwaway cluster, real HTTP servers in threads, a
+scriptable job handler, and small helpers to enqueue, claim, read and wait for jobs. Test
+modules import from here, never from each other."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import uvicorn
+from psycopg.types.json import Jsonb
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from processor.ops.pgcluster import free_port
+from processor.ops.pgcluster import LocalCluster, free_port
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -224,3 +235,116 @@ class RawHandler:
                 await writer.drain()
         finally:
             writer.close()
+
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+@contextmanager
+def throwaway_cluster(
+    prefix: str = "processor-test-", superuser: str = "postgres"
+) -> Iterator[LocalCluster]:
+    """A started PostgreSQL cluster with pg_cron in a temporary folder, deleted afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    pg = LocalCluster(folder / "pg", free_port(), fast=True, superuser=superuser)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+def enqueue(conn, job_type: str = "ok", respond: dict | None = None, **cols: Any) -> uuid.UUID:
+    payload = {"respond": respond} if respond else {}
+    return conn.execute(
+        "select enqueue_job(%s, %s, p_max_retries => %s) as id",
+        (job_type, Jsonb(payload), cols.get("max_retries", 3)),
+    ).fetchone()["id"]
+
+
+def post(server, body: Any = None, token: str | None = TOKEN, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    content = body if isinstance(body, str | bytes) else (json.dumps(body) if body else None)
+    return httpx.post(
+        f"{server.url}/process-jobs", content=content, headers=headers, timeout=60, **kw
+    )
+
+
+def row(conn, job_id) -> dict:
+    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
+
+
+def wait_for(conn, job_id, statuses: set[str], timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = row(conn, job_id)
+        if current["status"] in statuses:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {current['status']}, wanted {statuses}")
+        time.sleep(0.05)
+
+
+PRODUCT = {
+    "name": "Ceramic Mug",
+    "description": "A 350 ml stoneware mug.",
+    "features": ["Holds 350 ml", "Dishwasher safe"],
+}
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+CLIENTS: list[httpx.Client] = []
+
+
+def signed_in(server) -> httpx.Client:
+    client = httpx.Client(base_url=server.url, follow_redirects=False)
+    CLIENTS.append(client)
+    answer = client.post("/ui/login?next=/ui/jobs", data={"token": TOKEN})
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/jobs"
+    return client
+
+
+def csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def add_job(conn: psycopg.Connection, job_type: str = "t", **cols: object) -> uuid.UUID:
+    cols = {"job_type": job_type, "payload": Jsonb(cols.pop("payload", {})), **cols}
+    names = ", ".join(cols)
+    marks = ", ".join(f"%({k})s" for k in cols)
+    return conn.execute(
+        f"insert into job_queue ({names}) values ({marks}) returning id", cols
+    ).fetchone()["id"]
+
+
+def claim(
+    conn: psycopg.Connection,
+    limit: int = 1,
+    types: list[str] | None = None,
+    lease: str = "60 seconds",
+) -> list[dict]:
+    return conn.execute(
+        "select * from claim_jobs('w1', %s, %s, %s::interval)", (limit, types, lease)
+    ).fetchall()
+
+
+def fail_attempt(conn, job_id, message="boom", retryable=True):
+    token = job(conn, job_id)["lease_token"]
+    return conn.execute(
+        "select mark_job_failed(%s, %s, %s, %s) as s", (job_id, token, message, retryable)
+    ).fetchone()["s"]
+
+
+def make_due(conn, job_id):
+    conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
+
+
+def job(conn: psycopg.Connection, job_id: uuid.UUID) -> dict:
+    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,17 +23,18 @@ from processor.cli import console
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.ops import devstack, migrate, relay, retention, schedule, verify
-from processor.settings import BUILTIN_ROUTES, Settings, parse_job_routes
+from processor.settings import BUILTIN_ROUTES, CommandSettings, Settings, parse_job_routes
 from processor.status import STATUSES
 
 DEFAULT_PG_PORT = 54320
 
 
+def _env() -> CommandSettings:
+    return CommandSettings.from_env()
+
+
 def _database_url() -> str:
-    url = os.environ.get("DATABASE_URL", "")
-    if not url:
-        raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user@host:5432/db)")
-    return url
+    return _env().database_url
 
 
 def _print_json(value: Any) -> None:
@@ -72,7 +72,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    url = os.environ.get("PROCESSOR_URL") or f"http://{args.host}:{args.port}"
+    url = _env().processor_url or f"http://{args.host}:{args.port}"
     _serve(Settings.from_env(processor_url=url.rstrip("/")), args.host, args.port)
     return 0
 
@@ -82,13 +82,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    url = args.url or os.environ.get("PROCESSOR_URL")
+    url = args.url or _env().processor_url
     if not url:
         raise ConfigError("give the processor's URL: --url https://… (or set PROCESSOR_URL)")
     result = schedule.schedule(
         _database_url(),
         url,
-        os.environ.get("PROCESSOR_TOKEN", ""),
+        _env().token,
         local=args.local,
         instant_pickup=args.instant_pickup == "on",
     )
@@ -114,7 +114,7 @@ def cmd_unschedule(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    configure(os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"))
+    configure(_env().log_format, _env().log_level)
     asyncio.run(relay.run_forever(_database_url()))
     return 0
 
@@ -137,7 +137,7 @@ def enqueue_problems(job_type: str, payload: Any) -> list[str]:
     payload that breaks its rules (the same rules its handler applies)."""
     from processor.images.payload import PayloadError, parse
 
-    routes = set(BUILTIN_ROUTES) | set(parse_job_routes(os.environ.get("JOB_ROUTES", ""), 120))
+    routes = set(BUILTIN_ROUTES) | set(parse_job_routes(_env().job_routes, 120))
     if job_type not in routes:
         return [
             f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(routes))} "
@@ -229,11 +229,10 @@ def _with_fresh_urls(job: dict[str, Any]) -> dict[str, Any]:
     stored); with public or local storage the stored URLs are shown as they are."""
     from processor.providers.registry import storage_for
     from processor.providers.storage import fresh_urls
-    from processor.settings import ProviderSettings
 
     storage = storage_for(
-        ProviderSettings.from_env(os.environ),
-        os.environ.get("PROCESSOR_URL", "http://127.0.0.1:8000"),
+        _env().providers,
+        _env().processor_url or "http://127.0.0.1:8000",
     )
     if storage.durable_urls:
         return job
@@ -365,11 +364,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     storage = None
     if args.with_files:
         from processor.providers.registry import storage_for
-        from processor.settings import ProviderSettings
 
         storage = storage_for(
-            ProviderSettings.from_env(os.environ),
-            os.environ.get("PROCESSOR_URL", "http://127.0.0.1:8000"),
+            _env().providers,
+            _env().processor_url or "http://127.0.0.1:8000",
         )
     pruned = retention.prune(
         _database_url(),
@@ -446,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pg-port",
         type=int,
-        default=int(os.environ.get("PROCESSOR_PG_PORT", DEFAULT_PG_PORT)),
+        default=_env().port("PROCESSOR_PG_PORT", DEFAULT_PG_PORT),
         help="port of the private PostgreSQL (env PROCESSOR_PG_PORT)",
     )
     p.set_defaults(func=cmd_dev)
@@ -462,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PORT") or 8000),
+        default=_env().port("PORT", 8000),
         help="HTTP port (env PORT, as container platforms set it)",
     )
     p.set_defaults(func=cmd_serve)
@@ -611,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # defaults read PORT and PROCESSOR_PG_PORT
         return int(args.func(args))
     except ProcessorError as exc:
         print(f"processor: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from processor.errors import ClusterError
 SERVER_USER = "postgres"
 
 
-def _bindir() -> Path:
+def bindir() -> Path:
     """Where initdb and pg_ctl live: PG_BINDIR, else pg_config --bindir, else the newest."""
     if os.environ.get("PG_BINDIR"):
         return Path(os.environ["PG_BINDIR"])
@@ -104,7 +104,7 @@ class LocalCluster:
         return self.data_dir.parent / "postgres.log"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        exe = str(_bindir() / args[0])
+        exe = str(bindir() / args[0])
         cmd = [exe, *args[1:]]
         if _as_root():
             cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
@@ -123,9 +123,9 @@ class LocalCluster:
             os.chown(self.data_dir.parent, info.pw_uid, info.pw_gid)
 
     def check_pg_cron(self) -> None:
-        control = _sharedir(_bindir()) / "extension" / "pg_cron.control"
+        control = _sharedir(bindir()) / "extension" / "pg_cron.control"
         if not control.exists():
-            version = _bindir().parent.name
+            version = bindir().parent.name
             raise ClusterError(
                 f"pg_cron is not installed for PostgreSQL {version}: "
                 f"apt-get install postgresql-{version}-cron (or run `make system-deps`)"

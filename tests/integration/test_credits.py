@@ -11,6 +11,8 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.support import TOKEN
+
 PAYLOAD = Jsonb({"project_id": "p1", "product": {"name": "Mug"}})
 
 
@@ -159,8 +161,6 @@ def test_a_pack_run_by_the_service_is_charged_once_and_a_refused_one_never_runs(
     make_service, credits_on
 ):
     import httpx
-
-    from tests.conftest import TOKEN
 
     conn = credits_on
     server = make_service()

@@ -13,15 +13,8 @@ from PIL import Image
 from psycopg.types.json import Jsonb
 
 from processor.images.imaging import product_fill
-from tests.conftest import TOKEN
 from tests.fakes import product_photo
-from tests.support import ThreadedServer
-
-PRODUCT = {
-    "name": "Ceramic Mug",
-    "description": "A 350 ml stoneware mug.",
-    "features": ["Holds 350 ml", "Dishwasher safe"],
-}
+from tests.support import PRODUCT, TOKEN, ThreadedServer, job, make_due
 
 
 def enqueue(conn, job_type: str, payload: dict) -> str:
@@ -41,14 +34,6 @@ def run(server, **body) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def job(conn, job_id: str) -> dict:
-    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
-
-
-def make_due(conn, job_id: str) -> None:
-    conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
 
 
 def white_corners(image: Image.Image) -> bool:

@@ -12,29 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-
-def add_job(conn: psycopg.Connection, job_type: str = "t", **cols: object) -> uuid.UUID:
-    cols = {"job_type": job_type, "payload": Jsonb(cols.pop("payload", {})), **cols}
-    names = ", ".join(cols)
-    marks = ", ".join(f"%({k})s" for k in cols)
-    return conn.execute(
-        f"insert into job_queue ({names}) values ({marks}) returning id", cols
-    ).fetchone()["id"]
-
-
-def claim(
-    conn: psycopg.Connection,
-    limit: int = 1,
-    types: list[str] | None = None,
-    lease: str = "60 seconds",
-) -> list[dict]:
-    return conn.execute(
-        "select * from claim_jobs('w1', %s, %s, %s::interval)", (limit, types, lease)
-    ).fetchall()
-
-
-def job(conn: psycopg.Connection, job_id: uuid.UUID) -> dict:
-    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
+from tests.support import add_job, claim, fail_attempt, job, make_due
 
 
 def expire_lease(conn: psycopg.Connection, job_id: uuid.UUID) -> None:
@@ -158,17 +136,6 @@ def test_a_late_worker_changes_nothing_after_its_job_was_requeued_and_reclaimed(
         assert result in (False, None)
     row = job(conn, job_id)
     assert (row["status"], row["lease_token"]) == ("processing", new)
-
-
-def fail_attempt(conn, job_id, message="boom", retryable=True):
-    token = job(conn, job_id)["lease_token"]
-    return conn.execute(
-        "select mark_job_failed(%s, %s, %s, %s) as s", (job_id, token, message, retryable)
-    ).fetchone()["s"]
-
-
-def make_due(conn, job_id):
-    conn.execute("update job_queue set run_at = now() where id = %s", (job_id,))
 
 
 def test_max_retries_three_means_four_attempts(conn):

@@ -12,9 +12,8 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.conftest import TOKEN
 from tests.fakes import FakeGemini
-from tests.support import ThreadedServer
+from tests.support import TOKEN, ThreadedServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

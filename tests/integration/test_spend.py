@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from processor.cli.commands import main
 from processor.providers.metering import estimate
 from processor.settings import DEFAULT_PRICES
-from tests.conftest import TOKEN
+from tests.support import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}

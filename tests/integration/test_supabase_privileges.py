@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from processor.ops.migrate import migrate
-from tests.conftest import throwaway_cluster
+from tests.support import throwaway_cluster
 
 HERE = Path(__file__).resolve().parents[1] / "sql"
 

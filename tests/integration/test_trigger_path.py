@@ -15,8 +15,7 @@ from processor.errors import ConfigError
 from processor.ops import migrate, schedule
 from processor.ops.pgcluster import LocalCluster, free_port
 from processor.ops.verify import verify
-from tests.conftest import TOKEN
-from tests.support import wait_until
+from tests.support import TOKEN, wait_until
 
 
 def wire(database_url: str, server_url: str, *, instant_pickup: bool = True) -> None:

@@ -9,28 +9,7 @@ import httpx
 import psycopg.sql
 import pytest
 
-from tests.conftest import TOKEN
-
-CLIENTS: list[httpx.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
-
-
-def signed_in(server) -> httpx.Client:
-    client = httpx.Client(base_url=server.url, follow_redirects=False)
-    CLIENTS.append(client)
-    answer = client.post("/ui/login?next=/ui/jobs", data={"token": TOKEN})
-    assert answer.status_code == 303 and answer.headers["location"] == "/ui/jobs"
-    return client
-
-
-def csrf(page: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+from tests.support import TOKEN, csrf, signed_in
 
 
 def test_pages_need_a_session_and_the_token_never_appears_in_a_url_or_cookie(make_service):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.conftest import TOKEN
+from tests.support import TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".artifacts" / "ui"

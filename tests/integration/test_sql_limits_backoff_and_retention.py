@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.integration.test_queue_sql import add_job, claim, fail_attempt, job, make_due
+from tests.support import add_job, claim, fail_attempt, job, make_due
 
 
 def nested(depth: int) -> str:

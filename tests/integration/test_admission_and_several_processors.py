@@ -18,8 +18,7 @@ import psycopg
 import pytest
 
 from processor.ops.pgcluster import free_port
-from tests.conftest import TOKEN
-from tests.support import wait_until
+from tests.support import TOKEN, healthy, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -172,20 +171,13 @@ def serve_processes(database_url: str, handler_url: str, tmp_path: Path):
             stderr=subprocess.DEVNULL,
         )
         procs.append((proc, url))
-        wait_until(lambda: _healthy(url), 20, f"processor on {url}")
+        wait_until(lambda: healthy(url), 20, f"processor on {url}")
         return url
 
     yield start
     for proc, _ in procs:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _completed_here(url: str) -> int:

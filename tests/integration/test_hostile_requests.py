@@ -1,5 +1,5 @@
-"""Issue 8, row by row: what an attacker or an unlucky operator can do to the service, and what
-it does now. Real PostgreSQL, real HTTP servers; only the AI providers are fakes."""
+"""What an attacker or an unlucky operator can do to the service, row by row, and what it does
+now. Real PostgreSQL, real HTTP servers; only the AI providers are fakes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from processor.ops.pgcluster import free_port
-from tests.conftest import TOKEN
 from tests.fakes import FakeGemini, product_photo
-from tests.integration.test_handlers import PRODUCT
-from tests.integration.test_service import enqueue, post, row
-from tests.support import ThreadedServer, wait_until
+from tests.support import PRODUCT, TOKEN, ThreadedServer, enqueue, post, row, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

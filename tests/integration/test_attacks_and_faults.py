@@ -1,4 +1,4 @@
-"""What an attacker or a fault would try against the processor (issue 14), each reproduced:
+"""What an attacker or a fault would try against the processor , each reproduced:
 one attempt is one delivery, signed calls stay on their route, operator output is inert, and
 every odd input gets a clear answer that loses nothing."""
 
@@ -22,11 +22,19 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from processor.ops.pgcluster import free_port
-from tests.conftest import TOKEN
-from tests.integration.test_load import _healthy
-from tests.integration.test_service import enqueue, post, row, wait_for
-from tests.integration.test_ui import CLIENTS, _close_clients, csrf, signed_in  # noqa: F401
-from tests.support import RawHandler, wait_until
+from tests.support import (
+    CLIENTS,
+    TOKEN,
+    RawHandler,
+    csrf,
+    enqueue,
+    healthy,
+    post,
+    row,
+    signed_in,
+    wait_for,
+    wait_until,
+)
 
 # --- one attempt, one delivery ------------------------------------------------------------------
 
@@ -435,7 +443,7 @@ def test_sigterm_answers_an_open_wait_call_and_exits_within_the_grace(
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_until(lambda: _healthy(url), 20, "processor serve")
+        wait_until(lambda: healthy(url), 20, "processor serve")
         answer: list[httpx.Response] = []
         caller = threading.Thread(
             target=lambda: answer.append(

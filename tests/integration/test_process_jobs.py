@@ -8,47 +8,14 @@ import json
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
 import httpx
 import pytest
-from psycopg.types.json import Jsonb
 
 from processor.ops.pgcluster import free_port
 from processor.settings import derive_signing_secret
 from processor.signing import SignatureError
-from tests.conftest import TOKEN
-
-
-def enqueue(conn, job_type: str = "ok", respond: dict | None = None, **cols: Any) -> uuid.UUID:
-    payload = {"respond": respond} if respond else {}
-    return conn.execute(
-        "select enqueue_job(%s, %s, p_max_retries => %s) as id",
-        (job_type, Jsonb(payload), cols.get("max_retries", 3)),
-    ).fetchone()["id"]
-
-
-def post(server, body: Any = None, token: str | None = TOKEN, **kw: Any) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    content = body if isinstance(body, str | bytes) else (json.dumps(body) if body else None)
-    return httpx.post(
-        f"{server.url}/process-jobs", content=content, headers=headers, timeout=60, **kw
-    )
-
-
-def row(conn, job_id) -> dict:
-    return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
-
-
-def wait_for(conn, job_id, statuses: set[str], timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = row(conn, job_id)
-        if current["status"] in statuses:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job stayed {current['status']}, wanted {statuses}")
-        time.sleep(0.05)
+from tests.support import TOKEN, enqueue, post, row, wait_for
 
 
 def test_with_nothing_due_it_says_so(make_service):

@@ -20,8 +20,7 @@ from processor.ops.migrate import migrate
 from processor.ops.pgcluster import free_port
 from processor.settings import Settings
 from processor.web.app import create_app
-from tests.conftest import TOKEN, throwaway_cluster
-from tests.support import ThreadedServer, wait_until
+from tests.support import TOKEN, ThreadedServer, throwaway_cluster, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JOBS = 300

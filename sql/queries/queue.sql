@@ -1,0 +1,37 @@
+-- Claiming, finishing, postponing and rescuing jobs: the engine's statements (processor.queue).
+-- Each block is one statement the code runs by name (processor.sql.query).
+
+-- requeue_expired_jobs --
+select requeue_expired_jobs() as requeued;
+
+-- claim_jobs --
+-- The payload comes back as text: the processor passes it on without decoding it, so a payload
+-- it could not decode cannot spoil the claim of the jobs beside it.
+select id, job_type, payload::text as payload_json, user_id, retry_count + 1 as attempt, max_retries, lease_token,
+       locked_until
+from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
+                make_interval(secs => %(lease_seconds)s));
+
+-- complete_jobs --
+select c.id from complete_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
+    as c(id);
+
+-- fail_jobs --
+select job_id, new_status
+from fail_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(errors)s::text[],
+               %(retryable)s::boolean[]);
+
+-- extend_job_leases --
+select e.id
+from extend_job_leases(%(ids)s::uuid[], %(lease_tokens)s::uuid[],
+                       make_interval(secs => %(lease_seconds)s)) as e(id);
+
+-- listen_inserts --
+listen job_queue_insert;
+
+-- ping --
+select 1 as ok;
+
+-- postpone_job --
+select postpone_job(%(id)s, %(lease_token)s, make_interval(secs => %(delay_seconds)s),
+                    %(reason)s) as status;
