@@ -1,5 +1,5 @@
 """What the command line shows a person: tables of jobs, one job's summary, and live progress.
-Rendering only (rich); the commands in processor.cli.commands fetch the rows."""
+Rendering only (rich); the commands in processor.cli.jobs fetch the rows."""
 
 from __future__ import annotations
 

@@ -1,0 +1,289 @@
+"""The job commands: enqueue, jobs, status, watch, retry, cancel and stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+from rich.console import Console
+
+from processor import db
+from processor.cli import console
+from processor.cli.common import add_command, bounded_int, database_url, env, print_json, public_url
+from processor.errors import ConfigError
+from processor.settings import BUILTIN_ROUTES, parse_job_routes
+from processor.status import STATUSES
+
+
+def enqueue_problems(job_type: str, payload: Any) -> list[str]:
+    """What is wrong with a job before it is inserted: an unknown type, or a built-in type's
+    payload that breaks its rules (the same rules its handler applies)."""
+    from processor.images.payload import PayloadError, parse
+
+    routes = set(BUILTIN_ROUTES) | set(parse_job_routes(env().job_routes, 120))
+    if job_type not in routes:
+        return [
+            f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(routes))} "
+            "(add yours to JOB_ROUTES)"
+        ]
+    if not isinstance(payload, dict):
+        return [f"payload must be a JSON object, got {type(payload).__name__}"]
+    if job_type in BUILTIN_ROUTES:
+        try:
+            parse(payload, kind_allowed=BUILTIN_ROUTES[job_type] == "/process-image")
+        except PayloadError as exc:
+            return list(exc.problems)
+    return []
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"payload is not valid JSON: {exc}") from None
+    if not args.force:
+        problems = enqueue_problems(args.job_type, payload)
+        if problems:
+            print("not enqueued:", file=sys.stderr)
+            for problem in problems:
+                print(f"  - {problem}", file=sys.stderr)
+            print("(--force inserts it anyway)", file=sys.stderr)
+            return 2
+    with db.connect(database_url()) as conn:
+        row = db.run(
+            conn,
+            "enqueue_job",
+            {
+                "job_type": args.job_type,
+                "payload": Jsonb(payload),
+                "user_id": args.user_id,
+                "priority": args.priority,
+                "run_at": None,
+                "max_retries": args.max_retries,
+                "idempotency_key": args.idempotency_key,
+            },
+        )[0]
+    print(row["id"])
+    if not args.wait:
+        return 0
+    return _follow(row["id"], args.timeout)
+
+
+def _fetch_job(job_id: UUID) -> Callable[[], dict[str, Any] | None]:
+    url = database_url()
+
+    def fetch() -> dict[str, Any] | None:
+        with db.connect(url) as conn:
+            rows = db.run(conn, "get_job", {"id": job_id})
+            if rows:
+                rows[0]["spend"] = db.run(conn, "job_spend", {"job_id": job_id})
+        return rows[0] if rows else None
+
+    return fetch
+
+
+def _follow(job_id: UUID, timeout: float) -> int:
+    """Shows the job's progress until it ends; 0 when it completed, 1 otherwise."""
+    err = Console(stderr=True)
+    fetch = _fetch_job(job_id)
+    if timeout > 0:
+        deadline = time.monotonic() + timeout
+        inner = fetch
+
+        def fetch() -> dict[str, Any] | None:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            return inner()
+
+    try:
+        job = console.follow(fetch, err)
+    except TimeoutError:
+        err.print(f"[yellow]still not finished after {timeout:g}s[/]; it goes on running")
+        return 1
+    if job is None:
+        err.print(f"no job {job_id}")
+        return 1
+    err.print(console.summary(_with_fresh_urls(job), err.width), crop=False)
+    return 0 if job["status"] == "completed" else 1
+
+
+def _with_fresh_urls(job: dict[str, Any]) -> dict[str, Any]:
+    """Signs URLs for a private bucket's files as the job is shown (they expire, so none is
+    stored); with public or local storage the stored URLs are shown as they are."""
+    from processor.providers.registry import storage_for
+    from processor.providers.storage import fresh_urls
+
+    storage = storage_for(env().providers, public_url())
+    if storage.durable_urls:
+        return job
+
+    async def sign() -> dict[str, Any]:
+        return {
+            **job,
+            "result": await fresh_urls(job["result"], storage),
+            "progress": await fresh_urls(job["progress"], storage),
+        }
+
+    return asyncio.run(sign())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = _fetch_job(args.job_id)()
+    if job is None:
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return 1
+    job = _with_fresh_urls(job)
+    if args.json:
+        print_json(job)
+    else:
+        out = Console()
+        out.print(console.summary(job, out.width), crop=False)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with db.connect(database_url()) as conn:
+        rows = db.run(
+            conn,
+            "list_jobs",
+            {
+                "status": args.status,
+                "job_type": args.type,
+                "user_id": None,
+                "project_id": None,
+                "before_at": None,
+                "before_id": None,
+                "limit": args.limit,
+            },
+        )
+    if not rows:
+        print("no jobs" + (" matching" if args.status or args.type else ""))
+        return 0
+    out = Console()
+    out.print(console.jobs_table(rows, out.width))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.job_id is not None:
+        return _follow(args.job_id, 0)
+    url = database_url()
+
+    def stats() -> list[dict[str, Any]]:
+        with db.connect(url) as conn:
+            return db.run(conn, "dashboard_stats")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        console.watch_queue(stats, Console())
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    if args.spend:
+        with db.connect(database_url()) as conn:
+            rows = db.run(conn, "spend_by_provider")
+            total = db.run(conn, "spend_total")[0]
+        Console().print(console.spend_table(rows, total))
+        return 0
+    with db.connect(database_url()) as conn:
+        rows = db.run(conn, "dashboard_stats")
+    if not rows:
+        print("the queue is empty")
+        return 0
+    Console().print(console.stats_table(rows))
+    return 0
+
+
+def _job_action(query: str, verb: str) -> Callable[[argparse.Namespace], int]:
+    def action(args: argparse.Namespace) -> int:
+        with db.connect(database_url()) as conn:
+            ok = db.run(conn, query, {"id": args.job_id})[0]["ok"]
+        print(
+            f"{verb} {args.job_id}"
+            if ok
+            else f"job {args.job_id} cannot be {verb} "
+            "(no such job, or its status does not allow it)"
+        )
+        return 0 if ok else 1
+
+    return action
+
+
+def add_commands(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "enqueue",
+        "add a job and print its id (checked against the routes and payload rules first)",
+        env="Reads DATABASE_URL, and JOB_ROUTES for the job types it accepts.",
+    )
+    p.add_argument("job_type", metavar="TYPE", help="job type (a built-in or one in JOB_ROUTES)")
+    p.add_argument("payload", metavar="JSON", nargs="?", default="{}", help="the payload object")
+    p.add_argument("--user-id", help="the user the job belongs to")
+    p.add_argument(
+        "--priority",
+        type=bounded_int(-(2**31), 2**31 - 1),
+        default=0,
+        help="higher runs first",
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="retries after the first attempt, 0-25"
+    )
+    p.add_argument("--idempotency-key", help="a repeated key returns the existing job's id")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until the job ends; exit 1 unless it completed",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        help="with --wait: give up after this many seconds (0: never)",
+    )
+    p.add_argument("--force", action="store_true", help="insert without checking type and payload")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = add_command(sub, "jobs", "list jobs, newest first")
+    p.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    p.add_argument("--type", help="only jobs of this type")
+    p.add_argument("--limit", type=int, default=20, help="how many")
+    p.set_defaults(func=cmd_jobs)
+
+    p = add_command(sub, "status", "show one job: state, attempts and errors, progress, image URLs")
+    p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
+    p.add_argument("--json", action="store_true", help="print the raw job as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = add_command(
+        sub, "watch", "follow one job's progress, or the whole queue live (Ctrl-C stops)"
+    )
+    p.add_argument(
+        "job_id",
+        metavar="ID",
+        type=UUID,
+        nargs="?",
+        help="the job to follow (default: the whole queue)",
+    )
+    p.set_defaults(func=cmd_watch)
+
+    for name, func, help_text in (
+        ("retry", _job_action("retry_job", "retried"), "put a failed or cancelled job back"),
+        ("cancel", _job_action("cancel_job", "cancelled"), "cancel a pending or running job"),
+    ):
+        p = add_command(sub, name, help_text)
+        p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
+        p.set_defaults(func=func)
+
+    p = add_command(sub, "stats", "jobs per type and status, oldest due, p50/p95 run time")
+    p.add_argument(
+        "--spend", action="store_true", help="AI spend instead: calls, units and cost per provider"
+    )
+    p.set_defaults(func=cmd_stats)
