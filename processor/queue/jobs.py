@@ -63,6 +63,11 @@ class JobQueue:
         )
         return [ClaimedJob.from_row(row) for row in rows]
 
+    async def next_due_in(self, job_types: list[str] | None) -> float | None:
+        """Seconds until the earliest pending job of these types that is not due yet is due."""
+        row = await self.db.fetch_one("next_due_in", {"job_types": job_types})
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
+
     async def postpone_job(self, job: ClaimedJob, delay_seconds: float, reason: str) -> str | None:
         """Back to pending after a rate limit without spending an attempt (capped in SQL)."""
         row = await self.db.fetch_one(

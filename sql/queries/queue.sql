@@ -12,6 +12,27 @@ select id, job_type, payload::text as payload_json, user_id, retry_count + 1 as 
 from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
                 make_interval(secs => %(lease_seconds)s));
 
+-- next_due_in --
+-- Seconds until the earliest pending job that is not due yet becomes due (null: none), for the
+-- drain's timer. It walks the claim index once per priority level in use (a loose index scan),
+-- so its cost does not grow with the number of pending jobs.
+with recursive levels(priority) as (
+    (select priority from job_queue where status = 'pending' order by priority desc limit 1)
+    union all
+    select (select j.priority from job_queue j
+            where j.status = 'pending' and j.priority < l.priority
+            order by j.priority desc limit 1)
+    from levels l
+    where l.priority is not null
+)
+select extract(epoch from min(first.run_at) - now())::float8 as seconds
+from levels,
+     lateral (select j.run_at from job_queue j
+              where j.status = 'pending' and j.priority = levels.priority and j.run_at > now()
+                and (%(job_types)s::text[] is null or j.job_type = any (%(job_types)s::text[]))
+              order by j.priority desc, j.run_at limit 1) as first
+where levels.priority is not null;
+
 -- complete_jobs --
 select c.id from complete_jobs(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
     as c(id);
