@@ -104,7 +104,7 @@ class Drainer:
         """Sleeps up to `seconds`, waking early for a new request or, while jobs of this
         processor run, when one finishes (its retry may be due soon) or after POLL."""
         dispatcher = self.claimer.dispatcher
-        waits = [asyncio.ensure_future(again.wait())]
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(again.wait())]
         if dispatcher.running:
             seconds = min(seconds, _jitter(POLL))
             waits.append(asyncio.ensure_future(dispatcher.wait_for_a_slot(within=seconds)))
