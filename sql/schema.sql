@@ -81,6 +81,8 @@ CREATE TABLE public.job_queue (
     completed_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     postponements integer DEFAULT 0 NOT NULL,
+    concurrency_key text,
+    CONSTRAINT job_queue_concurrency_key_length CHECK (((concurrency_key IS NULL) OR ((length(concurrency_key) >= 1) AND (length(concurrency_key) <= 200)))),
     CONSTRAINT job_queue_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
     CONSTRAINT job_queue_job_type_check CHECK ((length(btrim(job_type)) > 0)),
     CONSTRAINT job_queue_max_retries_check CHECK ((max_retries >= 0)),
@@ -111,52 +113,31 @@ COMMENT ON COLUMN public.job_queue.retry_count IS 'Failed attempts so far that w
 COMMENT ON COLUMN public.job_queue.lease_token IS 'Fencing token of the current claim: only its holder can finish or extend the job.';
 
 --
+-- Name: COLUMN job_queue.concurrency_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.concurrency_key IS 'Fair-share group (e.g. a shop id); null: the job''s user_id is its group.';
+
+--
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
 CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_job_types text[] DEFAULT NULL::text[], p_lease interval DEFAULT '00:01:00'::interval) RETURNS SETOF public.job_queue
     LANGUAGE plpgsql
     AS $$
+declare
+    v_ids uuid[];
 begin
-    if coalesce(p_limit, 1) <= 1 then
-        -- One job: the plain SKIP LOCKED statement, nothing around it.
-        return query
-        update job_queue j
-        set status = 'processing',
-            locked_by = p_worker,
-            locked_until = now() + p_lease,
-            lease_token = gen_random_uuid(),
-            processed_at = now()
-        where j.id = (select id
-                      from job_queue
-                      where status = 'pending'
-                        and run_at <= now()
-                        and (p_job_types is null or job_type = any (p_job_types))
-                      order by priority desc, run_at, created_at
-                      limit 1
-                      for update skip locked)
-        returning j.*;
-        return;
-    end if;
+    v_ids := job_queue_pick(greatest(coalesce(p_limit, 1), 1), p_job_types);
     return query
-    with next as (
-        select id
-        from job_queue
-        where status = 'pending'
-          and run_at <= now()
-          and (p_job_types is null or job_type = any (p_job_types))
-        order by priority desc, run_at, created_at
-        limit p_limit
-        for update skip locked
-    ), claimed as (
+    with claimed as (
         update job_queue j
         set status = 'processing',
             locked_by = p_worker,
             locked_until = now() + p_lease,
             lease_token = gen_random_uuid(),
             processed_at = now()
-        from next
-        where j.id = next.id
+        where j.id = any (v_ids) and j.status = 'pending'
         returning j.*
     )
     select * from claimed order by priority desc, run_at, created_at;
@@ -257,10 +238,10 @@ end;
 $$;
 
 --
--- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text) RETURNS uuid
+CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO '$user', 'public'
     AS $$
@@ -287,11 +268,15 @@ begin
         raise exception 'enqueue_job: run_at must be a time from 1970 to 9999, got %', p_run_at
             using errcode = '22008';
     end if;
+    if p_concurrency_key is not null and length(p_concurrency_key) not between 1 and 200 then
+        raise exception 'enqueue_job: concurrency_key must be 1 to 200 characters, got %',
+            length(p_concurrency_key) using errcode = '22023';
+    end if;
 
     insert into job_queue (job_type, payload, user_id, priority, run_at, max_retries,
-                           idempotency_key)
+                           idempotency_key, concurrency_key)
     values (p_job_type, p_payload, p_user_id, coalesce(p_priority, 0)::integer,
-            coalesce(p_run_at, now()), p_max_retries, p_idempotency_key)
+            coalesce(p_run_at, now()), p_max_retries, p_idempotency_key, p_concurrency_key)
     on conflict (idempotency_key) where idempotency_key is not null do nothing
     returning id into v_id;
 
@@ -395,14 +380,20 @@ $$;
 CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RETURNS public.job_queue
     LANGUAGE sql
     AS $$
-    select *
-    from job_queue
-    where status = 'pending'
-      and run_at <= now()
-      and (p_job_types is null or job_type = any (p_job_types))
-    order by priority desc, run_at, created_at
+    select j.*
+    from job_queue j
+    where j.status = 'pending'
+      and j.run_at <= now()
+      and (p_job_types is null or j.job_type = any (p_job_types))
+      and not exists (select 1 from job_type_limits t
+                      where t.job_type = j.job_type
+                        and (t.paused_at is not null
+                             or t.max_running <= job_type_running(j.job_type)))
+      and coalesce(job_group_cap(coalesce(j.concurrency_key, j.user_id, '')) >
+                   job_group_running(coalesce(j.concurrency_key, j.user_id, '')), true)
+    order by j.priority desc, j.run_at, j.created_at
     limit 1
-    for update skip locked
+    for update of j skip locked
 $$;
 
 --
@@ -532,6 +523,40 @@ CREATE FUNCTION public.job_credits_held(p_job_id uuid) RETURNS integer
 $$;
 
 --
+-- Name: job_group_cap(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_group_cap(p_group text) RETURNS integer
+    LANGUAGE sql STABLE
+    AS $$
+    select case when exists (select 1 from job_concurrency_limits where key = p_group)
+                then (select max_running from job_concurrency_limits where key = p_group)
+                else (select max_running from job_concurrency_limits where key = '*') end
+$$;
+
+--
+-- Name: job_group_running(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_group_running(p_group text) RETURNS integer
+    LANGUAGE sql STABLE
+    AS $$
+    select count(*)::integer from job_queue
+    where status = 'processing' and coalesce(concurrency_key, user_id, '') = p_group
+$$;
+
+--
+-- Name: job_group_weight(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_group_weight(p_group text) RETURNS integer
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce((select weight from job_concurrency_limits where key = p_group),
+                    (select weight from job_concurrency_limits where key = '*'), 1)
+$$;
+
+--
 -- Name: job_queue_check_row(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -656,6 +681,72 @@ end;
 $$;
 
 --
+-- Name: job_queue_fold_wakes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_fold_wakes() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_freed text[];
+begin
+    -- Never waits: a wake another claimer is folding, or whose lane another claimer holds, is
+    -- left for the next claim.
+    with woken as materialized (
+        -- A paused type's wakes wait for resume_job_type: its lanes stay out of the claim's way.
+        select w.id, w.job_type, w.group_key, w.priority, w.due_at, w.freed
+        from job_queue_wakes w
+        where not exists (select 1 from job_type_limits t
+                          where t.job_type = w.job_type and t.paused_at is not null)
+        order by w.id
+        limit 5000
+        for update of w skip locked
+    ), lanes as (
+        select job_type, group_key, priority, min(due_at) filter (where not freed) as due_at,
+               array_agg(id) as ids
+        from woken group by 1, 2, 3
+    ), floor as (
+        select c.*, coalesce((select min(a.pass) from job_queue_lanes a
+                              where a.due_at is not null and a.priority = c.priority), 0) as pass
+        from lanes c
+    ), added as (
+        insert into job_queue_lanes (job_type, group_key, priority, pass, due_at)
+        select job_type, group_key, priority, pass, due_at from floor where due_at is not null
+        order by 1, 2, 3
+        on conflict (job_type, group_key, priority) do nothing
+        returning job_type, group_key, priority
+    ), held as (
+        select l.job_type, l.group_key, l.priority
+        from job_queue_lanes l join lanes c using (job_type, group_key, priority)
+        for update of l skip locked
+    ), moved as (
+        update job_queue_lanes l
+        set due_at = least(l.due_at, f.due_at),
+            pass = case when l.due_at is null then greatest(l.pass, f.pass) else l.pass end
+        from floor f, held h
+        where l.job_type = f.job_type and l.group_key = f.group_key and l.priority = f.priority
+          and h.job_type = f.job_type and h.group_key = f.group_key and h.priority = f.priority
+          and f.due_at is not null
+    ), done as (
+        delete from job_queue_wakes w
+        using lanes c
+        where w.id = any (c.ids)
+          and ((c.job_type, c.group_key, c.priority) in (select * from added)
+               or (c.job_type, c.group_key, c.priority) in (select * from held)
+               or c.due_at is null)
+    )
+    select array_agg(distinct group_key) filter (where freed) into v_freed from woken;
+    if v_freed is not null then
+        -- A job of a capped group ended: every lane of the group sitting out its cap is due.
+        update job_queue_lanes set due_at = now()
+        where ctid in (select ctid from job_queue_lanes
+                       where group_key = any (v_freed) and due_at > now()
+                       for update skip locked);
+    end if;
+end;
+$$;
+
+--
 -- Name: job_queue_instant_pickup(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -674,6 +765,256 @@ begin
         end;
     end if;
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_pick(integer, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) RETURNS uuid[]
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_fair boolean;
+    v_paused text[];
+    v_limits boolean;
+    v_capped boolean;  -- some group or type has a cap: count what this call takes
+    v_counting boolean;  -- this call holds the caps lock: it may take jobs from capped lanes
+    v_timeout text;
+    v_type_caps jsonb;
+    v_left integer := p_limit;
+    v_ids uuid[] := '{}';
+    v_done text[] := '{}';  -- lanes this call has finished with: empty, at a cap, or short
+    v_taken jsonb := '{}';  -- jobs taken in this call, per 'g:<group>' and 't:<type>'
+    v_top integer;
+    v_lane record;
+    v_planned integer;
+    v_wsum double precision;
+    v_take integer;
+    v_cap integer;
+    v_key text;
+    v_plan_t text[];
+    v_plan_g text[];
+    v_plan_n integer[];
+    v_plan_w integer[];
+    v_got record;
+    v_next timestamptz;
+    v_pass_t text[] := '{}';
+    v_pass_g text[] := '{}';
+    v_pass_p integer[] := '{}';
+    v_pass_d double precision[] := '{}';
+begin
+    select fair_share into v_fair from job_queue_settings where id;
+    select coalesce(array_agg(job_type), '{}') into v_paused
+    from job_type_limits where paused_at is not null;
+    v_limits := exists (select 1 from job_concurrency_limits);
+    select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
+    from job_type_limits where max_running is not null;
+
+    v_capped := v_type_caps <> '{}'
+        or exists (select 1 from job_concurrency_limits where max_running is not null);
+    if not coalesce(v_fair, true) and not v_capped then
+        -- One global order, as before fair share.
+        select coalesce(array_agg(id), '{}') into v_ids from (
+            select id from job_queue
+            where status = 'pending' and run_at <= now()
+              and (p_job_types is null or job_type = any (p_job_types))
+              and job_type <> all (v_paused)
+            order by priority desc, run_at, created_at
+            limit p_limit
+            for update skip locked) s;
+        return v_ids;
+    end if;
+
+    -- Caps are counted by one claimer at a time. A claimer that finds another counting waits
+    -- up to 100 ms (a claim takes a few); past that (the other is in an open transaction, say)
+    -- it takes only from lanes without a cap.
+    v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
+    if v_capped and not v_counting then
+        v_timeout := current_setting('lock_timeout');
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock(hashtext('processor:caps'));
+            v_counting := true;
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            v_counting := false;  -- the block's setting is undone with it
+        end;
+    end if;
+    perform job_queue_fold_wakes();
+    while v_left > 0 loop
+        -- One round: the lowest-pass lanes at the highest priority with due work, at most one
+        -- per job still wanted, each given a share of what is left in proportion to its weight.
+        select l.priority into v_top
+        from job_queue_lanes l
+        where l.due_at <= now()
+          and (p_job_types is null or l.job_type = any (p_job_types))
+          and l.job_type <> all (v_paused)
+          and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority = any (v_done))
+        order by l.priority desc, l.pass, l.due_at
+        limit 1;
+        exit when v_top is null;
+        -- The weights of the first lanes in line share what is left.
+        select coalesce(sum(coalesce(own.weight, star.weight, 1)), 1) into v_wsum
+        from (select l.group_key from job_queue_lanes l
+              where l.due_at <= now() and l.priority = v_top
+                and (p_job_types is null or l.job_type = any (p_job_types))
+                and l.job_type <> all (v_paused)
+                and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
+                         = any (v_done))
+              order by l.pass, l.due_at
+              limit v_left) c
+        left join job_concurrency_limits own on v_limits and own.key = c.group_key
+        left join job_concurrency_limits star on v_limits and star.key = '*';
+        v_plan_t := '{}'; v_plan_g := '{}'; v_plan_n := '{}'; v_plan_w := '{}';
+        v_planned := 0;
+        -- Lanes in pass order, read as far as needed: one at its cap costs a row and a count.
+        for v_lane in
+            select l.job_type, l.group_key,
+                   coalesce(own.weight, star.weight, 1) as weight,
+                   case when own.key is not null then own.max_running
+                        else star.max_running end as cap
+            from job_queue_lanes l
+            left join job_concurrency_limits own on v_limits and own.key = l.group_key
+            left join job_concurrency_limits star on v_limits and star.key = '*'
+            where l.due_at <= now() and l.priority = v_top
+              and (p_job_types is null or l.job_type = any (p_job_types))
+              and l.job_type <> all (v_paused)
+              and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
+                       = any (v_done))
+            order by l.pass, l.due_at
+            limit v_left + 64  -- the next round reads on past lanes at their caps
+        loop
+            exit when v_planned >= v_left;
+            v_key := v_lane.job_type || E'\x1f' || v_lane.group_key || E'\x1f' || v_top;
+            v_done := v_done || v_key;
+            v_take := least(ceil(v_lane.weight * v_left / v_wsum), v_left - v_planned);
+            continue when v_capped and not v_counting
+                          and (v_lane.cap is not null or v_type_caps ? v_lane.job_type);
+            if v_lane.cap is not null then
+                v_take := least(v_take, v_lane.cap - job_group_running(v_lane.group_key)
+                                - coalesce((v_taken ->> ('g:' || v_lane.group_key))::integer, 0));
+                if v_take <= 0 then
+                    -- Its group is at its cap: the lane sits out claims until one of the
+                    -- group's jobs ends (that wakes it), or for 10 s at most.
+                    update job_queue_lanes set due_at = greatest(due_at, now() + interval '10 s')
+                    where ctid = (select ctid from job_queue_lanes
+                                  where job_type = v_lane.job_type
+                                    and group_key = v_lane.group_key and priority = v_top
+                                  for update skip locked);
+                    continue;
+                end if;
+            end if;
+            v_cap := (v_type_caps ->> v_lane.job_type)::integer;
+            if v_cap is not null then
+                if not v_taken ? ('r:' || v_lane.job_type) then
+                    v_taken := v_taken || jsonb_build_object('r:' || v_lane.job_type,
+                                                             job_type_running(v_lane.job_type));
+                end if;
+                v_take := least(v_take, v_cap - (v_taken ->> ('r:' || v_lane.job_type))::integer
+                                - coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0));
+                continue when v_take <= 0;  -- its type is at its cap
+            end if;
+            v_planned := v_planned + v_take;
+            v_plan_t := v_plan_t || v_lane.job_type;
+            v_plan_g := v_plan_g || v_lane.group_key;
+            v_plan_n := v_plan_n || v_take;
+            v_plan_w := v_plan_w || v_lane.weight;
+            continue when not v_capped;
+            v_taken := v_taken
+                || jsonb_build_object('g:' || v_lane.group_key,
+                       coalesce((v_taken ->> ('g:' || v_lane.group_key))::integer, 0) + v_take)
+                || jsonb_build_object('t:' || v_lane.job_type,
+                       coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0) + v_take);
+        end loop;
+        continue when cardinality(v_plan_t) = 0;
+
+        -- One statement takes the round's jobs from every planned lane, oldest due first.
+        for v_got in
+            select l.i, l.t, l.g, l.n, l.w, array_remove(array_agg(j.id), null) as ids
+            from unnest(v_plan_t, v_plan_g, v_plan_n, v_plan_w)
+                 with ordinality as l(t, g, n, w, i)
+            left join lateral (
+                select q.id from job_queue q
+                where q.status = 'pending' and q.job_type = l.t
+                  and coalesce(q.concurrency_key, q.user_id, '') = l.g
+                  and q.priority = v_top and q.run_at <= now()
+                  and q.id <> all (v_ids)  -- locked by this call already: SKIP LOCKED returns them
+                order by q.run_at, q.created_at
+                limit l.n
+                for update skip locked) j on true
+            group by l.i, l.t, l.g, l.n, l.w
+        loop
+            if v_capped and cardinality(v_got.ids) < v_got.n then  -- planned, not taken
+                v_taken := v_taken
+                    || jsonb_build_object('g:' || v_got.g,
+                           (v_taken ->> ('g:' || v_got.g))::integer
+                           - v_got.n + cardinality(v_got.ids))
+                    || jsonb_build_object('t:' || v_got.t,
+                           (v_taken ->> ('t:' || v_got.t))::integer
+                           - v_got.n + cardinality(v_got.ids));
+            end if;
+            if cardinality(v_got.ids) = 0 then
+                -- Nothing due here now: the lane sleeps until its next job is due, or until a
+                -- wake (null: empty). Jobs locked by another transaction keep it due.
+                select min(run_at) into v_next from job_queue
+                where status = 'pending' and job_type = v_got.t
+                  and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
+                if v_next is null or v_next > now() then
+                    update job_queue_lanes set due_at = v_next
+                    where ctid = (select ctid from job_queue_lanes
+                                  where job_type = v_got.t and group_key = v_got.g
+                                    and priority = v_top
+                                  for update skip locked);
+                end if;
+                continue;
+            end if;
+            v_ids := v_ids || v_got.ids;
+            v_left := v_left - cardinality(v_got.ids);
+            v_pass_t := v_pass_t || v_got.t;
+            v_pass_g := v_pass_g || v_got.g;
+            v_pass_p := v_pass_p || v_top;
+            v_pass_d := v_pass_d || (cardinality(v_got.ids)::double precision / v_got.w);
+            if cardinality(v_got.ids) = v_got.n then
+                -- It had as many as it was given: it may take another turn in a later round.
+                v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
+            end if;
+        end loop;
+        -- Every round takes a job (v_left falls) or retires the lanes it looked at (v_done
+        -- grows), so this ends.
+    end loop;
+
+    -- Each lane served moves on by its claims over its weight.
+    -- Wakes another claimer is still folding (in an open transaction, say) stand for lanes this
+    -- claim cannot see yet: it takes the rest in global order, as without fair share, so no
+    -- due job waits for that transaction. Capped work is left to the claimer that counts caps.
+    if v_left > 0 and not v_capped
+       and exists (select 1 from job_queue_wakes w where w.job_type <> all (v_paused)) then
+        v_ids := v_ids || coalesce((
+            select array_agg(id) from (
+                select id from job_queue
+                where status = 'pending' and run_at <= now()
+                  and (p_job_types is null or job_type = any (p_job_types))
+                  and job_type <> all (v_paused)
+                  and id <> all (v_ids)
+                order by priority desc, run_at, created_at
+                limit v_left
+                for update skip locked) s), '{}');
+    end if;
+
+    -- A lane another claimer holds misses this turn's step: a small error in its share, never
+    -- a wait.
+    update job_queue_lanes l
+    set pass = l.pass + s.d
+    from (select x.ctid as row, u.d
+          from (select t, g, p, sum(d) as d
+                from unnest(v_pass_t, v_pass_g, v_pass_p, v_pass_d) as u(t, g, p, d)
+                group by 1, 2, 3) u
+          join job_queue_lanes x on x.job_type = u.t and x.group_key = u.g and x.priority = u.p
+          for update of x skip locked) s
+    where l.ctid = s.row;
+    return v_ids;
 end;
 $$;
 
@@ -719,6 +1060,73 @@ end;
 $$;
 
 --
+-- Name: job_queue_truncated(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_truncated() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+begin
+    delete from job_queue_lanes;
+    delete from job_queue_wakes;
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_wake_freed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_wake_freed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+begin
+    if exists (select 1 from job_concurrency_limits where max_running is not null) then
+        insert into job_queue_wakes (job_type, group_key, priority, due_at, freed)
+        values (new.job_type, coalesce(new.concurrency_key, new.user_id, ''), new.priority,
+                now(), true);
+    end if;
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_wake_inserted(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_wake_inserted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+begin
+    insert into job_queue_wakes (job_type, group_key, priority, due_at)
+    select job_type, coalesce(concurrency_key, user_id, ''), priority, min(run_at)
+    from new_rows
+    where status = 'pending'
+    group by 1, 2, 3;
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_wake_pending(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_wake_pending() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+begin
+    insert into job_queue_wakes (job_type, group_key, priority, due_at)
+    values (new.job_type, coalesce(new.concurrency_key, new.user_id, ''), new.priority,
+            new.run_at);
+    return null;
+end;
+$$;
+
+--
 -- Name: job_trigger_health(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -751,6 +1159,60 @@ begin
     end if;
 end;
 $_$;
+
+--
+-- Name: job_type_running(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_type_running(p_job_type text) RETURNS integer
+    LANGUAGE sql STABLE
+    AS $$
+    select count(*)::integer from job_queue
+    where status = 'processing' and job_type = p_job_type
+$$;
+
+--
+-- Name: job_wait_reason(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_wait_reason(p_job_id uuid) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_job job_queue;
+    v_group text;
+    v_cap integer;
+    v_running integer;
+begin
+    select * into v_job from job_queue where id = p_job_id;
+    if not found or v_job.status <> 'pending' then
+        return null;
+    end if;
+    v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
+    if v_job.run_at > now() then
+        return format('not due yet: due at %s', to_char(v_job.run_at at time zone 'UTC',
+                                                        'YYYY-MM-DD HH24:MI:SS "UTC"'));
+    end if;
+    if exists (select 1 from job_type_limits where job_type = v_job.job_type
+               and paused_at is not null) then
+        return format('job type %s is paused (resume_job_type or processor resume)',
+                      v_job.job_type);
+    end if;
+    select max_running into v_cap from job_type_limits where job_type = v_job.job_type;
+    v_running := job_type_running(v_job.job_type);
+    if v_cap is not null and v_running >= v_cap then
+        return format('job type %s is at its cap: %s of %s running', v_job.job_type,
+                      v_running, v_cap);
+    end if;
+    v_cap := job_group_cap(v_group);
+    v_running := job_group_running(v_group);
+    if v_cap is not null and v_running >= v_cap then
+        return format('its group %s is at its cap: %s of %s running',
+                      case when v_group = '' then '(none)' else v_group end, v_running, v_cap);
+    end if;
+    return 'due: waiting for a free processor slot';
+end;
+$$;
 
 --
 -- Name: jsonb_depth(jsonb, integer); Type: FUNCTION; Schema: public; Owner: -
@@ -842,6 +1304,27 @@ CREATE FUNCTION public.mark_job_processing(p_job_id uuid, p_worker text, p_lease
     where id = p_job_id
       and status = 'pending'
     returning *
+$$;
+
+--
+-- Name: pause_job_type(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pause_job_type(p_job_type text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if p_job_type is null or length(p_job_type) not between 1 and 200 then
+        raise exception 'pause_job_type: job_type must be 1 to 200 characters'
+            using errcode = '22023';
+    end if;
+    insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
+    on conflict (job_type) do update
+    set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
+    -- Its lanes leave the schedule until resume_job_type; its jobs stay pending.
+    update job_queue_lanes set due_at = null where job_type = p_job_type;
+    return true;
+end;
 $$;
 
 --
@@ -1141,6 +1624,30 @@ end;
 $$;
 
 --
+-- Name: resume_job_type(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.resume_job_type(p_job_type text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_was timestamptz;
+begin
+    select paused_at into v_was from job_type_limits where job_type = p_job_type for update;
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type;
+    if v_was is not null then
+        -- Every lane of the type is looked at again (an empty one costs the next claim a probe).
+        insert into job_queue_wakes (job_type, group_key, priority, due_at)
+        select job_type, group_key, priority, now() from job_queue_lanes
+        where job_type = p_job_type;
+        perform pg_notify('job_queue_insert', '');  -- running processors look again at once
+    end if;
+    return v_was is not null;
+end;
+$$;
+
+--
 -- Name: retry_job(uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1159,6 +1666,33 @@ CREATE FUNCTION public.retry_job(p_job_id uuid) RETURNS boolean
         returning 1
     )
     select exists (select 1 from retried)
+$$;
+
+--
+-- Name: set_concurrency_limit(text, integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_concurrency_limit(p_key text, p_max_running integer, p_weight integer DEFAULT 1) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if p_key is null or length(p_key) not between 1 and 200 then
+        raise exception 'set_concurrency_limit: key must be 1 to 200 characters (''*'': every group)'
+            using errcode = '22023';
+    end if;
+    if p_max_running < 0 then
+        raise exception 'set_concurrency_limit: max_running must be >= 0 or null, got %',
+            p_max_running using errcode = '22023';
+    end if;
+    if p_weight is null or p_weight not between 1 and 1000 then
+        raise exception 'set_concurrency_limit: weight must be from 1 to 1000, got %', p_weight
+            using errcode = '22023';
+    end if;
+    insert into job_concurrency_limits (key, max_running, weight)
+    values (p_key, p_max_running, p_weight)
+    on conflict (key) do update
+    set max_running = excluded.max_running, weight = excluded.weight, updated_at = now();
+end;
 $$;
 
 --
@@ -1188,6 +1722,28 @@ CREATE FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid, p_pro
         returning 1
     )
     select exists (select 1 from updated)
+$$;
+
+--
+-- Name: set_job_type_limit(text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if p_job_type is null or length(p_job_type) not between 1 and 200 then
+        raise exception 'set_job_type_limit: job_type must be 1 to 200 characters'
+            using errcode = '22023';
+    end if;
+    if p_max_running < 0 then
+        raise exception 'set_job_type_limit: max_running must be >= 0 or null, got %',
+            p_max_running using errcode = '22023';
+    end if;
+    insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
+    on conflict (job_type) do update
+    set max_running = excluded.max_running, updated_at = now();
+end;
 $$;
 
 --
@@ -1335,6 +1891,70 @@ ALTER TABLE public.generated_images ALTER COLUMN id ADD GENERATED ALWAYS AS IDEN
 );
 
 --
+-- Name: job_concurrency_limits; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_concurrency_limits (
+    key text NOT NULL,
+    max_running integer,
+    weight integer DEFAULT 1 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_concurrency_limits_key_check CHECK (((length(key) >= 1) AND (length(key) <= 200))),
+    CONSTRAINT job_concurrency_limits_max_running_check CHECK ((max_running >= 0)),
+    CONSTRAINT job_concurrency_limits_weight_check CHECK (((weight >= 1) AND (weight <= 1000)))
+);
+
+--
+-- Name: TABLE job_concurrency_limits; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_concurrency_limits IS 'Per fairness group: running cap (null: none) and weight. Key ''*'': the default for groups without a row. Set with set_concurrency_limit.';
+
+--
+-- Name: job_queue_groups; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.job_queue_groups WITH (security_invoker='on') AS
+ SELECT g.group_key,
+    g.running,
+    g.waiting,
+    g.scheduled,
+    public.job_group_cap(g.group_key) AS max_running,
+    public.job_group_weight(g.group_key) AS weight
+   FROM ( SELECT COALESCE(job_queue.concurrency_key, job_queue.user_id, ''::text) AS group_key,
+            count(*) FILTER (WHERE (job_queue.status = 'processing'::text)) AS running,
+            count(*) FILTER (WHERE ((job_queue.status = 'pending'::text) AND (job_queue.run_at <= now()))) AS waiting,
+            count(*) FILTER (WHERE ((job_queue.status = 'pending'::text) AND (job_queue.run_at > now()))) AS scheduled
+           FROM public.job_queue
+          WHERE (job_queue.status = ANY (ARRAY['pending'::text, 'processing'::text]))
+          GROUP BY COALESCE(job_queue.concurrency_key, job_queue.user_id, ''::text)) g;
+
+--
+-- Name: VIEW job_queue_groups; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.job_queue_groups IS 'Fairness groups with pending or running jobs: running, waiting (due), scheduled (later), cap, weight.';
+
+--
+-- Name: job_queue_lanes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_queue_lanes (
+    job_type text NOT NULL,
+    group_key text NOT NULL,
+    priority integer NOT NULL,
+    pass double precision DEFAULT 0 NOT NULL,
+    due_at timestamp with time zone
+)
+WITH (autovacuum_analyze_threshold='100', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_vacuum_scale_factor='0.05');
+
+--
+-- Name: TABLE job_queue_lanes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_queue_lanes IS 'The claim''s schedule: one row per (job_type, group, priority), written only by claim_jobs.';
+
+--
 -- Name: job_queue_recent_failures; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -1365,6 +1985,7 @@ CREATE TABLE public.job_queue_settings (
     keep_failed interval DEFAULT '30 days'::interval NOT NULL,
     keep_cron_history interval DEFAULT '7 days'::interval NOT NULL,
     credits_enabled boolean DEFAULT false NOT NULL,
+    fair_share boolean DEFAULT true NOT NULL,
     CONSTRAINT job_queue_settings_id_check CHECK (id),
     CONSTRAINT job_queue_settings_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
     CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000)))
@@ -1375,6 +1996,12 @@ CREATE TABLE public.job_queue_settings (
 --
 
 COMMENT ON TABLE public.job_queue_settings IS 'Limits and retention for job_queue (one row). max_payload_*: refused at insert; keep_*: how long prune_jobs keeps finished jobs and pg_cron run history.';
+
+--
+-- Name: COLUMN job_queue_settings.fair_share; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_settings.fair_share IS 'true: claims take groups in turn (weighted); false: one global order (priority, run_at, created_at).';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -1416,6 +2043,84 @@ CREATE VIEW public.job_queue_stuck WITH (security_invoker='on') AS
         END AS why
    FROM public.job_queue
   WHERE (((job_queue.status = 'processing'::text) AND ((job_queue.locked_until < now()) OR (job_queue.processed_at < (now() - '00:30:00'::interval)))) OR ((job_queue.status = 'pending'::text) AND (job_queue.run_at < (now() - '00:02:00'::interval))));
+
+--
+-- Name: job_type_limits; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_type_limits (
+    job_type text NOT NULL,
+    max_running integer,
+    paused_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_type_limits_job_type_check CHECK (((length(job_type) >= 1) AND (length(job_type) <= 200))),
+    CONSTRAINT job_type_limits_max_running_check CHECK ((max_running >= 0))
+);
+
+--
+-- Name: TABLE job_type_limits; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_type_limits IS 'Per job type: running cap across every processor (null: none) and pause. Set with set_job_type_limit, pause_job_type, resume_job_type.';
+
+--
+-- Name: job_queue_types; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.job_queue_types WITH (security_invoker='on') AS
+ SELECT t.job_type,
+    t.running,
+    t.waiting,
+    t.scheduled,
+    l.max_running,
+    (l.paused_at IS NOT NULL) AS paused,
+    l.paused_at
+   FROM (( SELECT job_queue.job_type,
+            count(*) FILTER (WHERE (job_queue.status = 'processing'::text)) AS running,
+            count(*) FILTER (WHERE ((job_queue.status = 'pending'::text) AND (job_queue.run_at <= now()))) AS waiting,
+            count(*) FILTER (WHERE ((job_queue.status = 'pending'::text) AND (job_queue.run_at > now()))) AS scheduled
+           FROM public.job_queue
+          WHERE (job_queue.status = ANY (ARRAY['pending'::text, 'processing'::text]))
+          GROUP BY job_queue.job_type) t
+     FULL JOIN public.job_type_limits l USING (job_type));
+
+--
+-- Name: VIEW job_queue_types; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.job_queue_types IS 'Job types with pending or running jobs or a limit: counts, cap and whether paused.';
+
+--
+-- Name: job_queue_wakes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_queue_wakes (
+    id bigint NOT NULL,
+    job_type text NOT NULL,
+    group_key text NOT NULL,
+    priority integer NOT NULL,
+    due_at timestamp with time zone NOT NULL,
+    freed boolean DEFAULT false NOT NULL
+);
+
+--
+-- Name: TABLE job_queue_wakes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_queue_wakes IS 'Lanes that gained a pending job since the last claim (appended by triggers, folded in by claim_jobs).';
+
+--
+-- Name: job_queue_wakes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.job_queue_wakes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.job_queue_wakes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 --
 -- Name: job_trigger_health; Type: VIEW; Schema: public; Owner: -
@@ -1664,6 +2369,20 @@ ALTER TABLE ONLY public.generated_images
     ADD CONSTRAINT generated_images_pkey PRIMARY KEY (id);
 
 --
+-- Name: job_concurrency_limits job_concurrency_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_concurrency_limits
+    ADD CONSTRAINT job_concurrency_limits_pkey PRIMARY KEY (key);
+
+--
+-- Name: job_queue_lanes job_queue_lanes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_queue_lanes
+    ADD CONSTRAINT job_queue_lanes_pkey PRIMARY KEY (job_type, group_key, priority);
+
+--
 -- Name: job_queue job_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1683,6 +2402,20 @@ ALTER TABLE public.job_queue_settings
 
 ALTER TABLE ONLY public.job_queue_settings
     ADD CONSTRAINT job_queue_settings_pkey PRIMARY KEY (id);
+
+--
+-- Name: job_queue_wakes job_queue_wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_queue_wakes
+    ADD CONSTRAINT job_queue_wakes_pkey PRIMARY KEY (id);
+
+--
+-- Name: job_type_limits job_type_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_type_limits
+    ADD CONSTRAINT job_type_limits_pkey PRIMARY KEY (job_type);
 
 --
 -- Name: processor_migrations processor_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1776,6 +2509,24 @@ CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_a
 CREATE UNIQUE INDEX job_queue_idempotency_key_idx ON public.job_queue USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 --
+-- Name: job_queue_lane_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_lane_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, run_at, created_at) WHERE (status = 'pending'::text);
+
+--
+-- Name: job_queue_lanes_group_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_lanes_group_idx ON public.job_queue_lanes USING btree (group_key);
+
+--
+-- Name: job_queue_lanes_turn_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_lanes_turn_idx ON public.job_queue_lanes USING btree (priority DESC, pass, due_at) WHERE (due_at IS NOT NULL);
+
+--
 -- Name: job_queue_lease_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1792,6 +2543,12 @@ CREATE INDEX job_queue_newest_idx ON public.job_queue USING btree (created_at DE
 --
 
 CREATE INDEX job_queue_project_newest_idx ON public.job_queue USING btree (((payload ->> 'project_id'::text)), created_at DESC, id DESC) WHERE (payload ? 'project_id'::text);
+
+--
+-- Name: job_queue_running_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_running_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), job_type) WHERE (status = 'processing'::text);
 
 --
 -- Name: job_queue_user_idx; Type: INDEX; Schema: public; Owner: -
@@ -1880,6 +2637,30 @@ CREATE TRIGGER job_queue_settings_credits_switch AFTER UPDATE OF credits_enabled
 --
 
 CREATE TRIGGER job_queue_touch BEFORE UPDATE ON public.job_queue FOR EACH ROW EXECUTE FUNCTION public.job_queue_touch();
+
+--
+-- Name: job_queue job_queue_truncated; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_truncated AFTER TRUNCATE ON public.job_queue FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_truncated();
+
+--
+-- Name: job_queue job_queue_wake_freed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_wake_freed AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((old.status = 'processing'::text) AND (new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION public.job_queue_wake_freed();
+
+--
+-- Name: job_queue job_queue_wake_inserted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_wake_inserted AFTER INSERT ON public.job_queue REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_wake_inserted();
+
+--
+-- Name: job_queue job_queue_wake_pending; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_wake_pending AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.status = 'pending'::text) AND ((old.status <> 'pending'::text) OR (new.run_at < old.run_at) OR (new.priority <> old.priority) OR (new.job_type <> old.job_type) OR (new.concurrency_key IS DISTINCT FROM old.concurrency_key) OR (new.user_id IS DISTINCT FROM old.user_id)))) EXECUTE FUNCTION public.job_queue_wake_pending();
 
 --
 -- Name: aplus_contents aplus_contents_job_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -1976,10 +2757,10 @@ REVOKE ALL ON FUNCTION public.credit_ledger_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.credit_reserve(p_user_id text, p_job_id uuid, p_cost integer) FROM PUBLIC;
 
 --
--- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION extend_job_lease(p_job_id uuid, p_lease_token uuid, p_lease interval); Type: ACL; Schema: public; Owner: -
@@ -2036,6 +2817,24 @@ REVOKE ALL ON FUNCTION public.job_credit_cost(p_job_type text, p_payload jsonb) 
 REVOKE ALL ON FUNCTION public.job_credits_held(p_job_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_group_cap(p_group text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_group_cap(p_group text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_group_running(p_group text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_group_running(p_group text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_group_weight(p_group text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_group_weight(p_group text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -2054,10 +2853,22 @@ REVOKE ALL ON FUNCTION public.job_queue_credits_on_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_credits_on_status() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_fold_wakes(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_fold_wakes() FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_instant_pickup(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_pick(p_limit integer, p_job_types text[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_settings_credits_switch(); Type: ACL; Schema: public; Owner: -
@@ -2072,10 +2883,46 @@ REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_touch() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_truncated(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_truncated() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_wake_freed(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_wake_freed() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_wake_inserted(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_wake_inserted() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_wake_pending(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_wake_pending() FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_trigger_health(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_trigger_health() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_type_running(p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_type_running(p_job_type text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_wait_reason(p_job_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_wait_reason(p_job_id uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION jsonb_depth(p_value jsonb, p_stop integer); Type: ACL; Schema: public; Owner: -
@@ -2100,6 +2947,12 @@ REVOKE ALL ON FUNCTION public.mark_job_failed(p_job_id uuid, p_lease_token uuid,
 --
 
 REVOKE ALL ON FUNCTION public.mark_job_processing(p_job_id uuid, p_worker text, p_lease interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION pause_job_type(p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.pause_job_type(p_job_type text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION postpone_job(p_job_id uuid, p_lease_token uuid, p_delay interval, p_reason text, p_max_delay interval, p_max_postponements integer); Type: ACL; Schema: public; Owner: -
@@ -2156,10 +3009,22 @@ REVOKE ALL ON FUNCTION public.prune_jobs(p_keep_completed interval, p_keep_faile
 REVOKE ALL ON FUNCTION public.requeue_expired_jobs() FROM PUBLIC;
 
 --
+-- Name: FUNCTION resume_job_type(p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.resume_job_type(p_job_type text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION retry_job(p_job_id uuid); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.retry_job(p_job_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION set_concurrency_limit(p_key text, p_max_running integer, p_weight integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_concurrency_limit(p_key text, p_max_running integer, p_weight integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION set_credits_unlimited(p_user_id text, p_unlimited boolean); Type: ACL; Schema: public; Owner: -
@@ -2172,6 +3037,12 @@ REVOKE ALL ON FUNCTION public.set_credits_unlimited(p_user_id text, p_unlimited 
 --
 
 REVOKE ALL ON FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid, p_progress jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION set_job_type_limit(p_job_type text, p_max_running integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) FROM PUBLIC;
 
 --
 -- PostgreSQL database dump complete

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from processor import __version__
-from processor.cli import jobs, operate
+from processor.cli import jobs, operate, scheduling
 from processor.errors import ProcessorError
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     operate.add_run_commands(sub)
     jobs.add_commands(sub)
+    scheduling.add_commands(sub)
     operate.add_setup_commands(sub)
     return parser
 

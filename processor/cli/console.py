@@ -24,6 +24,7 @@ STYLE = {
     "completed": "green",
     "failed": "red",
     "cancelled": "dim",
+    "paused": "magenta",  # pending, of a paused job type
 }
 
 Row = dict[str, Any]
@@ -89,7 +90,9 @@ def jobs_table(rows: list[Row], width: int = 120) -> Table:
         cells: dict[str, str | Text] = {
             "id": str(r["id"]),
             "type": inert(r["job_type"]),
-            "status": status_text(r["status"]),
+            "status": Text("paused", style=STYLE["paused"])
+            if r.get("paused")
+            else status_text(r["status"]),
             "attempt": f"{r['attempt']}/{r['max_attempts']}",
             "progress": progress_text(r["progress"]),
             "created": ago(r["created_at"]),
@@ -107,8 +110,11 @@ def stats_table(rows: list[Row]) -> Table:
     for name in ("job_type", "status", "jobs", "oldest due", "p50", "p95"):
         table.add_column(name, justify="left" if name in ("job_type", "status") else "right")
     for r in rows:
+        kind = inert(r["job_type"])
+        if r.get("paused"):
+            kind.append(" (paused)", style=STYLE["paused"])
         table.add_row(
-            inert(r["job_type"]),
+            kind,
             status_text(r["status"]),
             str(r["jobs"]),
             seconds(r["oldest_due_seconds"]),
@@ -116,6 +122,43 @@ def stats_table(rows: list[Row]) -> Table:
             seconds(r["p95_seconds"]),
         )
     return table
+
+
+def _cap(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def limits_view(types: list[Row], groups: list[Row], limits: list[Row]) -> Group:
+    """Job types (running, waiting, cap, paused), the busiest fairness groups, and the limits
+    set with set_concurrency_limit."""
+    kinds = Table(box=None, header_style="bold", pad_edge=False, title_justify="left")
+    for name in ("job_type", "running", "waiting", "later", "cap", "state"):
+        kinds.add_column(name, justify="left" if name in ("job_type", "state") else "right")
+    for r in types:
+        kinds.add_row(
+            inert(r["job_type"]), str(r["running"] or 0), str(r["waiting"] or 0),
+            str(r["scheduled"] or 0), _cap(r["max_running"]),
+            Text("paused", style=STYLE["paused"]) if r["paused"] else Text("running"),
+        )  # fmt: skip
+    busy = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("group", "running", "waiting", "later", "cap", "weight"):
+        busy.add_column(name, justify="left" if name == "group" else "right")
+    for r in groups:
+        busy.add_row(
+            inert(r["group_key"]) if r["group_key"] else Text("(none)", style="dim"),
+            str(r["running"]), str(r["waiting"]), str(r["scheduled"]), _cap(r["max_running"]),
+            str(r["weight"]),
+        )  # fmt: skip
+    set_ = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("limit for", "cap", "weight"):
+        set_.add_column(name, justify="left" if name == "limit for" else "right")
+    for r in limits:
+        label = "every other group" if r["key"] == "*" else r["key"]
+        set_.add_row(inert(label), _cap(r["max_running"]), str(r["weight"]))
+    parts: list[Any] = [Text("job types", style="bold"), kinds if types else Text("  none")]
+    parts += [Text("busiest groups", style="bold"), busy if groups else Text("  none waiting")]
+    parts += [Text("group limits", style="bold"), set_ if limits else Text("  none set")]
+    return Group(*parts)
 
 
 def spend_table(rows: list[Row], total: Row) -> Group:
@@ -156,6 +199,10 @@ def summary(job: Row, width: int = 120) -> Group:
     )
     if job.get("user_id"):
         facts.add_row("user", inert(job["user_id"]))
+    if job.get("concurrency_key"):
+        facts.add_row("group", inert(job["concurrency_key"]))
+    if job.get("waiting_because"):
+        facts.add_row("waiting", inert(job["waiting_because"], "yellow"))
     if prog := progress_text(job["progress"]):
         facts.add_row("progress", prog)
     if job["error_message"]:

@@ -69,6 +69,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 "run_at": None,
                 "max_retries": args.max_retries,
                 "idempotency_key": args.idempotency_key,
+                "concurrency_key": args.concurrency_key,
             },
         )[0]
     print(row["id"])
@@ -164,6 +165,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 "limit": args.limit,
             },
         )
+        paused = {r["job_type"] for r in db.run(conn, "paused_job_types")}
+    for r in rows:
+        r["paused"] = r["status"] == "pending" and r["job_type"] in paused
     if not rows:
         print("no jobs" + (" matching" if args.status or args.type else ""))
         return 0
@@ -237,6 +241,10 @@ def add_commands(sub: Any) -> None:
         "--max-retries", type=int, default=3, help="retries after the first attempt, 0-25"
     )
     p.add_argument("--idempotency-key", help="a repeated key returns the existing job's id")
+    p.add_argument(
+        "--concurrency-key",
+        help="its fairness group (a shop id, say; default: the user)",
+    )
     p.add_argument(
         "--wait",
         action="store_true",

@@ -1,5 +1,6 @@
-"""GET /metrics: Prometheus text for the queue by type and status, and this process's
-attempts and provider calls."""
+"""GET /metrics: Prometheus text for the queue by type and status, running and waiting jobs,
+caps and pause per type, the fairness groups waiting, and this process's attempts and provider
+calls."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from processor.queue.dispatch import Dispatcher
 async def metrics(request: Request) -> Response:
     """Prometheus text: the queue by type and status, and this process's attempts."""
     require_token(request)
-    rows = await request.app.state.queue.db.fetch_all("queue_stats")
+    db = request.app.state.queue.db
+    rows = await db.fetch_all("queue_stats")
+    types = await db.fetch_all("job_type_states")
+    groups = await db.fetch_one("groups_waiting")
     dispatcher: Dispatcher = request.app.state.dispatcher
     lines = [
         "# HELP processor_jobs Jobs in job_queue by type and status.",
@@ -33,6 +37,23 @@ async def metrics(request: Request) -> Response:
         f"{float(r['oldest_pending_seconds']):.3f}"
         for r in rows
         if r["oldest_pending_seconds"] is not None
+    ]
+    for name, help_text in (
+        ("running", "Jobs running now, by type, across every processor."),
+        ("waiting", "Pending jobs that are due, by type."),
+        ("max_running", "A job type's running cap (set_job_type_limit); absent: none."),
+        ("paused", "1 when the job type is paused (pause_job_type)."),
+    ):
+        metric = f"processor_type_{name}"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        for t in types:
+            value = t[name] if name != "paused" else int(bool(t["paused"]))
+            if value is not None:
+                lines.append(f'{metric}{{job_type="{_label(t["job_type"])}"}} {value}')
+    lines += [
+        "# HELP processor_groups_waiting Fairness groups with a due pending job.",
+        "# TYPE processor_groups_waiting gauge",
+        f"processor_groups_waiting {groups['groups'] if groups else 0}",
     ]
     lines += [
         "# HELP processor_running_jobs Jobs this process is running now.",

@@ -293,6 +293,16 @@ def document(max_claim: int) -> dict[str, Any]:
                         "error_message": {"type": ["string", "null"]},
                         "result": {},
                         "progress": {},
+                        "concurrency_key": {
+                            "type": ["string", "null"],
+                            "description": "its fairness group (null: its user_id is)",
+                        },
+                        "waiting_because": {
+                            "type": ["string", "null"],
+                            "description": "why a pending job is not running yet: not due, "
+                            "its type paused or at its cap, its group at its cap, or no free "
+                            "slot; null when it is not pending",
+                        },
                     },
                 },
             },

@@ -2,9 +2,10 @@
 -- Each block is one statement the code runs by name (processor.sql.query).
 
 -- get_job --
-select id, job_type, status, priority, payload, user_id, retry_count, max_retries,
-       retry_count + 1 as attempt, run_at, error_message, errors, result, progress,
-       locked_by, locked_until, created_at, processed_at, completed_at, updated_at
+select id, job_type, status, priority, payload, user_id, concurrency_key, retry_count,
+       max_retries, retry_count + 1 as attempt, run_at, error_message, errors, result, progress,
+       locked_by, locked_until, created_at, processed_at, completed_at, updated_at,
+       job_wait_reason(id) as waiting_because
 from job_queue
 where id = %(id)s;
 
@@ -29,7 +30,8 @@ limit %(limit)s;
 -- enqueue_job --
 select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
                    %(priority)s::bigint, coalesce(%(run_at)s::timestamptz, now()),
-                   %(max_retries)s::integer, %(idempotency_key)s::text) as id;
+                   %(max_retries)s::integer, %(idempotency_key)s::text,
+                   %(concurrency_key)s::text) as id;
 
 -- cancel_job --
 select cancel_job(%(id)s) as ok;
@@ -44,3 +46,38 @@ select job_type, status, count(*) as jobs,
 from job_queue
 group by job_type, status
 order by job_type, status;
+
+-- concurrency_limits --
+select key, max_running, weight, updated_at from job_concurrency_limits order by key;
+
+-- busiest_groups --
+-- The groups with the most work; reads every pending and running job (a view, not a counter).
+select group_key, running, waiting, scheduled, max_running, weight
+from job_queue_groups
+order by waiting + running desc, group_key
+limit %(limit)s;
+
+-- groups_waiting --
+-- From the claim's lanes (one row per type, group and priority), not the jobs: a lane emptied
+-- since the last claim still counts until a claim looks at it.
+select count(distinct group_key) as groups from job_queue_lanes where due_at <= now();
+
+-- paused_job_types --
+select job_type from job_type_limits where paused_at is not null order by job_type;
+
+-- job_type_states --
+select job_type, running, waiting, scheduled, max_running, paused, paused_at
+from job_queue_types
+order by job_type;
+
+-- set_concurrency_limit --
+select set_concurrency_limit(%(key)s, %(max_running)s::integer, %(weight)s::integer);
+
+-- set_job_type_limit --
+select set_job_type_limit(%(job_type)s, %(max_running)s::integer);
+
+-- pause_job_type --
+select pause_job_type(%(job_type)s) as ok;
+
+-- resume_job_type --
+select resume_job_type(%(job_type)s) as ok;

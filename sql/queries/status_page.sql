@@ -2,9 +2,11 @@
 -- Each block is one statement the code runs by name (processor.sql.query).
 
 -- dashboard_stats --
-select job_type, status, jobs, oldest_due_seconds, p50_seconds, p95_seconds
-from job_queue_stats
-order by job_type, status;
+select s.job_type, s.status, s.jobs, s.oldest_due_seconds, s.p50_seconds, s.p95_seconds,
+       t.paused_at is not null as paused
+from job_queue_stats s
+left join job_type_limits t using (job_type)
+order by s.job_type, s.status;
 
 -- ui_counts --
 select job_type, status, count(*) as jobs from job_queue group by 1, 2 order by 1, 2;

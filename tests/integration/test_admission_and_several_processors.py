@@ -92,8 +92,10 @@ def test_twenty_callers_asking_for_50_never_get_more_than_max_running_jobs_at_on
 
 def test_a_busy_processor_claims_nothing_and_says_how_many_run(make_service, conn, handler):
     server = make_service({"MAX_RUNNING_JOBS": "1"})
+    # Two statements: the slow job is the older one, so it is claimed first.
     conn.execute("""insert into job_queue (job_type, payload)
-                    values ('slow', '{"respond": {"delay": 1}}'), ('ok', '{}')""")
+                    values ('slow', '{"respond": {"delay": 1}}')""")
+    conn.execute("insert into job_queue (job_type, payload) values ('ok', '{}')")
     first = httpx.post(f"{server.url}/process-jobs", json={"limit": 2}, headers=AUTH).json()
     assert len(first["claimed"]) == 1 and "busy" not in first
     second = httpx.post(f"{server.url}/process-jobs", json={"limit": 2}, headers=AUTH)

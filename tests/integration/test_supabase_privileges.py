@@ -40,7 +40,7 @@ ALLOWED: dict[tuple[str, str, str], set[str]] = {
     ("function", "grant_credits(text,integer,text)", "service_role"): {"EXECUTE"},
     (
         "function",
-        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text)",
+        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text,text)",
         "service_role",
     ): {"EXECUTE"},
 }

@@ -191,6 +191,8 @@ async def overview(request: Request) -> Response:
         net_answers=await _optional(db, "net_recent_responses"),
         running=request.app.state.dispatcher.running,
         cron_job=JOB_NAME,
+        job_types=await db.fetch_all("job_type_states"),
+        groups=await db.fetch_all("busiest_groups", {"limit": 10}),
     )
 
 
@@ -227,6 +229,9 @@ async def jobs(request: Request) -> Response:
         {**filters, "before_at": before_at, "before_id": before_id, "limit": PAGE_SIZE + 1},
         prepare=False,
     )
+    paused = {r["job_type"] for r in await _db(request).fetch_all("paused_job_types")}
+    for r in rows:
+        r["paused"] = r["status"] == "pending" and r["job_type"] in paused
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     shown = {"status": filters["status"], "type": filters["job_type"],
@@ -321,6 +326,23 @@ async def act(request: Request) -> Response:
     return RedirectResponse(f"/ui/jobs/{job_id}", 303)
 
 
+async def pause(request: Request) -> Response:
+    """Pauses or resumes a job type (the overview's buttons), with the page's CSRF rules."""
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    if await _checked_form(request, session) is None:
+        return Response("bad or missing CSRF token", 403)
+    action = request.path_params["action"]
+    job_type = request.path_params["job_type"]
+    if action not in ("pause", "resume"):
+        return Response("unknown action", 404)
+    if not _storable(job_type) or not 0 < len(job_type) <= 200:
+        return _plain("a job type is 1 to 200 characters with no control character", 400)
+    await _db(request).fetch_one(f"{action}_job_type", {"job_type": job_type})
+    return RedirectResponse("/ui", 303)
+
+
 def _storable(value: str) -> bool:
     return not any(ord(c) < 32 or ord(c) == 127 for c in value)
 
@@ -341,5 +363,6 @@ routes: list[BaseRoute] = [
     Route("/ui/jobs", jobs, methods=["GET"]),
     Route("/ui/jobs/{job_id}", job, methods=["GET"]),
     Route("/ui/jobs/{job_id}/{action}", act, methods=["POST"]),
+    Route("/ui/types/{job_type}/{action}", pause, methods=["POST"]),
     Mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static"),
 ]
