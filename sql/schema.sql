@@ -688,55 +688,64 @@ CREATE FUNCTION public.job_queue_fold_wakes() RETURNS void
     LANGUAGE plpgsql
     AS $$
 declare
-    v_freed text[];
+    v_lane record;
+    v_done bigint[] := '{}';  -- wakes folded in (deleted at the end)
+    v_freed text[] := '{}';
 begin
     -- Never waits: a wake another claimer is folding, or whose lane another claimer holds, is
-    -- left for the next claim.
-    with woken as materialized (
-        -- A paused type's wakes wait for resume_job_type: its lanes stay out of the claim's way.
-        select w.id, w.job_type, w.group_key, w.priority, w.due_at, w.freed
-        from job_queue_wakes w
-        where not exists (select 1 from job_type_limits t
-                          where t.job_type = w.job_type and t.paused_at is not null)
-        order by w.id
-        limit 5000
-        for update of w skip locked
-    ), lanes as (
-        select job_type, group_key, priority, min(due_at) filter (where not freed) as due_at,
-               array_agg(id) as ids
-        from woken group by 1, 2, 3
-    ), floor as (
-        select c.*, coalesce((select min(a.pass) from job_queue_lanes a
-                              where a.due_at is not null and a.priority = c.priority), 0) as pass
-        from lanes c
-    ), added as (
-        insert into job_queue_lanes (job_type, group_key, priority, pass, due_at)
-        select job_type, group_key, priority, pass, due_at from floor where due_at is not null
+    -- left for the next claim. Lane by lane, each by its key: the usual claim folds one or two.
+    for v_lane in
+        select w.job_type, w.group_key, w.priority,
+               min(w.due_at) filter (where not w.freed) as due_at, bool_or(w.freed) as freed,
+               array_agg(w.id) as ids
+        from (select * from job_queue_wakes w
+              -- A paused type's wakes wait for resume_job_type: its lanes stay out of the way.
+              where not exists (select 1 from job_type_limits t
+                                where t.job_type = w.job_type and t.paused_at is not null)
+              order by w.id
+              limit 5000
+              for update of w skip locked) w
+        group by 1, 2, 3
         order by 1, 2, 3
-        on conflict (job_type, group_key, priority) do nothing
-        returning job_type, group_key, priority
-    ), held as (
-        select l.job_type, l.group_key, l.priority
-        from job_queue_lanes l join lanes c using (job_type, group_key, priority)
-        for update of l skip locked
-    ), moved as (
+    loop
+        if v_lane.freed then
+            v_freed := v_freed || v_lane.group_key;
+        end if;
+        if v_lane.due_at is null then
+            v_done := v_done || v_lane.ids;
+            continue;
+        end if;
         update job_queue_lanes l
-        set due_at = least(l.due_at, f.due_at),
-            pass = case when l.due_at is null then greatest(l.pass, f.pass) else l.pass end
-        from floor f, held h
-        where l.job_type = f.job_type and l.group_key = f.group_key and l.priority = f.priority
-          and h.job_type = f.job_type and h.group_key = f.group_key and h.priority = f.priority
-          and f.due_at is not null
-    ), done as (
-        delete from job_queue_wakes w
-        using lanes c
-        where w.id = any (c.ids)
-          and ((c.job_type, c.group_key, c.priority) in (select * from added)
-               or (c.job_type, c.group_key, c.priority) in (select * from held)
-               or c.due_at is null)
-    )
-    select array_agg(distinct group_key) filter (where freed) into v_freed from woken;
-    if v_freed is not null then
+        set due_at = least(l.due_at, v_lane.due_at),
+            -- A lane that was empty starts at the lowest pass of the lanes now waiting at its
+            -- priority: a newcomer is served next, not after everyone's backlog, and a quiet
+            -- lane cannot spend turns it saved up.
+            pass = case when l.due_at is null
+                        then greatest(l.pass, coalesce(
+                            (select min(a.pass) from job_queue_lanes a
+                             where a.due_at is not null and a.priority = v_lane.priority),
+                            l.pass))
+                        else l.pass end
+        where l.ctid = (select x.ctid from job_queue_lanes x
+                        where x.job_type = v_lane.job_type and x.group_key = v_lane.group_key
+                          and x.priority = v_lane.priority
+                        for update skip locked);
+        if found then
+            v_done := v_done || v_lane.ids;
+            continue;
+        end if;
+        insert into job_queue_lanes (job_type, group_key, priority, pass, due_at)
+        values (v_lane.job_type, v_lane.group_key, v_lane.priority,
+                coalesce((select min(a.pass) from job_queue_lanes a
+                          where a.due_at is not null and a.priority = v_lane.priority), 0),
+                v_lane.due_at)
+        on conflict (job_type, group_key, priority) do nothing;
+        if found then
+            v_done := v_done || v_lane.ids;
+        end if;  -- else another claimer holds the lane: its wake stays for the next claim
+    end loop;
+    delete from job_queue_wakes where id = any (v_done);
+    if cardinality(v_freed) > 0 then
         -- A job of a capped group ended: every lane of the group sitting out its cap is due.
         update job_queue_lanes set due_at = now()
         where ctid in (select ctid from job_queue_lanes
