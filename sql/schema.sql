@@ -389,8 +389,9 @@ CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RET
                       where t.job_type = j.job_type
                         and (t.paused_at is not null
                              or t.max_running <= job_type_running(j.job_type)))
-      and coalesce(job_group_cap(coalesce(j.concurrency_key, j.user_id, '')) >
-                   job_group_running(coalesce(j.concurrency_key, j.user_id, '')), true)
+      and (not exists (select 1 from job_concurrency_limits where max_running is not null)
+           or coalesce(job_group_cap(coalesce(j.concurrency_key, j.user_id, '')) >
+                       job_group_running(coalesce(j.concurrency_key, j.user_id, '')), true))
     order by j.priority desc, j.run_at, j.created_at
     limit 1
     for update of j skip locked
@@ -814,15 +815,16 @@ declare
     v_pass_p integer[] := '{}';
     v_pass_d double precision[] := '{}';
 begin
-    select fair_share into v_fair from job_queue_settings where id;
-    select coalesce(array_agg(job_type), '{}') into v_paused
-    from job_type_limits where paused_at is not null;
-    v_limits := exists (select 1 from job_concurrency_limits);
-    select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
-    from job_type_limits where max_running is not null;
-
-    v_capped := v_type_caps <> '{}'
-        or exists (select 1 from job_concurrency_limits where max_running is not null);
+    -- Everything the claim needs to know about settings and limits, in one statement.
+    select (select fair_share from job_queue_settings where id),
+           coalesce((select array_agg(job_type) from job_type_limits
+                     where paused_at is not null), '{}'),
+           exists (select 1 from job_concurrency_limits),
+           coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
+                     where max_running is not null), '{}'),
+           exists (select 1 from job_concurrency_limits where max_running is not null)
+    into v_fair, v_paused, v_limits, v_type_caps, v_capped;
+    v_capped := v_capped or v_type_caps <> '{}';
     if not coalesce(v_fair, true) and not v_capped then
         -- One global order, as before fair share.
         select coalesce(array_agg(id), '{}') into v_ids from (
@@ -851,7 +853,9 @@ begin
             v_counting := false;  -- the block's setting is undone with it
         end;
     end if;
-    perform job_queue_fold_wakes();
+    if exists (select 1 from job_queue_wakes) then
+        perform job_queue_fold_wakes();
+    end if;
     while v_left > 0 loop
         -- One round: the lowest-pass lanes at the highest priority with due work, at most one
         -- per job still wanted, each given a share of what is left in proportion to its weight.
@@ -864,18 +868,21 @@ begin
         order by l.priority desc, l.pass, l.due_at
         limit 1;
         exit when v_top is null;
-        -- The weights of the first lanes in line share what is left.
-        select coalesce(sum(coalesce(own.weight, star.weight, 1)), 1) into v_wsum
-        from (select l.group_key from job_queue_lanes l
-              where l.due_at <= now() and l.priority = v_top
-                and (p_job_types is null or l.job_type = any (p_job_types))
-                and l.job_type <> all (v_paused)
-                and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
-                         = any (v_done))
-              order by l.pass, l.due_at
-              limit v_left) c
-        left join job_concurrency_limits own on v_limits and own.key = c.group_key
-        left join job_concurrency_limits star on v_limits and star.key = '*';
+        v_wsum := 1;  -- one job wanted: the first lane in line takes it, whatever its weight
+        if v_left > 1 then
+            -- The weights of the first lanes in line share what is left.
+            select coalesce(sum(coalesce(own.weight, star.weight, 1)), 1) into v_wsum
+            from (select l.group_key from job_queue_lanes l
+                  where l.due_at <= now() and l.priority = v_top
+                    and (p_job_types is null or l.job_type = any (p_job_types))
+                    and l.job_type <> all (v_paused)
+                    and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
+                             = any (v_done))
+                  order by l.pass, l.due_at
+                  limit v_left) c
+            left join job_concurrency_limits own on v_limits and own.key = c.group_key
+            left join job_concurrency_limits star on v_limits and star.key = '*';
+        end if;
         v_plan_t := '{}'; v_plan_g := '{}'; v_plan_n := '{}'; v_plan_w := '{}';
         v_planned := 0;
         -- Lanes in pass order, read as far as needed: one at its cap costs a row and a count.
