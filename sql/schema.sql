@@ -973,11 +973,19 @@ begin
             end if;
             if cardinality(v_got.ids) = 0 then
                 -- Nothing due here now: the lane sleeps until its next job is due, or until a
-                -- wake (null: empty). Jobs locked by another transaction keep it due.
+                -- wake. Jobs locked by another transaction keep it due.
                 select min(run_at) into v_next from job_queue
                 where status = 'pending' and job_type = v_got.t
                   and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
-                if v_next is null or v_next > now() then
+                if v_next is null then
+                    -- Empty: the lane goes, so the table holds only groups with work. A job
+                    -- added since has a wake, which makes it again (at the lowest pass waiting).
+                    delete from job_queue_lanes
+                    where ctid = (select ctid from job_queue_lanes
+                                  where job_type = v_got.t and group_key = v_got.g
+                                    and priority = v_top
+                                  for update skip locked);
+                elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
                                   where job_type = v_got.t and group_key = v_got.g

@@ -9,9 +9,10 @@
 --     comes first.
 --   * The claim reads lanes, not jobs, so it never walks past jobs it may not take (another job
 --     type, a paused type, a group at its cap): each lane it serves costs one probe of
---     job_queue_lane_idx. A lane's due_at says no job in it is due before then (null: empty);
---     the claim raises it when a probe finds nothing due, and a lane at its group's cap sits
---     out until one of the group's jobs ends.
+--     job_queue_lane_idx. A lane's due_at says no job in it is due before then (null: its
+--     type is paused); the claim raises it when a probe finds nothing due, deletes the lane
+--     when it finds nothing pending, and a lane at its group's cap sits out until one of the
+--     group's jobs ends.
 --   * Inserts and rows put back to pending never touch a lane: they append a row to
 --     job_queue_wakes, which commits with the job; the claim folds the wakes into the lanes.
 --     So an app's open transaction never holds a lock a claim waits for.
@@ -448,11 +449,19 @@ begin
             end if;
             if cardinality(v_got.ids) = 0 then
                 -- Nothing due here now: the lane sleeps until its next job is due, or until a
-                -- wake (null: empty). Jobs locked by another transaction keep it due.
+                -- wake. Jobs locked by another transaction keep it due.
                 select min(run_at) into v_next from job_queue
                 where status = 'pending' and job_type = v_got.t
                   and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
-                if v_next is null or v_next > now() then
+                if v_next is null then
+                    -- Empty: the lane goes, so the table holds only groups with work. A job
+                    -- added since has a wake, which makes it again (at the lowest pass waiting).
+                    delete from job_queue_lanes
+                    where ctid = (select ctid from job_queue_lanes
+                                  where job_type = v_got.t and group_key = v_got.g
+                                    and priority = v_top
+                                  for update skip locked);
+                elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
                                   where job_type = v_got.t and group_key = v_got.g

@@ -214,6 +214,16 @@ def test_a_claim_restricted_to_one_type_skips_the_others_lanes(conn):
     assert lanes == 2  # one per (type, group, priority), not one per job
 
 
+def test_a_lane_goes_when_its_group_has_nothing_pending_and_returns_with_new_work(conn):
+    for g in range(50):
+        add(conn, 1, f"seller-{g}")
+    assert len(claim(conn, 50)) == 50
+    assert claim(conn, 50) == []  # each lane is looked at once more, found empty, deleted
+    assert conn.execute("select count(*) as n from job_queue_lanes").fetchone()["n"] == 0
+    add(conn, 1, "seller-7")
+    assert groups_of(claim(conn, 5)) == ["seller-7"]
+
+
 def test_a_retry_and_a_job_due_later_wake_their_lane(conn):
     conn.execute("insert into job_queue (job_type, user_id, run_at) values "
                  "('ok', 'later', now() + interval '1 second')")  # fmt: skip
