@@ -50,6 +50,47 @@ CREATE FUNCTION public.cancel_job(p_job_id uuid) RETURNS boolean
     select exists (select 1 from cancelled)
 $$;
 
+--
+-- Name: cancel_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cancel_jobs(p_status text DEFAULT 'pending'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false) RETURNS TABLE(job_id uuid, job_type text, user_id text, cancelled boolean, reason text)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_id uuid;
+    v_job job_queue;
+begin
+    if p_status is null or p_status not in ('pending', 'processing') then
+        raise exception 'cancel_jobs: status must be pending or processing, got %',
+            coalesce(p_status, 'null') using errcode = '22023';
+    end if;
+    for v_id in
+        select s from job_queue_select_for_action(array[p_status], p_job_type, p_user_id,
+                                                  p_since, p_until, p_error, p_limit) s
+    loop
+        -- A job a claim holds this instant is left alone (it is running: cancel it again).
+        select * into v_job from job_queue where id = v_id for update skip locked;
+        continue when not found or v_job.status <> p_status;
+        job_id := v_job.id;
+        job_type := v_job.job_type;
+        user_id := v_job.user_id;
+        if p_dry_run then
+            cancelled := false;
+            reason := 'dry run: would be cancelled';
+        else
+            update job_queue
+            set status = 'cancelled', completed_at = now(), locked_by = null,
+                locked_until = null, lease_token = null
+            where id = v_job.id;
+            cancelled := true;
+            reason := null;
+        end if;
+        return next;
+    end loop;
+end;
+$$;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
@@ -558,6 +599,33 @@ CREATE FUNCTION public.job_group_weight(p_group text) RETURNS integer
 $$;
 
 --
+-- Name: job_items_needed(text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb) RETURNS integer
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select case
+        when p_job_type in ('generate-image', 'generate-images') then 1
+        when p_job_type = 'generate-complete-pack'
+            then 6 + case when coalesce((p_payload ->> 'include_aplus')::boolean, false)
+                          then 7 else 0 end
+        when p_job_type = 'generate-aplus' then 7  -- six images and the document
+    end
+$$;
+
+--
+-- Name: job_items_stored(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_items_stored(p_job_id uuid) RETURNS integer
+    LANGUAGE sql STABLE
+    AS $$
+    select (select count(*) from generated_images where job_id = p_job_id)::integer
+         + (select count(*) from aplus_contents where job_id = p_job_id)::integer
+$$;
+
+--
 -- Name: job_queue_check_row(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1043,6 +1111,33 @@ end;
 $$;
 
 --
+-- Name: job_queue_select_for_action(text[], text, text, timestamp with time zone, timestamp with time zone, text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) RETURNS SETOF uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if p_limit is null or p_limit not between 1 and 10000 then
+        raise exception 'limit must be from 1 to 10000, got %', p_limit using errcode = '22023';
+    end if;
+    if p_since is not null and p_until is not null and p_since > p_until then
+        raise exception 'since (%) is after until (%)', p_since, p_until using errcode = '22023';
+    end if;
+    return query
+    select j.id from job_queue j
+    where j.status = any (p_statuses)
+      and (p_job_type is null or j.job_type = p_job_type)
+      and (p_user_id is null or j.user_id = p_user_id)
+      and (p_since is null or coalesce(j.completed_at, j.updated_at) >= p_since)
+      and (p_until is null or coalesce(j.completed_at, j.updated_at) < p_until)
+      and (p_error is null or strpos(lower(coalesce(j.error_message, '')), lower(p_error)) > 0)
+    order by coalesce(j.completed_at, j.updated_at), j.id
+    limit p_limit;
+end;
+$$;
+
+--
 -- Name: job_queue_settings_credits_switch(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1434,6 +1529,59 @@ end;
 $$;
 
 --
+-- Name: processor_scaling_metric(text[], integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.processor_scaling_metric(p_job_types text[] DEFAULT NULL::text[], p_slots integer DEFAULT NULL::integer) RETURNS double precision
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_slots integer := coalesce(p_slots,
+                                (select slots_per_processor from job_queue_settings where id), 20);
+    v_bound integer;
+    v_skip text[];
+    v_running bigint;
+    v_due bigint;
+    v_type record;
+begin
+    if v_slots < 1 then
+        raise exception 'processor_scaling_metric: slots must be >= 1, got %', v_slots
+            using errcode = '22023';
+    end if;
+    v_bound := v_slots * 100;
+    -- Paused types and types with a cap are counted apart (or not at all).
+    select coalesce(array_agg(job_type), '{}') into v_skip from job_type_limits
+    where paused_at is not null or max_running is not null;
+    select count(*) into v_running from job_queue
+    where status = 'processing' and (p_job_types is null or job_type = any (p_job_types));
+    select count(*) into v_due from (
+        select 1 from job_queue
+        where status = 'pending' and run_at <= now()
+          and (p_job_types is null or job_type = any (p_job_types))
+          and job_type <> all (v_skip)
+        limit v_bound) d;
+    for v_type in
+        select t.job_type, t.max_running from job_type_limits t
+        where t.paused_at is null and t.max_running is not null
+          and (p_job_types is null or t.job_type = any (p_job_types))
+    loop
+        v_due := v_due + (
+            select count(*) from (
+                select 1 from job_queue
+                where status = 'pending' and run_at <= now() and job_type = v_type.job_type
+                limit greatest(v_type.max_running - job_type_running(v_type.job_type), 0)) d);
+    end loop;
+    return (v_running + least(v_due, v_bound))::double precision / v_slots;
+end;
+$$;
+
+--
+-- Name: FUNCTION processor_scaling_metric(p_job_types text[], p_slots integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.processor_scaling_metric(p_job_types text[], p_slots integer) IS '(running + due jobs that may start) / slots per processor: a scaler targets 1. Reads indexes only; due jobs counted up to 100 processors'' worth.';
+
+--
 -- Name: processor_share_own_rows(regclass, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1690,6 +1838,65 @@ CREATE FUNCTION public.retry_job(p_job_id uuid) RETURNS boolean
         returning 1
     )
     select exists (select 1 from retried)
+$$;
+
+--
+-- Name: retry_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.retry_jobs(p_status text DEFAULT 'failed'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false) RETURNS TABLE(job_id uuid, job_type text, user_id text, retried boolean, reason text, items_needed integer, items_stored integer, paid_usd numeric, max_retry_usd numeric)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_id uuid;
+    v_job job_queue;
+    v_dearest jsonb := '{}';
+    v_price numeric;
+begin
+    if p_status is null or p_status not in ('failed', 'cancelled') then
+        raise exception 'retry_jobs: status must be failed or cancelled, got %',
+            coalesce(p_status, 'null') using errcode = '22023';
+    end if;
+    for v_id in
+        select s from job_queue_select_for_action(array[p_status], p_job_type, p_user_id,
+                                                  p_since, p_until, p_error, p_limit) s
+    loop
+        select * into v_job from job_queue where id = v_id for update skip locked;
+        continue when not found or v_job.status <> p_status;  -- taken since it was selected
+        job_id := v_job.id;
+        job_type := v_job.job_type;
+        user_id := v_job.user_id;
+        items_needed := job_items_needed(v_job.job_type, v_job.payload);
+        items_stored := job_items_stored(v_job.id);
+        select coalesce(sum(c.cost_usd), 0) into paid_usd from provider_calls c
+        where c.job_id = v_job.id;
+        if not v_dearest ? v_job.job_type then
+            select max(c.cost_usd) into v_price from provider_calls c
+            join job_queue q on q.id = c.job_id
+            where q.job_type = v_job.job_type and c.status = 'ok';
+            v_dearest := v_dearest || jsonb_build_object(v_job.job_type, v_price);
+        end if;
+        v_price := (v_dearest ->> v_job.job_type)::numeric;
+        max_retry_usd := greatest(items_needed - items_stored, 0) * v_price;
+        if p_dry_run then
+            retried := false;
+            reason := 'dry run: would go back to pending';
+            return next;
+            continue;
+        end if;
+        begin
+            update job_queue
+            set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
+            where id = v_job.id;
+            retried := true;
+            reason := null;
+        exception when sqlstate '53000' then  -- insufficient credits (credit_reserve)
+            retried := false;
+            reason := sqlerrm;
+        end;
+        return next;
+    end loop;
+end;
 $$;
 
 --
@@ -2010,9 +2217,11 @@ CREATE TABLE public.job_queue_settings (
     keep_cron_history interval DEFAULT '7 days'::interval NOT NULL,
     credits_enabled boolean DEFAULT false NOT NULL,
     fair_share boolean DEFAULT true NOT NULL,
+    slots_per_processor integer DEFAULT 20 NOT NULL,
     CONSTRAINT job_queue_settings_id_check CHECK (id),
     CONSTRAINT job_queue_settings_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
-    CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000)))
+    CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000))),
+    CONSTRAINT job_queue_settings_slots_per_processor CHECK (((slots_per_processor >= 1) AND (slots_per_processor <= 100000)))
 );
 
 --
@@ -2026,6 +2235,12 @@ COMMENT ON TABLE public.job_queue_settings IS 'Limits and retention for job_queu
 --
 
 COMMENT ON COLUMN public.job_queue_settings.fair_share IS 'true: claims take groups in turn (weighted); false: one global order (priority, run_at, created_at).';
+
+--
+-- Name: COLUMN job_queue_settings.slots_per_processor; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_settings.slots_per_processor IS 'MAX_RUNNING_JOBS of one processor (processor serve records its own at start); processor_scaling_metric divides by it.';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -2067,6 +2282,46 @@ CREATE VIEW public.job_queue_stuck WITH (security_invoker='on') AS
         END AS why
    FROM public.job_queue
   WHERE (((job_queue.status = 'processing'::text) AND ((job_queue.locked_until < now()) OR (job_queue.processed_at < (now() - '00:30:00'::interval)))) OR ((job_queue.status = 'pending'::text) AND (job_queue.run_at < (now() - '00:02:00'::interval))));
+
+--
+-- Name: job_queue_table_health; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.job_queue_table_health WITH (security_invoker='on') AS
+ SELECT (s.relname)::text AS table_name,
+    s.n_live_tup AS live_tuples,
+    s.n_dead_tup AS dead_tuples,
+    pg_table_size((s.relid)::regclass) AS table_bytes,
+    pg_indexes_size((s.relid)::regclass) AS index_bytes,
+    s.n_tup_upd AS updates,
+    s.n_tup_hot_upd AS hot_updates,
+    GREATEST(s.last_autovacuum, s.last_vacuum) AS last_vacuum,
+    GREATEST(s.last_autoanalyze, s.last_analyze) AS last_analyze,
+    (s.autovacuum_count + s.vacuum_count) AS vacuums,
+    h.oldest_xact_seconds,
+    h.oldest_xact_pid,
+    h.oldest_slot_xmin_age
+   FROM (pg_stat_user_tables s
+     CROSS JOIN ( SELECT ( SELECT EXTRACT(epoch FROM (now() - a.xact_start)) AS "extract"
+                   FROM pg_stat_activity a
+                  WHERE ((a.backend_xmin IS NOT NULL) AND (a.pid <> pg_backend_pid()))
+                  ORDER BY a.xact_start
+                 LIMIT 1) AS oldest_xact_seconds,
+            ( SELECT a.pid
+                   FROM pg_stat_activity a
+                  WHERE ((a.backend_xmin IS NOT NULL) AND (a.pid <> pg_backend_pid()))
+                  ORDER BY a.xact_start
+                 LIMIT 1) AS oldest_xact_pid,
+            ( SELECT max(age(r.xmin)) AS max
+                   FROM pg_replication_slots r
+                  WHERE (r.xmin IS NOT NULL)) AS oldest_slot_xmin_age) h)
+  WHERE ((s.schemaname = "current_schema"()) AND (s.relname = ANY (ARRAY['job_queue'::name, 'job_queue_lanes'::name, 'job_queue_wakes'::name, 'processor_net_calls'::name, 'provider_calls'::name, 'credit_ledger'::name])));
+
+--
+-- Name: VIEW job_queue_table_health; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.job_queue_table_health IS 'Live and dead tuples, sizes, HOT updates and the last vacuum of the queue''s tables, and the oldest open transaction (which stops vacuum from removing dead rows).';
 
 --
 -- Name: job_type_limits; Type: TABLE; Schema: public; Owner: -
@@ -2751,6 +3006,12 @@ ALTER TABLE public.provider_calls ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean) FROM PUBLIC;
+
+--
 -- Name: FUNCTION claim_jobs(p_worker text, p_limit integer, p_job_types text[], p_lease interval); Type: ACL; Schema: public; Owner: -
 --
 
@@ -2859,6 +3120,18 @@ REVOKE ALL ON FUNCTION public.job_group_running(p_group text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_group_weight(p_group text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_items_needed(p_job_type text, p_payload jsonb); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_items_stored(p_job_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -2893,6 +3166,12 @@ REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_settings_credits_switch(); Type: ACL; Schema: public; Owner: -
@@ -2997,6 +3276,12 @@ REVOKE ALL ON FUNCTION public.processor_endpoint(OUT url text, OUT token text) F
 REVOKE ALL ON FUNCTION public.processor_keep_private(p_objects text[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION processor_scaling_metric(p_job_types text[], p_slots integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.processor_scaling_metric(p_job_types text[], p_slots integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION processor_share_own_rows(p_table regclass, p_realtime boolean); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3043,6 +3328,12 @@ REVOKE ALL ON FUNCTION public.resume_job_type(p_job_type text) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.retry_job(p_job_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION set_concurrency_limit(p_key text, p_max_running integer, p_weight integer); Type: ACL; Schema: public; Owner: -

@@ -293,6 +293,20 @@ PRODUCT = {
 }
 
 
+def scrape(url: str) -> dict[str, float]:
+    """GET /metrics parsed as Prometheus text: 'name{label="v",...}' (labels sorted) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    response.raise_for_status()
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
 def healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200

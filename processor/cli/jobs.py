@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from rich.console import Console
 
 from processor import db
-from processor.cli import console
+from processor.cli import bulk, console
 from processor.cli.common import add_command, bounded_int, database_url, env, print_json, public_url
 from processor.errors import ConfigError
 from processor.settings import BUILTIN_ROUTES, parse_job_routes
@@ -206,21 +206,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_action(query: str, verb: str) -> Callable[[argparse.Namespace], int]:
-    def action(args: argparse.Namespace) -> int:
-        with db.connect(database_url()) as conn:
-            ok = db.run(conn, query, {"id": args.job_id})[0]["ok"]
-        print(
-            f"{verb} {args.job_id}"
-            if ok
-            else f"job {args.job_id} cannot be {verb} "
-            "(no such job, or its status does not allow it)"
-        )
-        return 0 if ok else 1
-
-    return action
-
-
 def add_commands(sub: Any) -> None:
     p = add_command(
         sub,
@@ -282,13 +267,7 @@ def add_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_watch)
 
-    for name, func, help_text in (
-        ("retry", _job_action("retry_job", "retried"), "put a failed or cancelled job back"),
-        ("cancel", _job_action("cancel_job", "cancelled"), "cancel a pending or running job"),
-    ):
-        p = add_command(sub, name, help_text)
-        p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
-        p.set_defaults(func=func)
+    bulk.add_commands(sub)  # retry and cancel
 
     p = add_command(sub, "stats", "jobs per type and status, oldest due, p50/p95 run time")
     p.add_argument(

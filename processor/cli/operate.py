@@ -108,7 +108,7 @@ def cmd_unschedule(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    return 0 if verify.verify(database_url()) else 1
+    return 0 if verify.verify(database_url(), replicas=args.replicas) else 1
 
 
 def cmd_signing_secret(args: argparse.Namespace) -> int:
@@ -263,6 +263,16 @@ def add_setup_commands(sub: Any) -> None:
     add_command(sub, "relay", "send the local pg_net stand-in's requests").set_defaults(
         func=cmd_relay
     )
-    add_command(
-        sub, "verify", "check every link of the trigger chain; exit 1 if one is broken"
-    ).set_defaults(func=cmd_verify)
+    p = add_command(
+        sub,
+        "verify",
+        "check every link of the trigger chain; exit 1 if one is broken",
+        env="Reads DATABASE_URL, and DB_POOL_MAX and LISTEN_FOR_JOBS as the processors have them.",
+    )
+    p.add_argument(
+        "--replicas",
+        type=bounded_int(1, 10_000),
+        default=1,
+        help="processors you run against this database: warn if their connections do not fit",
+    )
+    p.set_defaults(func=cmd_verify)

@@ -5,6 +5,7 @@ database → migrations → functions → pg_cron job → cron runs → pg_net �
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,13 @@ FUNCTIONS = [
     "invoke_job_processor",
 ]
 MAX_DUE_SECONDS = 180  # a due job older than this means nothing is calling the processor
+# Storage: dead rows past this share of the live ones (and at least MIN_DEAD) mean vacuum is
+# behind; a transaction open this long keeps every dead row since it began.
+MAX_DEAD_SHARE = 0.2
+MIN_DEAD = 10_000
+MAX_XACT_SECONDS = 300
+# What one processor opens: its pool (DB_POOL_MAX), the outcome writer's 3 and one LISTEN.
+OUTCOME_CONNECTIONS = 3
 
 
 @dataclass(frozen=True)
@@ -43,16 +51,20 @@ class Check:
     ok: bool
     label: str
     fix: str | None = None
+    warning: bool = False  # holds, but needs a look (does not fail verify)
 
     def line(self) -> str:
-        mark = "✓" if self.ok else "✗"
+        mark = "!" if self.warning else "✓" if self.ok else "✗"
         return f"{mark} {self.label}" + (f"\n    fix: {self.fix}" if self.fix else "")
 
 
 class Verifier:
-    def __init__(self, conn: psycopg.Connection[Row], client: httpx.Client) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Row], client: httpx.Client, replicas: int = 1
+    ) -> None:
         self.conn = conn
         self.client = client
+        self.replicas = replicas
 
     def migrations(self) -> Check:
         todo = migrate.pending(self.conn)
@@ -221,14 +233,70 @@ class Verifier:
             )
         return Check(True, f"queue: oldest due job {age:.0f}s, no expired leases")
 
+    def storage(self) -> Check:
+        """Dead rows vacuum has not removed, and a transaction that stops it from removing them."""
+        rows = run(self.conn, "table_health")
+        problems, fixes = [], []
+        for r in rows:
+            dead, live = r["dead_tuples"], r["live_tuples"]
+            if dead >= MIN_DEAD and dead > MAX_DEAD_SHARE * live:
+                since = r["since_vacuum_seconds"]
+                when = f"last vacuum {since / 60:.0f} min ago" if since is not None else "never"
+                problems.append(
+                    f"{r['table_name']} has {dead:,} dead rows to {live:,} live ({when})"
+                )
+                fixes.append(
+                    f"VACUUM (ANALYZE) {r['table_name']}; if it recurs, lower "
+                    f"autovacuum_vacuum_scale_factor for it (ALTER TABLE {r['table_name']} SET "
+                    "(autovacuum_vacuum_scale_factor = 0.02))"
+                )
+        horizon = rows[0]["oldest_xact_seconds"] if rows else None
+        if horizon is not None and horizon > MAX_XACT_SECONDS:
+            pid = rows[0]["oldest_xact_pid"]
+            problems.append(f"transaction of pid {pid} open {horizon / 60:.0f} min: vacuum waits")
+            fixes.insert(
+                0,
+                f"end it (SELECT pg_terminate_backend({pid})) and fix the client that leaves "
+                "transactions open",
+            )
+        if problems:
+            return Check(True, "storage: " + "; ".join(problems), "; ".join(fixes), warning=True)
+        q = next((r for r in rows if r["table_name"] == "job_queue"), None)
+        size = (q["table_bytes"] + q["index_bytes"]) / 2**20 if q else 0
+        return Check(True, f"storage: job_queue {size:.1f} MB, dead rows within bounds")
 
-def verify(database_url: str, out: Callable[[str], None] = print) -> bool:
+    def connections(self) -> Check:
+        """Whether `replicas` processors fit the server's connection limit."""
+        pool = int(os.environ.get("DB_POOL_MAX", "10"))
+        listen = os.environ.get("LISTEN_FOR_JOBS", "on") != "off"
+        each = pool + OUTCOME_CONNECTIONS + int(listen)
+        row = run(self.conn, "connection_budget")[0]
+        room = row["max_connections"] - row["reserved"] - row["others"]
+        need = self.replicas * each
+        label = (
+            f"connections: {self.replicas} processor(s) x {each} (DB_POOL_MAX {pool} + "
+            f"{OUTCOME_CONNECTIONS} outcome + {int(listen)} LISTEN) = {need} of {room} free "
+            f"(max_connections {row['max_connections']}, {row['others']} held by other clients)"
+        )
+        if need > room:
+            fit = max(room // each, 0)
+            return Check(
+                True,
+                label,
+                f"run at most {fit} processors, lower DB_POOL_MAX, or connect through a pooler "
+                "(docs/scale.md: connection budgets)",
+                warning=True,
+            )
+        return Check(True, label)
+
+
+def verify(database_url: str, out: Callable[[str], None] = print, replicas: int = 1) -> bool:
     """Prints one line per link; returns whether every link holds."""
     try:
         with connect(database_url) as conn:
             version = run(conn, "server_version")[0]["version"]
             out(Check(True, f"database reachable (PostgreSQL {version})").line())
-            return _links(conn, out)
+            return _links(conn, out, replicas)
     except DatabaseError as exc:
         out(
             Check(
@@ -240,10 +308,10 @@ def verify(database_url: str, out: Callable[[str], None] = print) -> bool:
         return False
 
 
-def _links(conn: psycopg.Connection[Row], out: Callable[[str], None]) -> bool:
+def _links(conn: psycopg.Connection[Row], out: Callable[[str], None], replicas: int) -> bool:
     ok = True
     with httpx.Client() as client:
-        verifier = Verifier(conn, client)
+        verifier = Verifier(conn, client, replicas)
         for check in (
             verifier.migrations,
             verifier.functions,
@@ -252,6 +320,8 @@ def _links(conn: psycopg.Connection[Row], out: Callable[[str], None]) -> bool:
             verifier.net,
             verifier.endpoint,
             verifier.queue,
+            verifier.storage,
+            verifier.connections,
         ):
             try:
                 result = check()

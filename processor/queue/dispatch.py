@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from processor.queue.handler_client import (
 )
 from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.recorder import Recorder
+from processor.queue.timings import JobTimings
 from processor.queue.verdict import Verdict, judge
 from processor.settings import Route, Settings
 
@@ -68,6 +70,7 @@ class Dispatcher:
     writer: Recorder
     settings: Settings
     finished: Counter[str] = field(default_factory=Counter)  # attempts by outcome (/metrics)
+    timings: JobTimings = field(default_factory=JobTimings)  # pickup and run time (/metrics)
 
     def __post_init__(self) -> None:
         self.routes: dict[str, Route] = self.settings.routes()
@@ -97,6 +100,7 @@ class Dispatcher:
         """Runs each job in its own task; the caller may await them or walk away."""
         tasks = []
         for job in jobs:
+            self.timings.picked_up(job.job_type, job.waited_seconds)
             entry = _Running(job)
             self._running[job.id] = entry
             entry.task = asyncio.create_task(self._run(entry), name=f"job-{job.id}")
@@ -123,9 +127,14 @@ class Dispatcher:
         await self.close()
 
     async def _run(self, entry: _Running) -> Outcome:
+        started = time.monotonic()
+        outcome = "interrupted"
         try:
-            return await self._attempt(entry)
+            result = await self._attempt(entry)
+            outcome = result.status
+            return result
         finally:
+            self.timings.ran(entry.job.job_type, outcome, time.monotonic() - started)
             del self._running[entry.job.id]
             self._freed.set()
 

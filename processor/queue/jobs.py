@@ -23,6 +23,7 @@ class ClaimedJob:
     attempt: int
     max_retries: int
     lease_token: UUID
+    waited_seconds: float = 0.0  # from its run_at to this claim
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedJob:
@@ -34,6 +35,7 @@ class ClaimedJob:
             attempt=row["attempt"],
             max_retries=row["max_retries"],
             lease_token=row["lease_token"],
+            waited_seconds=float(row.get("waited_seconds") or 0.0),
         )
 
     @property

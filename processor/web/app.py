@@ -251,6 +251,11 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         fetcher = Fetcher(allow_private=settings.providers.allow_private_urls)
         limits = SharedLimits(db, settings.worker_id, settings.providers.limits)
         await limits.configure()
+        # processor_scaling_metric divides by the slots of one processor: this one's.
+        try:
+            await db.fetch_all("record_slots", {"slots": settings.max_running_jobs})
+        except DatabaseError as exc:  # not migrated yet (a rollout's migration job still runs)
+            log.warning("slots_not_recorded", error=str(exc))
         app.state.handler_context = HandlerContext(
             db,
             providers,

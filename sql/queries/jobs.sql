@@ -36,16 +36,46 @@ select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
 -- cancel_job --
 select cancel_job(%(id)s) as ok;
 
+-- retry_jobs --
+select job_id, job_type, user_id, retried as done, reason, items_needed, items_stored,
+       paid_usd, max_retry_usd
+from retry_jobs(%(status)s, %(job_type)s, %(user_id)s, %(since)s, %(until)s, %(error)s,
+                %(limit)s, %(dry_run)s);
+
+-- cancel_jobs --
+select job_id, job_type, user_id, cancelled as done, reason
+from cancel_jobs(%(status)s, %(job_type)s, %(user_id)s, %(since)s, %(until)s, %(error)s,
+                 %(limit)s, %(dry_run)s);
+
 -- retry_job --
 select retry_job(%(id)s) as ok;
 
 -- queue_stats --
 select job_type, status, count(*) as jobs,
        extract(epoch from now() - min(created_at) filter (where status = 'pending'))
-           as oldest_pending_seconds
+           as oldest_pending_seconds,
+       extract(epoch from now() - min(run_at) filter (where status = 'pending'
+                                                      and run_at <= now()))
+           as oldest_due_seconds
 from job_queue
 group by job_type, status
 order by job_type, status;
+
+-- scaling_metric --
+select processor_scaling_metric(%(job_types)s::text[], %(slots)s::integer) as value;
+
+-- record_slots --
+-- processor serve records its MAX_RUNNING_JOBS for processor_scaling_metric.
+update job_queue_settings set slots_per_processor = %(slots)s
+where id and slots_per_processor <> %(slots)s;
+
+-- table_health --
+select table_name, live_tuples, dead_tuples, table_bytes, index_bytes, updates, hot_updates,
+       extract(epoch from now() - last_vacuum) as since_vacuum_seconds,
+       extract(epoch from now() - last_analyze) as since_analyze_seconds,
+       vacuums, oldest_xact_seconds, oldest_xact_pid, oldest_slot_xmin_age
+from job_queue_table_health
+order by table_name;
 
 -- concurrency_limits --
 select key, max_running, weight, updated_at from job_concurrency_limits order by key;

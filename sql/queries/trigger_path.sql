@@ -85,6 +85,15 @@ select extract(epoch from now() - min(run_at) filter (where status = 'pending'
        count(*) filter (where status = 'processing' and locked_until < now()) as expired_leases
 from job_queue;
 
+-- connection_budget --
+-- Connections the server allows to ordinary roles, and those other clients hold now.
+select current_setting('max_connections')::integer as max_connections,
+       current_setting('superuser_reserved_connections')::integer as reserved,
+       (select count(*) from pg_stat_activity
+        where backend_type = 'client backend'
+          and coalesce(application_name, '') not like 'processor%%')::integer as others
+;
+
 -- functions_present --
 select array_agg(name) filter (where to_regproc(name) is null) as missing
 from unnest(%(names)s::text[]) as name;

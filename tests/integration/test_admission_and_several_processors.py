@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from processor.ops.pgcluster import free_port
-from tests.support import TOKEN, healthy, wait_until
+from tests.support import TOKEN, healthy, scrape, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -183,11 +183,7 @@ def serve_processes(database_url: str, handler_url: str, tmp_path: Path):
 
 
 def _completed_here(url: str) -> int:
-    text = httpx.get(f"{url}/metrics", headers=AUTH).text
-    for line in text.splitlines():
-        if line.startswith('processor_attempts_total{outcome="completed"}'):
-            return int(line.split()[-1])
-    return 0
+    return int(scrape(url).get('processor_attempts_total{outcome="completed"}', 0))
 
 
 def test_two_processor_serve_processes_share_2000_jobs_and_deliver_each_once(

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support import TOKEN, csrf, signed_in, wait_until
+from tests.support import TOKEN, csrf, scrape, signed_in, wait_until
 
 
 def add(conn, n: int, group: str | None, job_type: str = "ok", **cols) -> None:
@@ -328,13 +328,13 @@ def test_the_status_page_pauses_a_type_and_metrics_and_the_api_say_so(make_servi
     assert client.post("/ui/types/slow/pause", data={"csrf": csrf(page)}).status_code == 303
     assert "Resume" in client.get("/ui").text
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    metrics = httpx.get(f"{server.url}/metrics", headers=auth).text
-    assert 'processor_type_paused{job_type="slow"} 1' in metrics
-    assert 'processor_type_waiting{job_type="slow"} 3' in metrics
+    metrics = scrape(server.url)
+    assert metrics['processor_type_paused{job_type="slow"}'] == 1
+    assert metrics['processor_type_waiting{job_type="slow"}'] == 3
+    assert metrics["processor_scaling_metric"] == 0  # a paused type needs no processor
     job_id = conn.execute("select id from job_queue limit 1").fetchone()["id"]
     job = httpx.get(f"{server.url}/jobs/{job_id}", headers=auth).json()
     assert job["waiting_because"] == "job type slow is paused (resume_job_type or processor resume)"
     page = client.get("/ui").text
     assert client.post("/ui/types/slow/resume", data={"csrf": csrf(page)}).status_code == 303
-    metrics = httpx.get(f"{server.url}/metrics", headers=auth).text
-    assert 'processor_type_paused{job_type="slow"} 0' in metrics
+    assert scrape(server.url)['processor_type_paused{job_type="slow"}'] == 0

@@ -15,7 +15,7 @@ import pytest
 from processor.ops.pgcluster import free_port
 from processor.settings import derive_signing_secret
 from processor.signing import SignatureError
-from tests.support import TOKEN, enqueue, post, row, wait_for
+from tests.support import TOKEN, enqueue, post, row, scrape, wait_for
 
 
 def test_with_nothing_due_it_says_so(make_service):
@@ -297,16 +297,22 @@ def test_metrics_count_jobs_by_type_and_status_and_attempts_by_outcome(make_serv
     enqueue(conn, "bad", respond={"status": 400})
     enqueue(conn, 'we"ird')
     post(server, {"limit": 3, "job_types": ["ok", "bad"], "wait": True})
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(f"{server.url}/metrics").status_code == 401
-    text = httpx.get(f"{server.url}/metrics", headers=auth).text
-    lines = set(text.splitlines())
-    assert 'processor_jobs{job_type="ok",status="completed"} 1' in lines
-    assert 'processor_jobs{job_type="bad",status="failed"} 1' in lines
-    assert 'processor_jobs{job_type="we\\"ird",status="pending"} 1' in lines
-    assert 'processor_attempts_total{outcome="completed"} 1' in lines
-    assert 'processor_attempts_total{outcome="failed"} 1' in lines
-    assert "processor_running_jobs 0" in lines
+    m = scrape(server.url)
+    assert m['processor_jobs{job_type="ok",status="completed"}'] == 1
+    assert m['processor_jobs{job_type="bad",status="failed"}'] == 1
+    assert m['processor_jobs{job_type="we"ird",status="pending"}'] == 1
+    assert m['processor_attempts_total{outcome="completed"}'] == 1
+    assert m['processor_attempts_total{outcome="failed"}'] == 1
+    assert m["processor_running_jobs"] == 0
+    # One pickup and one run observed per attempt, by type (and outcome).
+    assert m['processor_pickup_latency_seconds_count{job_type="ok"}'] == 1
+    assert m['processor_run_seconds_count{job_type="bad",outcome="failed"}'] == 1
+    assert m['processor_run_seconds_bucket{job_type="ok",le="+Inf",outcome="completed"}'] == 1
+    # The third job waits, due: one job against the 20 slots of one processor.
+    assert m['processor_type_waiting{job_type="we"ird"}'] == 1
+    assert m['processor_oldest_due_seconds{job_type="we"ird"}'] > 0
+    assert m["processor_scaling_metric"] == pytest.approx(1 / 20)
 
 
 def test_the_token_never_reaches_the_logs(make_service, conn):

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from processor.cli.commands import main
 from processor.providers.metering import estimate
 from processor.settings import DEFAULT_PRICES
-from tests.support import TOKEN
+from tests.support import TOKEN, scrape
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
@@ -68,8 +68,9 @@ def test_every_call_of_a_pack_is_in_the_ledger_and_every_view_adds_up(
     assert job["spend"]["cost_usd"] == pytest.approx(total, abs=1e-6)
     assert job["spend"]["attempts"][0]["by_provider"] == {"gemini": 13}
 
-    metrics = httpx.get(f"{server.url}/metrics", headers=AUTH).text
-    assert 'processor_provider_calls_total{provider="gemini",outcome="ok"}' in metrics
+    assert (
+        scrape(server.url)['processor_provider_calls_total{outcome="ok",provider="gemini"}'] == 13
+    )
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     assert main(["stats", "--spend"]) == 0

@@ -114,6 +114,10 @@ def test_every_table_authenticated_may_read_has_rls_and_an_own_row_policy(db):
         "select claim_jobs('w', 1)",
         "select * from processor_settings",
         "select * from credit_balances",
+        "select processor_scaling_metric()",
+        "select * from retry_jobs(p_dry_run => true)",
+        "select * from cancel_jobs(p_dry_run => true)",
+        "select * from job_queue_table_health",
     ],
 )
 def test_anon_is_refused_everything(db, statement):
@@ -159,6 +163,8 @@ def test_service_role_enqueues_reads_cancels_and_retries_with_credits_on(db):
         "select * from credit_ledger",
         "select * from processor_migrations",
         "select claim_jobs('w', 1)",
+        "select * from retry_jobs()",
+        "select * from cancel_jobs()",
     ):
         db.execute("savepoint s")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

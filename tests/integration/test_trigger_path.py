@@ -226,7 +226,7 @@ def test_verify_is_all_green_on_a_working_stack_and_names_a_stopped_server(make_
     lines: list[str] = []
     assert verify(cron_db, lines.append) is True, lines
     assert all(line.startswith("✓") for line in lines)
-    assert len(lines) == 8
+    assert len(lines) == 10  # database … queue, storage, connections
 
     server.__exit__(None, None, None)  # the processor goes away
     lines.clear()
