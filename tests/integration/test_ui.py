@@ -66,6 +66,43 @@ def test_cancel_and_retry_need_the_csrf_token(make_service, conn):
     assert client.get("/ui", follow_redirects=False).status_code == 303
 
 
+def test_the_filtered_list_retries_every_match_after_a_dry_run_with_the_csrf_token(
+    make_service, conn
+):
+    server = make_service()
+    conn.execute(
+        "insert into job_queue (job_type, status, user_id, error_message, completed_at)"
+        " select t, 'failed', u, 'provider down', now()"
+        " from unnest(array['img', 'img', 'img', 'pack']) t, unnest(array['u1', 'u2']) u"
+    )
+    client = signed_in(server)
+    page = client.get("/ui/jobs", params={"status": "failed", "type": "img", "user": "u1"}).text
+    assert "Retry every failed job of img of u1…" in page
+    assert "/ui/bulk/" not in client.get("/ui/jobs").text  # no status filter: no bulk action
+    form = {"status": "failed", "type": "img", "user": "u1"}
+    assert client.post("/ui/bulk/retry", data=form).status_code == 403  # no CSRF token
+    failed = lambda: conn.execute(  # noqa: E731
+        "select count(*) as n from job_queue where status = 'failed'"
+    ).fetchone()["n"]
+    preview = client.post("/ui/bulk/retry", data={**form, "csrf": csrf(page)})
+    assert preview.status_code == 200 and "Dry run: nothing has changed. 3 jobs" in preview.text
+    assert failed() == 8
+    done = client.post("/ui/bulk/retry", data={**form, "csrf": csrf(page), "confirm": "yes"})
+    assert done.status_code == 200 and "3 of 3 jobs retried." in done.text
+    assert failed() == 5
+    left = conn.execute(
+        "select count(*) as n from job_queue where status = 'pending' and job_type = 'img'"
+        " and user_id = 'u1'"
+    ).fetchone()["n"]
+    assert left == 3
+    wrong = client.post("/ui/bulk/retry", data={"status": "pending", "csrf": csrf(page)})
+    assert wrong.status_code == 400 and "filter the list to failed or cancelled" in wrong.text
+    cancel = client.post(
+        "/ui/bulk/cancel", data={"status": "pending", "csrf": csrf(page), "confirm": "yes"}
+    )
+    assert "3 of 3 jobs cancelled." in cancel.text
+
+
 def test_the_list_filters_pages_and_finds_a_job_by_id(make_service, conn):
     server = make_service()
     conn.execute(

@@ -29,7 +29,14 @@ def test_a_name_defined_in_two_files_is_an_error(tmp_path):
 
 
 # Queries the code names through a variable rather than a literal (the status page's actions).
-USED_DYNAMICALLY = {"cancel_job", "retry_job", "pause_job_type", "resume_job_type"}
+USED_DYNAMICALLY = {
+    "cancel_job",
+    "retry_job",
+    "cancel_jobs",
+    "retry_jobs",
+    "pause_job_type",
+    "resume_job_type",
+}
 CALLS = {"fetch_one": 0, "fetch_all": 0, "query": 0, "run": 1, "_optional": 1}
 
 

@@ -343,6 +343,60 @@ async def pause(request: Request) -> Response:
     return RedirectResponse("/ui", 303)
 
 
+BULK_LIMIT = 100  # jobs one bulk action takes, oldest first (the CLI takes up to 10,000)
+BULK_STATUSES = {"retry": ("failed", "cancelled"), "cancel": ("pending", "processing")}
+
+
+async def bulk(request: Request) -> Response:
+    """Retry or cancel every job the list's filter selects: a dry run first, then the confirmed
+    action (retry_jobs / cancel_jobs), with the page's CSRF rules."""
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    form = await _checked_form(request, session)
+    if form is None:
+        return Response("bad or missing CSRF token", 403)
+    action = request.path_params["action"]
+    if action not in BULK_STATUSES:
+        return Response("unknown action", 404)
+    status = form.get("status")
+    if status not in BULK_STATUSES[action]:
+        allowed = " or ".join(BULK_STATUSES[action])
+        return _plain(f"{action} all: filter the list to {allowed} jobs first", 400)
+    job_type, user_id = form.get("type") or None, form.get("user") or None
+    if not all(_storable(v) for v in (job_type, user_id) if v):
+        return _plain("a filter holds a control character; no job has one", 400)
+    confirmed = form.get("confirm") == "yes"
+    shown = {"status": status, "type": job_type, "user": user_id}
+    params = {
+        **{"status": status, "job_type": job_type, "user_id": user_id},
+        **{"since": None, "until": None, "error": None},
+        **{"limit": BULK_LIMIT, "dry_run": not confirmed},
+    }
+    try:
+        rows = await _db(request).fetch_all(f"{action}_jobs", params)
+    except DatabaseError as exc:
+        if exc.outage:
+            raise
+        return _plain(f"{action} refused: {exc.reason}", exc.status)
+    priced = [r["max_retry_usd"] for r in rows if r.get("max_retry_usd") is not None]
+    return _render(
+        request,
+        "bulk.html",
+        session,
+        action=action,
+        confirmed=confirmed,
+        rows=rows,
+        filters=shown,
+        back="/ui/jobs?" + urlencode({k: v for k, v in shown.items() if v}),
+        done=sum(1 for r in rows if r["done"]),
+        paid=sum((r.get("paid_usd") or 0 for r in rows), 0),
+        most=sum(priced, 0) if priced else None,
+        unpriced=len(rows) - len(priced),
+        limit=BULK_LIMIT,
+    )
+
+
 def _storable(value: str) -> bool:
     return not any(ord(c) < 32 or ord(c) == 127 for c in value)
 
@@ -362,6 +416,7 @@ routes: list[BaseRoute] = [
     Route("/ui/logout", logout, methods=["POST"]),
     Route("/ui/jobs", jobs, methods=["GET"]),
     Route("/ui/jobs/{job_id}", job, methods=["GET"]),
+    Route("/ui/bulk/{action}", bulk, methods=["POST"]),
     Route("/ui/jobs/{job_id}/{action}", act, methods=["POST"]),
     Route("/ui/types/{job_type}/{action}", pause, methods=["POST"]),
     Mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static"),
