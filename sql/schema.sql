@@ -91,6 +91,18 @@ begin
 end;
 $$;
 
+--
+-- Name: processor_valid_traceparent(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.processor_valid_traceparent(p_value text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $_$
+    select p_value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+       and substr(p_value, 4, 32) <> repeat('0', 32)
+       and substr(p_value, 37, 16) <> repeat('0', 16)
+$_$;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
@@ -123,6 +135,7 @@ CREATE TABLE public.job_queue (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     postponements integer DEFAULT 0 NOT NULL,
     concurrency_key text,
+    traceparent text,
     CONSTRAINT job_queue_concurrency_key_length CHECK (((concurrency_key IS NULL) OR ((length(concurrency_key) >= 1) AND (length(concurrency_key) <= 200)))),
     CONSTRAINT job_queue_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
     CONSTRAINT job_queue_job_type_check CHECK ((length(btrim(job_type)) > 0)),
@@ -131,7 +144,8 @@ CREATE TABLE public.job_queue (
     CONSTRAINT job_queue_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT job_queue_retry_count_check CHECK ((retry_count >= 0)),
     CONSTRAINT job_queue_run_at_range CHECK (((run_at >= '1970-01-01 00:00:00+00'::timestamp with time zone) AND (run_at <= '9999-12-31 00:00:00+00'::timestamp with time zone))),
-    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
+    CONSTRAINT job_queue_traceparent_format CHECK (((traceparent IS NULL) OR public.processor_valid_traceparent(traceparent)))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_analyze_scale_factor='0.05', autovacuum_vacuum_cost_delay='1');
 
@@ -158,6 +172,12 @@ COMMENT ON COLUMN public.job_queue.lease_token IS 'Fencing token of the current 
 --
 
 COMMENT ON COLUMN public.job_queue.concurrency_key IS 'Fair-share group (e.g. a shop id); null: the job''s user_id is its group.';
+
+--
+-- Name: COLUMN job_queue.traceparent; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.traceparent IS 'W3C trace context (00-<trace id>-<span id>-<flags>) of the request that enqueued the job: its spans continue that trace.';
 
 --
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
@@ -279,10 +299,10 @@ end;
 $$;
 
 --
--- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text) RETURNS uuid
+CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO '$user', 'public'
     AS $$
@@ -309,15 +329,21 @@ begin
         raise exception 'enqueue_job: run_at must be a time from 1970 to 9999, got %', p_run_at
             using errcode = '22008';
     end if;
+    if p_traceparent is not null and not processor_valid_traceparent(p_traceparent) then
+        raise exception 'enqueue_job: traceparent must be a W3C trace context '
+            '(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>), got %', left(p_traceparent, 80)
+            using errcode = '22023';
+    end if;
     if p_concurrency_key is not null and length(p_concurrency_key) not between 1 and 200 then
         raise exception 'enqueue_job: concurrency_key must be 1 to 200 characters, got %',
             length(p_concurrency_key) using errcode = '22023';
     end if;
 
     insert into job_queue (job_type, payload, user_id, priority, run_at, max_retries,
-                           idempotency_key, concurrency_key)
+                           idempotency_key, concurrency_key, traceparent)
     values (p_job_type, p_payload, p_user_id, coalesce(p_priority, 0)::integer,
-            coalesce(p_run_at, now()), p_max_retries, p_idempotency_key, p_concurrency_key)
+            coalesce(p_run_at, now()), p_max_retries, p_idempotency_key, p_concurrency_key,
+            p_traceparent)
     on conflict (idempotency_key) where idempotency_key is not null do nothing
     returning id into v_id;
 
@@ -3012,6 +3038,12 @@ REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean) FROM PUBLIC;
 
 --
+-- Name: FUNCTION processor_valid_traceparent(p_value text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.processor_valid_traceparent(p_value text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION claim_jobs(p_worker text, p_limit integer, p_job_types text[], p_lease interval); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3042,10 +3074,10 @@ REVOKE ALL ON FUNCTION public.credit_ledger_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.credit_reserve(p_user_id text, p_job_id uuid, p_cost integer) FROM PUBLIC;
 
 --
--- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION extend_job_lease(p_job_id uuid, p_lease_token uuid, p_lease interval); Type: ACL; Schema: public; Owner: -

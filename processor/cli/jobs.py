@@ -70,6 +70,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 "max_retries": args.max_retries,
                 "idempotency_key": args.idempotency_key,
                 "concurrency_key": args.concurrency_key,
+                "traceparent": args.traceparent,
             },
         )[0]
     print(row["id"])
@@ -229,6 +230,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--concurrency-key",
         help="its fairness group (a shop id, say; default: the user)",
+    )
+    p.add_argument(
+        "--traceparent",
+        help="W3C trace context of the caller (00-<trace id>-<span id>-<flags>): "
+        "the job's spans continue that trace",
     )
     p.add_argument(
         "--wait",

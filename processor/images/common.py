@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from processor import redact, signing
+from processor import redact, signing, tracing
 from processor.auth import require_token
 from processor.db import Database, Row
 from processor.images.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
@@ -28,6 +28,7 @@ from processor.providers.errors import Permanent, ProviderError, RateLimited, Tr
 from processor.providers.registry import Providers
 from processor.providers.shared_limits import SharedLimits
 from processor.settings import BUILTIN_ROUTES
+from processor.tracing import SpanKind
 
 log = structlog.get_logger("processor.images.handlers")
 T = TypeVar("T")
@@ -163,7 +164,13 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             )
         )
         try:
-            result = await handler(ctx, call)
+            with tracing.span(
+                f"handle {request.url.path}",
+                context=tracing.incoming(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={"job.id": str(call.job_id), "job.attempt": call.attempt},
+            ):
+                result = await handler(ctx, call)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc), "problems": exc.problems}, 422)
         except LeaseLost:

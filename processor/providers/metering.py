@@ -22,6 +22,7 @@ from uuid import UUID
 
 import structlog
 
+from processor import tracing
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.providers import (
@@ -34,6 +35,7 @@ from processor.providers import (
 from processor.providers.errors import Permanent, ProviderError, RateLimited
 from processor.providers.shared_limits import SharedLimits
 from processor.providers.usage import Call, current_call
+from processor.tracing import Span, SpanKind, Status, StatusCode
 
 log = structlog.get_logger("processor.providers.metering")
 
@@ -60,7 +62,8 @@ class JobMeter:
     project_id: str | None
     limits: SharedLimits | None = None  # provider limits shared by every processor
 
-    async def record(self, call: Call) -> None:
+    async def record(self, call: Call) -> float:
+        """Writes the call to the ledger; returns its estimated cost."""
         cost = estimate(self.prices, call.provider, call.model, call.units())
         TOTALS[(call.provider, call.status)] += 1
         COSTS[(call.provider, call.status)] += cost
@@ -78,6 +81,7 @@ class JobMeter:
             )
         except DatabaseError as exc:  # the ledger never fails the job it describes
             log.warning("provider_call_unrecorded", provider=call.provider, error=str(exc))
+        return cost
 
 
 current_job: ContextVar[JobMeter | None] = ContextVar("job_meter", default=None)
@@ -124,12 +128,36 @@ async def _metered(call: Call, run: Any) -> Any:
 
 
 async def _recorded(meter: JobMeter | None, call: Call, run: Any) -> Any:
-    try:
-        with _timed(call):
-            return await run()
-    finally:
-        if meter is not None:
-            await meter.record(call)
+    with tracing.span(f"{call.provider} {call.operation}", kind=SpanKind.CLIENT) as span:
+        try:
+            with _timed(call):
+                return await run()
+        finally:
+            cost = await meter.record(call) if meter is not None else None
+            _describe(span, call, cost)
+
+
+def _describe(span: Span, call: Call, cost: float | None) -> None:
+    """A provider call's span: what the vendor reported and what it cost (GenAI conventions)."""
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            "gen_ai.system": call.provider,
+            "gen_ai.request.model": call.model,
+            "gen_ai.operation.name": call.operation,
+            "gen_ai.usage.input_tokens": call.input_tokens,
+            "gen_ai.usage.output_tokens": call.output_tokens,
+            "processor.images": call.images,
+            "processor.call_status": call.status,
+        }
+    )
+    if call.http_status is not None:
+        span.set_attribute("http.response.status_code", call.http_status)
+    if cost is not None:
+        span.set_attribute("processor.cost_usd", cost)
+    if call.status != "ok":
+        span.set_status(Status(StatusCode.ERROR, call.error or call.status))
 
 
 @dataclass

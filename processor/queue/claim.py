@@ -11,6 +11,7 @@ are answered without touching the database.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -51,11 +52,12 @@ class Claimer:
             want = min(limit, self.free, self.settings.max_claim)
             if want <= 0:
                 return Claim([], [], busy=True, running=self.dispatcher.running, requeued=requeued)
+            began = time.time_ns()
             jobs = await self.queue.claim_jobs(
                 self.settings.worker_id, want, job_types, self.settings.lease_seconds
             )
             # Started before the lock is released, so the next claim sees these slots taken.
-            tasks = self.dispatcher.start(jobs)
+            tasks = self.dispatcher.start(jobs, claimed=(began, time.time_ns()))
         for job in jobs:
             log.info(
                 "job_claimed",

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import structlog
 
-from processor import signing
+from processor import signing, tracing
 from processor.errors import DatabaseError
 from processor.queue.handler_client import (
     AnswerTooLarge,
@@ -32,6 +32,7 @@ from processor.queue.recorder import Recorder
 from processor.queue.timings import JobTimings
 from processor.queue.verdict import Verdict, judge
 from processor.settings import Route, Settings
+from processor.tracing import SpanKind, Status, StatusCode
 
 MAX_SEND_DEPTH = 512  # deeper JSON than most handlers' parsers can read (Python's stops ~1000)
 
@@ -59,6 +60,7 @@ class _Running:
     task: asyncio.Task[Outcome] | None = None
     calling: bool = False  # the handler call is under way (the part a lost lease interrupts)
     lost: bool = False
+    claimed: tuple[int, int] | None = None  # the claim's start and end, ns (its trace span)
 
 
 @dataclass
@@ -96,12 +98,15 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._running)
 
-    def start(self, jobs: Iterable[ClaimedJob]) -> list[asyncio.Task[Outcome]]:
-        """Runs each job in its own task; the caller may await them or walk away."""
+    def start(
+        self, jobs: Iterable[ClaimedJob], claimed: tuple[int, int] | None = None
+    ) -> list[asyncio.Task[Outcome]]:
+        """Runs each job in its own task; the caller may await them or walk away. `claimed`:
+        when the claim statement started and ended (time.time_ns), for the job's trace."""
         tasks = []
         for job in jobs:
             self.timings.picked_up(job.job_type, job.waited_seconds)
-            entry = _Running(job)
+            entry = _Running(job, claimed=claimed)
             self._running[job.id] = entry
             entry.task = asyncio.create_task(self._run(entry), name=f"job-{job.id}")
             tasks.append(entry.task)
@@ -127,12 +132,18 @@ class Dispatcher:
         await self.close()
 
     async def _run(self, entry: _Running) -> Outcome:
+        job = entry.job
         started = time.monotonic()
         outcome = "interrupted"
         try:
-            result = await self._attempt(entry)
-            outcome = result.status
-            return result
+            # The job's span continues the trace its enqueue began (job_queue.traceparent).
+            with tracing.job_span(job, entry.claimed) as span:
+                result = await self._attempt(entry)
+                outcome = result.status
+                span.set_attribute("job.outcome", outcome)
+                if outcome not in ("completed", "pending"):
+                    span.set_status(Status(StatusCode.ERROR, result.error or outcome))
+                return result
         finally:
             self.timings.ran(entry.job.job_type, outcome, time.monotonic() - started)
             del self._running[entry.job.id]
@@ -151,7 +162,14 @@ class Dispatcher:
             return await self._record(job, verdict)
         entry.calling = True
         try:
-            verdict = await self._call(job, route)
+            with tracing.span(
+                f"POST {urlsplit(route.url).path or '/'}",
+                kind=SpanKind.CLIENT,
+                attributes={"server.address": urlsplit(route.url).hostname or ""},
+            ) as call_span:
+                verdict = await self._call(job, route)
+                if not verdict.ok:
+                    call_span.set_status(Status(StatusCode.ERROR, verdict.error or "failed"))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if entry.lost and task is not None and task.cancelling() <= 1:
@@ -209,6 +227,7 @@ class Dispatcher:
             signing.DELIVERY_HEADER: delivery,
             signing.HEADER: signature,
         }
+        tracing.inject(headers)  # the handler continues the job's trace
         try:
             answer = await self._client.post(route.url, body, headers, route.timeout)
         except TimeoutError:
@@ -250,7 +269,8 @@ class Dispatcher:
     async def _record(self, job: ClaimedJob, verdict: Verdict) -> Outcome:
         verdict = verdict.redacted()
         try:
-            return await self._write(job, verdict)
+            with tracing.span("record outcome"):
+                return await self._write(job, verdict)
         except DatabaseError as exc:
             _log(job).error("job_outcome_unrecorded", error=str(exc))
             self.finished["unrecorded"] += 1

@@ -24,6 +24,7 @@ class ClaimedJob:
     max_retries: int
     lease_token: UUID
     waited_seconds: float = 0.0  # from its run_at to this claim
+    traceparent: str | None = None  # the W3C trace context its enqueue gave (processor.tracing)
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedJob:
@@ -36,6 +37,7 @@ class ClaimedJob:
             max_retries=row["max_retries"],
             lease_token=row["lease_token"],
             waited_seconds=float(row.get("waited_seconds") or 0.0),
+            traceparent=row.get("traceparent"),
         )
 
     @property

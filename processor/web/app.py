@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from processor import redact
+from processor import redact, tracing
 from processor.auth import FailureGuard, require_token
 from processor.db import Database
 from processor.errors import DatabaseError
@@ -229,6 +229,8 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if tracing.configure():
+            log.info("tracing_on", exporter="otlp/http")
         db = Database(settings.database_url, max_size=settings.db_pool_max)
         await db.open()
         # Outcome writes and lease extensions get their own connections: they never wait

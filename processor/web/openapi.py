@@ -297,6 +297,11 @@ def document(max_claim: int) -> dict[str, Any]:
                             "type": ["string", "null"],
                             "description": "its fairness group (null: its user_id is)",
                         },
+                        "traceparent": {
+                            "type": ["string", "null"],
+                            "description": "W3C trace context its enqueue gave: its spans "
+                            "continue that trace",
+                        },
                         "waiting_because": {
                             "type": ["string", "null"],
                             "description": "why a pending job is not running yet: not due, "

@@ -2,7 +2,7 @@
 -- Each block is one statement the code runs by name (processor.sql.query).
 
 -- get_job --
-select id, job_type, status, priority, payload, user_id, concurrency_key, retry_count,
+select id, job_type, status, priority, payload, user_id, concurrency_key, traceparent, retry_count,
        max_retries, retry_count + 1 as attempt, run_at, error_message, errors, result, progress,
        locked_by, locked_until, created_at, processed_at, completed_at, updated_at,
        job_wait_reason(id) as waiting_because
@@ -31,7 +31,7 @@ limit %(limit)s;
 select enqueue_job(%(job_type)s::text, %(payload)s::jsonb, %(user_id)s::text,
                    %(priority)s::bigint, coalesce(%(run_at)s::timestamptz, now()),
                    %(max_retries)s::integer, %(idempotency_key)s::text,
-                   %(concurrency_key)s::text) as id;
+                   %(concurrency_key)s::text, %(traceparent)s::text) as id;
 
 -- cancel_job --
 select cancel_job(%(id)s) as ok;

@@ -8,7 +8,8 @@ select requeue_expired_jobs() as requeued;
 -- The payload comes back as text: the processor passes it on without decoding it, so a payload
 -- it could not decode cannot spoil the claim of the jobs beside it.
 select id, job_type, payload::text as payload_json, user_id, retry_count + 1 as attempt, max_retries, lease_token,
-       locked_until, extract(epoch from processed_at - run_at)::float8 as waited_seconds
+       locked_until, extract(epoch from processed_at - run_at)::float8 as waited_seconds,
+       traceparent
 from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
                 make_interval(secs => %(lease_seconds)s));
 

@@ -40,9 +40,11 @@ ALLOWED: dict[tuple[str, str, str], set[str]] = {
     ("function", "grant_credits(text,integer,text)", "service_role"): {"EXECUTE"},
     (
         "function",
-        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text,text)",
+        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text,text,text)",
         "service_role",
     ): {"EXECUTE"},
+    # job_queue's traceparent check calls it: service_role's plain INSERTs need it.
+    ("function", "processor_valid_traceparent(text)", "service_role"): {"EXECUTE"},
 }
 OWN_ROWS = {"job_queue", "generated_images", "aplus_contents", "provider_calls"}
 
