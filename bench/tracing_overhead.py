@@ -30,7 +30,6 @@ from side_by_side import handler_process, service
 
 from processor import tracing
 from processor.queue.jobs import ClaimedJob
-from processor.tracing import SpanKind
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +63,7 @@ def one_jobs_tracing(job: ClaimedJob) -> None:
     now = time.time_ns()
     tracing.add_trace_ids(None, "info", {"event": "job_claimed"})
     with tracing.job_span(job, (now, now)) as span:
-        with tracing.span("POST /bench", kind=SpanKind.CLIENT, attributes={"server.address": "h"}):
+        with tracing.call_span("http://127.0.0.1:8001/bench"):
             headers: dict[str, str] = {}
             tracing.inject(headers)
         with tracing.span("record outcome"):

@@ -16,9 +16,11 @@ the API's no-op span.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from opentelemetry import context, trace
 from opentelemetry.trace import (
@@ -41,10 +43,32 @@ _OFF: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)  # what a span is
 __all__ = ["Span", "SpanKind", "Status", "StatusCode", "tracer"]
 
 
+_on = False  # a tracer provider is installed (OpenTelemetry never takes one back)
+_looked_at = -1.0  # when active() last asked OpenTelemetry, while off (time.monotonic)
+LOOK_EVERY = 1.0  # seconds: a provider the app installs itself is seen within this
+
+
 def active() -> bool:
-    """Whether a tracer provider is installed (configure(), or the app's own SDK setup).
-    While none is, the code skips its tracing calls altogether: a job pays one check."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    """Whether a tracer provider is installed: by configure(), or by the app's own SDK setup
+    (seen within LOOK_EVERY, or at once after refresh()). While none is, the code skips its
+    tracing calls: a job pays a few of these checks (asking OpenTelemetry itself costs more,
+    as it reads the environment each time)."""
+    global _looked_at
+    if _on:
+        return True
+    now = time.monotonic()
+    if now - _looked_at < LOOK_EVERY:
+        return False
+    _looked_at = now
+    return refresh()
+
+
+def refresh() -> bool:
+    """Looks now whether a tracer provider is installed (after installing one yourself)."""
+    global _on
+    provider = trace.get_tracer_provider()
+    _on = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+    return _on
 
 
 def span(name: str, **options: Any) -> AbstractContextManager[Span]:
@@ -53,6 +77,32 @@ def span(name: str, **options: Any) -> AbstractContextManager[Span]:
     if not active():
         return _OFF
     return tracer.start_as_current_span(name, **options)
+
+
+def call_span(url: str) -> AbstractContextManager[Span]:
+    """The span of one handler call: POST <path>, to <host>."""
+    if not active():
+        return _OFF
+    parts = urlsplit(url)
+    return tracer.start_as_current_span(
+        f"POST {parts.path or '/'}",
+        kind=SpanKind.CLIENT,
+        attributes={"server.address": parts.hostname or ""},
+    )
+
+
+def handler_span(
+    path: str, headers: Mapping[str, str], job_id: Any, attempt: int
+) -> AbstractContextManager[Span]:
+    """A handler's span for one call, continuing the caller's traceparent header."""
+    if not active():
+        return _OFF
+    return tracer.start_as_current_span(
+        f"handle {path}",
+        context=incoming(headers),
+        kind=SpanKind.SERVER,
+        attributes={"job.id": str(job_id), "job.attempt": attempt},
+    )
 
 
 class TracedJob(Protocol):
@@ -113,6 +163,7 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _installed = True
+    refresh()
     return True
 
 

@@ -28,7 +28,6 @@ from processor.providers.errors import Permanent, ProviderError, RateLimited, Tr
 from processor.providers.registry import Providers
 from processor.providers.shared_limits import SharedLimits
 from processor.settings import BUILTIN_ROUTES
-from processor.tracing import SpanKind
 
 log = structlog.get_logger("processor.images.handlers")
 T = TypeVar("T")
@@ -164,12 +163,7 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             )
         )
         try:
-            with tracing.span(
-                f"handle {request.url.path}",
-                context=tracing.incoming(request.headers),
-                kind=SpanKind.SERVER,
-                attributes={"job.id": str(call.job_id), "job.attempt": call.attempt},
-            ):
+            with tracing.handler_span(request.url.path, request.headers, call.job_id, call.attempt):
                 result = await handler(ctx, call)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc), "problems": exc.problems}, 422)

@@ -32,7 +32,7 @@ from processor.queue.recorder import Recorder
 from processor.queue.timings import JobTimings
 from processor.queue.verdict import Verdict, judge
 from processor.settings import Route, Settings
-from processor.tracing import SpanKind, Status, StatusCode
+from processor.tracing import Status, StatusCode
 
 MAX_SEND_DEPTH = 512  # deeper JSON than most handlers' parsers can read (Python's stops ~1000)
 
@@ -162,11 +162,7 @@ class Dispatcher:
             return await self._record(job, verdict)
         entry.calling = True
         try:
-            with tracing.span(
-                f"POST {urlsplit(route.url).path or '/'}",
-                kind=SpanKind.CLIENT,
-                attributes={"server.address": urlsplit(route.url).hostname or ""},
-            ) as call_span:
+            with tracing.call_span(route.url) as call_span:
                 verdict = await self._call(job, route)
                 if not verdict.ok:
                     call_span.set_status(Status(StatusCode.ERROR, verdict.error or "failed"))

@@ -39,6 +39,7 @@ def spans():
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert tracing.refresh()  # the service sees the provider from its next span on
     return exporter
 
 
