@@ -22,7 +22,7 @@ from uuid import UUID
 
 import structlog
 
-from processor import tracing
+from processor import redact, tracing
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.providers import (
@@ -157,7 +157,7 @@ def _describe(span: Span, call: Call, cost: float | None) -> None:
     if cost is not None:
         span.set_attribute("processor.cost_usd", cost)
     if call.status != "ok":
-        span.set_status(Status(StatusCode.ERROR, call.error or call.status))
+        span.set_status(Status(StatusCode.ERROR, redact.redact(call.error or call.status)))
 
 
 @dataclass

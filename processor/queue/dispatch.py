@@ -19,7 +19,7 @@ from uuid import UUID
 
 import structlog
 
-from processor import signing, tracing
+from processor import redact, signing, tracing
 from processor.errors import DatabaseError
 from processor.queue.handler_client import (
     AnswerTooLarge,
@@ -164,8 +164,10 @@ class Dispatcher:
         try:
             with tracing.call_span(route.url) as call_span:
                 verdict = await self._call(job, route)
-                if not verdict.ok:
-                    call_span.set_status(Status(StatusCode.ERROR, verdict.error or "failed"))
+                if not verdict.ok:  # what a trace carries is redacted as the logs are
+                    call_span.set_status(
+                        Status(StatusCode.ERROR, redact.redact(verdict.error or "failed"))
+                    )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if entry.lost and task is not None and task.cancelling() <= 1:

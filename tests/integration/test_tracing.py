@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from psycopg.types.json import Jsonb
 
 from processor import tracing
-from tests.support import TOKEN
+from tests.support import TOKEN, enqueue
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -110,6 +110,22 @@ def test_a_job_without_a_traceparent_starts_its_own_trace(make_service, conn, sp
     )
     [job] = [s for s in spans.get_finished_spans() if s.name == "job ok"]
     assert job.parent is None and job.context.trace_id != int(TRACE_ID, 16)
+
+
+def test_a_secret_in_a_handlers_error_never_reaches_a_span(make_service, conn, spans):
+    server = make_service()
+    enqueue(conn, "bad", respond={"status": 400, "text": f"bad token {TOKEN} rejected"})
+    spans.clear()
+    httpx.post(
+        f"{server.url}/process-jobs",
+        json={"wait": True},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    described = [s for s in spans.get_finished_spans() if s.status.description]
+    assert {s.name for s in described} == {"job bad", "POST /bad"}
+    assert all("[redacted]" in s.status.description for s in described)
+    assert not any(TOKEN in repr(s.to_json()) for s in spans.get_finished_spans())
 
 
 def test_log_lines_written_in_a_span_carry_its_trace_id(spans):
