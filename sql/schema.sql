@@ -147,7 +147,7 @@ CREATE TABLE public.job_queue (
     CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
     CONSTRAINT job_queue_traceparent_format CHECK (((traceparent IS NULL) OR public.processor_valid_traceparent(traceparent)))
 )
-WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_analyze_scale_factor='0.05', autovacuum_vacuum_cost_delay='1');
+WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_analyze_scale_factor='0.05', autovacuum_vacuum_cost_delay='1', fillfactor='90');
 
 --
 -- Name: TABLE job_queue; Type: COMMENT; Schema: public; Owner: -
@@ -2830,12 +2830,6 @@ CREATE INDEX job_queue_lanes_group_idx ON public.job_queue_lanes USING btree (gr
 --
 
 CREATE INDEX job_queue_lanes_turn_idx ON public.job_queue_lanes USING btree (priority DESC, pass, due_at) WHERE (due_at IS NOT NULL);
-
---
--- Name: job_queue_lease_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX job_queue_lease_idx ON public.job_queue USING btree (locked_until) WHERE (status = 'processing'::text);
 
 --
 -- Name: job_queue_newest_idx; Type: INDEX; Schema: public; Owner: -

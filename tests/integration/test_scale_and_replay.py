@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 
 def add(conn, n: int, job_type: str = "ok", status: str = "pending", **cols) -> list[uuid.UUID]:
@@ -321,3 +322,42 @@ def test_verify_warns_of_dead_rows_an_open_transaction_and_too_many_processors(
         crowd = Verifier(conn, client, replicas=1000).connections()
         assert crowd.ok and crowd.warning and "= 14000 of" in crowd.label
         assert crowd.fix and crowd.fix.startswith("run at most ")
+
+
+def test_lease_extensions_and_progress_are_hot_updates(conn):
+    add(conn, 40)
+    claimed = conn.execute("select id, lease_token from claim_jobs('w', 20)").fetchall()
+    ids, tokens = [r["id"] for r in claimed], [r["lease_token"] for r in claimed]
+    conn.execute("select pg_stat_force_next_flush()")  # the claim's counts, reported first
+    conn.execute("select pg_stat_reset_single_table_counters('job_queue'::regclass)")
+    for step in range(3):
+        conn.execute(
+            "select extend_job_leases(%s::uuid[], %s::uuid[], interval '1 minute')", (ids, tokens)
+        )
+        for job_id, token in zip(ids, tokens, strict=True):
+            conn.execute(
+                "select set_job_progress(%s, %s, %s)", (job_id, token, Jsonb({"done": step}))
+            )
+    conn.execute("select pg_stat_force_next_flush()")
+    stats = conn.execute(
+        "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = 'job_queue'"
+    ).fetchone()
+    # No indexed column changes: each one can stay on its page without an index entry.
+    assert stats["n_tup_upd"] == 120 and stats["n_tup_hot_upd"] >= 108, stats
+
+
+def test_expired_leases_are_found_among_the_running_jobs_by_index(conn):
+    conn.execute(
+        "insert into job_queue (job_type, status, completed_at) "
+        "select 'ok', 'completed', now() from generate_series(1, 20000)"
+    )
+    add(conn, 5, status="processing", locked_until="2000-01-01", lease_token=uuid.uuid4())
+    conn.execute("analyze job_queue")
+    plan = "\n".join(
+        r["QUERY PLAN"]
+        for r in conn.execute(
+            "explain select id from job_queue where status = 'processing' and locked_until < now()"
+        )
+    )
+    assert "job_queue_running_idx" in plan, plan
+    assert conn.execute("select requeue_expired_jobs() as n").fetchone()["n"] == 5
