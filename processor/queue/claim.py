@@ -14,14 +14,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import structlog
-
 from processor.queue.dispatch import Dispatcher, Outcome
 from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.rescue import LeaseRescue
 from processor.settings import Settings
-
-log = structlog.get_logger("processor.queue.claim")
 
 
 @dataclass(frozen=True)
@@ -57,13 +53,5 @@ class Claimer:
                 self.settings.worker_id, want, job_types, self.settings.lease_seconds
             )
             # Started before the lock is released, so the next claim sees these slots taken.
-            tasks = self.dispatcher.start(jobs, claimed=(began, time.time_ns()))
-        for job in jobs:
-            log.info(
-                "job_claimed",
-                job_id=str(job.id),
-                job_type=job.job_type,
-                attempt=job.attempt,
-                via=via,
-            )
+            tasks = self.dispatcher.start(jobs, claimed=(began, time.time_ns()), via=via)
         return Claim(jobs, tasks, busy=False, running=self.dispatcher.running, requeued=requeued)

@@ -61,6 +61,7 @@ class _Running:
     calling: bool = False  # the handler call is under way (the part a lost lease interrupts)
     lost: bool = False
     claimed: tuple[int, int] | None = None  # the claim's start and end, ns (its trace span)
+    via: str = "request"  # what claimed it: request, drain (its job_claimed log line)
 
 
 @dataclass
@@ -99,14 +100,18 @@ class Dispatcher:
         return len(self._running)
 
     def start(
-        self, jobs: Iterable[ClaimedJob], claimed: tuple[int, int] | None = None
+        self,
+        jobs: Iterable[ClaimedJob],
+        claimed: tuple[int, int] | None = None,
+        via: str = "request",
     ) -> list[asyncio.Task[Outcome]]:
         """Runs each job in its own task; the caller may await them or walk away. `claimed`:
-        when the claim statement started and ended (time.time_ns), for the job's trace."""
+        when the claim statement started and ended (time.time_ns), for the job's trace; `via`:
+        what claimed it, for its job_claimed line."""
         tasks = []
         for job in jobs:
             self.timings.picked_up(job.job_type, job.waited_seconds)
-            entry = _Running(job, claimed=claimed)
+            entry = _Running(job, claimed=claimed, via=via)
             self._running[job.id] = entry
             entry.task = asyncio.create_task(self._run(entry), name=f"job-{job.id}")
             tasks.append(entry.task)
@@ -138,6 +143,7 @@ class Dispatcher:
         try:
             # The job's span continues the trace its enqueue began (job_queue.traceparent).
             with tracing.job_span(job, entry.claimed) as span:
+                _log(job).info("job_claimed", via=entry.via)  # in the span: it has the trace id
                 result = await self._attempt(entry)
                 outcome = result.status
                 span.set_attribute("job.outcome", outcome)

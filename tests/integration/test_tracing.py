@@ -128,6 +128,24 @@ def test_a_secret_in_a_handlers_error_never_reaches_a_span(make_service, conn, s
     assert not any(TOKEN in repr(s.to_json()) for s in spans.get_finished_spans())
 
 
+def test_a_jobs_log_lines_carry_its_trace_id(make_service, conn, spans):
+    from structlog.testing import capture_logs
+
+    server = make_service()
+    conn.execute("insert into job_queue (job_type, traceparent) values ('ok', %s)", (TRACEPARENT,))
+    # capture_logs replaces the processors: put the trace-id one back in front of it
+    with capture_logs(processors=[tracing.add_trace_ids]) as logs:
+        httpx.post(
+            f"{server.url}/process-jobs",
+            json={"wait": True},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+    lines = {e["event"]: e for e in logs if e.get("job_type") == "ok"}
+    assert {"job_claimed", "job_completed"} <= set(lines)
+    assert {lines[name].get("trace_id") for name in ("job_claimed", "job_completed")} == {TRACE_ID}
+
+
 def test_log_lines_written_in_a_span_carry_its_trace_id(spans):
     from processor.logging import configure
 
