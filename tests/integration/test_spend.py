@@ -180,3 +180,41 @@ def test_a_private_bucket_keeps_paths_and_signs_urls_when_the_job_is_read(
         reads.append(shown)
     prefix = f"{supabase}/storage/v1/object/sign/images/p1/{job_id}/detail.png?token=t"
     assert all(url.startswith(prefix) for url in reads) and len(set(reads)) == 3
+
+
+def test_a_bulk_replay_of_a_failed_pack_pays_only_for_its_missing_images(
+    make_service, conn, fake_gemini
+):
+    fake, env = fake_gemini
+    fake.fail = {5: (503, None)}  # the fifth image fails, and the job has no retry left
+    server = make_service({**env, "PACK_CONCURRENCY": "1"})
+    job_id = conn.execute(
+        "select enqueue_job('generate-complete-pack', %s, 'user-1', p_max_retries => 0) as id",
+        (Jsonb({"project_id": "p1", "product": PRODUCT}),),
+    ).fetchone()["id"]
+    assert run(server)["outcomes"][0]["status"] == "failed"
+    [dry] = conn.execute(
+        "select * from retry_jobs(p_job_type => 'generate-complete-pack', p_dry_run => true)"
+    ).fetchall()
+    first = conn.execute(
+        "select sum(cost_usd) as paid, max(cost_usd) filter (where status = 'ok') as dearest"
+        " from provider_calls where job_id = %s",
+        (job_id,),
+    ).fetchone()
+    assert (dry["job_id"], dry["items_stored"], dry["items_needed"]) == (job_id, 4, 6)
+    assert dry["paid_usd"] == first["paid"] and dry["max_retry_usd"] == 2 * first["dearest"]
+    assert conn.execute("select status from job_queue where id = %s", (job_id,)).fetchone() == {
+        "status": "failed"
+    }
+
+    [done] = conn.execute("select * from retry_jobs(p_job_type => 'generate-complete-pack')")
+    assert done["retried"]
+    assert run(server)["outcomes"][0]["status"] == "completed"
+    # A replay starts a fresh set of attempts (attempt 1 again): its calls follow the failed one.
+    second = conn.execute(
+        "select count(*) as calls, sum(cost_usd) as cost from provider_calls where job_id = %s"
+        " and id > (select max(id) from provider_calls where job_id = %s and status <> 'ok')",
+        (job_id, job_id),
+    ).fetchone()
+    assert second["calls"] == 2  # only the two images it did not have
+    assert second["cost"] <= dry["max_retry_usd"]
