@@ -361,3 +361,15 @@ def test_expired_leases_are_found_among_the_running_jobs_by_index(conn):
     )
     assert "job_queue_running_idx" in plan, plan
     assert conn.execute("select requeue_expired_jobs() as n").fetchone()["n"] == 5
+
+
+def test_a_bulk_replay_of_one_sellers_jobs_does_not_hold_back_another_seller(conn):
+    failed(conn, 200, "generate-image", user_id="importer")
+    assert len(retry(conn, user_id="importer", limit=200)) == 200
+    add(conn, 1, "generate-image", user_id="single")
+    # The 200 replayed jobs share one lane: the other seller is served within the first turns.
+    first = [
+        conn.execute("select user_id from claim_jobs('w', 1)").fetchone()["user_id"]
+        for _ in range(2)
+    ]
+    assert "single" in first, first

@@ -11,7 +11,6 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import httpx
 import psycopg
 import pytest
 import structlog
@@ -23,7 +22,7 @@ from opentelemetry.trace import SpanKind
 from psycopg.types.json import Jsonb
 
 from processor import tracing
-from tests.support import TOKEN, enqueue
+from tests.support import TOKEN, enqueue, post
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -57,12 +56,7 @@ def test_one_trace_links_enqueue_claim_handler_call_provider_calls_and_outcome(
         (Jsonb({"project_id": "p1", "product": {"name": "Mug"}}), TRACEPARENT),
     ).fetchone()["id"]
     spans.clear()
-    answer = httpx.post(
-        f"{server.url}/process-jobs",
-        json={"wait": True},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=60,
-    ).json()
+    answer = post(server, {"wait": True}).json()
     assert answer["outcomes"][0]["status"] == "completed"
     mine = [s for s in spans.get_finished_spans() if hex_id(s.context.trace_id, 32) == TRACE_ID]
     by_name = {s.name: s for s in mine}
@@ -102,12 +96,7 @@ def test_a_job_without_a_traceparent_starts_its_own_trace(make_service, conn, sp
     server = make_service()
     conn.execute("insert into job_queue (job_type) values ('ok')")
     spans.clear()
-    httpx.post(
-        f"{server.url}/process-jobs",
-        json={"wait": True},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=30,
-    )
+    post(server, {"wait": True})
     [job] = [s for s in spans.get_finished_spans() if s.name == "job ok"]
     assert job.parent is None and job.context.trace_id != int(TRACE_ID, 16)
 
@@ -116,12 +105,7 @@ def test_a_secret_in_a_handlers_error_never_reaches_a_span(make_service, conn, s
     server = make_service()
     enqueue(conn, "bad", respond={"status": 400, "text": f"bad token {TOKEN} rejected"})
     spans.clear()
-    httpx.post(
-        f"{server.url}/process-jobs",
-        json={"wait": True},
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=30,
-    )
+    post(server, {"wait": True})
     described = [s for s in spans.get_finished_spans() if s.status.description]
     assert {s.name for s in described} == {"job bad", "POST /bad"}
     assert all("[redacted]" in s.status.description for s in described)
@@ -135,12 +119,7 @@ def test_a_jobs_log_lines_carry_its_trace_id(make_service, conn, spans):
     conn.execute("insert into job_queue (job_type, traceparent) values ('ok', %s)", (TRACEPARENT,))
     # capture_logs replaces the processors: put the trace-id one back in front of it
     with capture_logs(processors=[tracing.add_trace_ids]) as logs:
-        httpx.post(
-            f"{server.url}/process-jobs",
-            json={"wait": True},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
+        post(server, {"wait": True})
     lines = {e["event"]: e for e in logs if e.get("job_type") == "ok"}
     assert {"job_claimed", "job_completed"} <= set(lines)
     assert {lines[name].get("trace_id") for name in ("job_claimed", "job_completed")} == {TRACE_ID}
