@@ -79,6 +79,21 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(safe_loads, conn)
 
 
+# Invariant: no connection this project opens prepares a statement on the server unless
+# PREPARED_STATEMENTS=on says the URL reaches PostgreSQL directly. A transaction-mode pooler
+# (Supabase's Supavisor on 6543, PgBouncer before 1.21) runs each transaction on whichever
+# server connection is free, where a statement prepared on another one "does not exist", or
+# exists under the same name for another query. Unprepared, every statement is parsed where it
+# runs: a fraction of a millisecond per call, since the claim and outcome functions keep their
+# own cached plans inside PostgreSQL either way (bench/pooler.py).
+NO_PREPARE: dict[str, Any] = {"prepare_threshold": None}
+
+
+def session_options(prepared: bool = False) -> dict[str, Any]:
+    """psycopg connection options every connection of the project uses."""
+    return {} if prepared else dict(NO_PREPARE)
+
+
 class Database:
     """Async access for the service: one pool, named queries, rows as dicts. Idle connections
     are checked every CHECK_EVERY seconds, so ones a database restart broke are replaced
@@ -86,7 +101,14 @@ class Database:
 
     CHECK_EVERY = 15.0
 
-    def __init__(self, url: str, *, max_size: int = 10, application_name: str = "processor"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 10,
+        application_name: str = "processor",
+        prepared: bool = False,
+    ):
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -96,6 +118,7 @@ class Database:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "application_name": application_name,
+                **session_options(prepared),
             },
             configure=_configure,
             timeout=10.0,
@@ -161,6 +184,7 @@ def connect(url: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection
             row_factory=dict_row,
             application_name="processor-cli",
             connect_timeout=10,
+            **session_options(),
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to the database: {describe(exc)}") from exc

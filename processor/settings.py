@@ -156,6 +156,10 @@ class Settings:
     drain_seconds: float = 8.0
     max_running_jobs: int = 20
     listen_for_jobs: bool = True  # LISTEN for inserts: millisecond pickup while running
+    # LISTEN_DATABASE_URL: a direct (or session-mode) URL for the LISTEN connection alone, when
+    # DATABASE_URL goes through a transaction-mode pooler that drops notifications.
+    listen_database_url: str | None = None
+    prepared_statements: bool = False  # PREPARED_STATEMENTS=on: only on a direct connection
     run_relay: bool = False  # `processor dev` runs the local pg_net relay inside the service
     shutdown_grace: float = 30.0
     db_pool_max: int = 10
@@ -237,6 +241,10 @@ class Settings:
             "drain_seconds": _number(env, "DRAIN_SECONDS", 8.0, minimum=0.0),
             "max_running_jobs": int(_number(env, "MAX_RUNNING_JOBS", 20, minimum=1)),
             "listen_for_jobs": _choice(env, "LISTEN_FOR_JOBS", "on", ("on", "off")) == "on",
+            "listen_database_url": env.get("LISTEN_DATABASE_URL") or None,
+            "prepared_statements": (
+                _choice(env, "PREPARED_STATEMENTS", "off", ("on", "off")) == "on"
+            ),
             "shutdown_grace": _number(env, "SHUTDOWN_GRACE", 30.0, minimum=0.0),
             "db_pool_max": int(_number(env, "DB_POOL_MAX", 10, minimum=2)),
             "signing_secret": _secret(env, "HANDLER_SIGNING_SECRET"),
@@ -256,9 +264,10 @@ class Settings:
         timeout = float(values["handler_timeout"])  # type: ignore[arg-type]
         values["job_routes"] = parse_job_routes(env.get("JOB_ROUTES", ""), timeout)
         settings = cls(**values)  # type: ignore[arg-type]
-        password = urlsplit(settings.database_url).password
-        if password:
-            Secret(unquote(password))  # registered for redaction
+        for url in (settings.database_url, settings.listen_database_url or ""):
+            password = urlsplit(url).password
+            if password:
+                Secret(unquote(password))  # registered for redaction
         if settings.signing_secret and len(settings.signing_secret.reveal()) < 16:
             raise ConfigError("HANDLER_SIGNING_SECRET is too short: use at least 16 characters")
         if not settings.database_url:

@@ -4,6 +4,7 @@ database, and a fresh copy of it for every test that asks for one."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,14 @@ from psycopg.rows import dict_row
 
 from processor.ops.migrate import migrate
 from processor.ops.pgcluster import LocalCluster, free_port
-from tests.support import CLIENTS, TOKEN, ScriptedHandler, ThreadedServer, throwaway_cluster
+from tests.support import (
+    CLIENTS,
+    TOKEN,
+    PgBouncer,
+    ScriptedHandler,
+    ThreadedServer,
+    throwaway_cluster,
+)
 
 TEMPLATE = "processor_template"
 
@@ -40,6 +48,17 @@ def database_url(cluster: LocalCluster, template_db: str) -> Iterator[str]:
         yield cluster.url_for(name)
     finally:
         cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def poolers(cluster: LocalCluster) -> Iterator[dict[str, PgBouncer]]:
+    """PgBouncer in front of the test cluster, once in each pool mode."""
+    if not PgBouncer.available():
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is not installed: `make system-deps` installs it")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    with PgBouncer(cluster, "transaction") as tx, PgBouncer(cluster, "session") as session:
+        yield {"transaction": tx, "session": session}
 
 
 @pytest.fixture

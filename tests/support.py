@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -253,6 +256,87 @@ def throwaway_cluster(
         yield pg
     finally:
         pg.destroy()
+
+
+class PgBouncer:
+    """Debian's PgBouncer in front of a private cluster, as Supabase's pooler (Supavisor) stands
+    in front of its database: `mode` is "transaction" (Supabase's port 6543) or "session".
+    Every database of the cluster is reachable through it by name, with trust auth; it runs as
+    the postgres OS user (PgBouncer refuses root) from a temporary folder, and stops with it."""
+
+    BINARY = "pgbouncer"
+
+    def __init__(self, cluster: LocalCluster, mode: str, pool_size: int = 20) -> None:
+        self.cluster = cluster
+        self.mode = mode
+        self.pool_size = pool_size
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"processor-pgbouncer-{mode}-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        return shutil.which(cls.BINARY) is not None or Path("/usr/sbin/pgbouncer").exists()
+
+    def url_for(self, database_url: str) -> str:
+        """The same database as `database_url` (a cluster URL), through this pooler."""
+        return database_url.replace(f":{self.cluster.port}/", f":{self.port}/")
+
+    @property
+    def log(self) -> str:
+        path = self.folder / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self) -> PgBouncer:
+        user = self.cluster.superuser
+        (self.folder / "users.txt").write_text(f'"{user}" ""\n')
+        (self.folder / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.cluster.port}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.folder / 'users.txt'}\n"
+            f"pool_mode = {self.mode}\n"
+            "max_client_conn = 1000\n"
+            f"default_pool_size = {self.pool_size}\n"
+            f"logfile = {self.folder / 'pgbouncer.log'}\n"
+            f"admin_users = {user}\n"
+        )
+        binary = shutil.which(self.BINARY) or "/usr/sbin/pgbouncer"
+        command = [binary, str(self.folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            for child in self.folder.iterdir():
+                shutil.chown(child, "postgres")
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with psycopg.connect(
+                    self.url_for(self.cluster.url), connect_timeout=2, prepare_threshold=None
+                ) as conn:
+                    conn.execute("select 1")
+                return self
+            except psycopg.OperationalError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise RuntimeError(f"pgbouncer did not start: {self.log[-2000:]}") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def enqueue(conn, job_type: str = "ok", respond: dict | None = None, **cols: Any) -> uuid.UUID:

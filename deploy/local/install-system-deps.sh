@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the local stack and the tests need from the system: a PostgreSQL server and the
-# pg_cron extension built for it (Debian/Ubuntu packages). Does nothing when both are present.
+# Installs what the local stack and the tests need from the system: a PostgreSQL server, the
+# pg_cron extension built for it, and PgBouncer (Debian/Ubuntu packages). Does nothing when all
+# are present.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -11,9 +12,11 @@ server_version() {
         | sort -n | tail -n 1
 }
 
+have_pgbouncer() { have pgbouncer || [ -x /usr/sbin/pgbouncer ]; }
+
 version=$(server_version || true)
 if [ -n "$version" ] && [ -f "/usr/share/postgresql/$version/extension/pg_cron.control" ] \
-        && have runuser; then
+        && have runuser && have_pgbouncer; then
     exit 0
 fi
 
@@ -37,7 +40,8 @@ if [ -z "$version" ]; then
     $SUDO apt-get install -y -qq postgresql >/dev/null
     version=$(server_version)
 fi
-echo "Installing pg_cron for PostgreSQL $version ..."
-$SUDO apt-get install -y -qq "postgresql-$version-cron" util-linux >/dev/null
+echo "Installing pg_cron for PostgreSQL $version, and PgBouncer (the tests' stand-in for Supabase's pooler) ..."
+$SUDO apt-get install -y -qq "postgresql-$version-cron" util-linux pgbouncer >/dev/null
 # The Debian package starts a machine-wide cluster; this project never uses it.
-echo "PostgreSQL $version with pg_cron is ready."
+# The package may start a machine-wide PgBouncer on 6432; this project never uses it either.
+echo "PostgreSQL $version with pg_cron, and PgBouncer, are ready."

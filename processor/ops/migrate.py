@@ -67,25 +67,33 @@ def pending(
 
 
 def migrate(url: str, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Applies every pending migration, each in its own transaction. Returns what it applied."""
+    """Applies every pending migration, each in its own transaction. Returns what it applied.
+
+    Invariant: concurrent migrators never apply one migration twice, on a direct connection or
+    through a transaction-mode pooler. Each transaction takes the migration lock itself
+    (pg_advisory_xact_lock, released at its commit or rollback) and only then reads what is
+    applied; a session-level lock would be taken on one server connection behind a pooler and
+    released on another, which leaves it held forever."""
+    migrations = available() if migrations is None else migrations
+    done: list[Migration] = []
     with connect(url) as conn:
-        run(conn, "migrations_lock")
-        try:
-            run(conn, "migrations_table")
-            todo = pending(conn, migrations)
-            for m in todo:
+        while True:
+            with conn.transaction():
+                run(conn, "migrations_lock")
+                run(conn, "migrations_table")
+                todo = pending(conn, migrations)
+                if not todo:
+                    return done
+                m = todo[0]
                 try:
-                    with conn.transaction():
-                        conn.execute(m.text)
-                        run(
-                            conn,
-                            "migrations_record",
-                            {"version": m.version, "name": m.name, "checksum": m.checksum},
-                        )
+                    conn.execute(m.text)
+                    run(
+                        conn,
+                        "migrations_record",
+                        {"version": m.version, "name": m.name, "checksum": m.checksum},
+                    )
                 except psycopg.Error as exc:
                     raise MigrationError(
                         f"migration {m.path.name} failed: {describe(exc)}"
                     ) from exc
-            return todo
-        finally:
-            run(conn, "migrations_unlock")
+            done.append(m)

@@ -16,7 +16,7 @@ import structlog
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from processor.db import Row
+from processor.db import Row, session_options
 from processor.errors import DatabaseError
 from processor.sql import query
 
@@ -56,10 +56,16 @@ class Relay:
     async def _serve(self) -> None:
         async with (
             await psycopg.AsyncConnection.connect(
-                self.database_url, autocommit=True, application_name="processor-relay"
+                self.database_url,
+                autocommit=True,
+                application_name="processor-relay",
+                **session_options(),
             ) as listen,
             await psycopg.AsyncConnection.connect(
-                self.database_url, row_factory=dict_row, application_name="processor-relay"
+                self.database_url,
+                row_factory=dict_row,
+                application_name="processor-relay",
+                **session_options(),
             ) as work,
         ):
             await listen.execute(query("relay_listen"))

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -47,6 +48,49 @@ OUTCOME_CONNECTIONS = 3
 
 
 @dataclass(frozen=True)
+class ConnectionPath:
+    """How the processor's connections reach PostgreSQL, as far as a client can tell."""
+
+    mode: str  # "direct", "session" (a pooler or proxy keeping sessions) or "transaction"
+    evidence: str
+
+    @property
+    def transaction_pooler(self) -> bool:
+        return self.mode == "transaction"
+
+
+def connection_path(database_url: str, rounds: int = 3) -> ConnectionPath:
+    """Tells a transaction-mode pooler from a session by what it does, not by its port: two
+    client connections that share a backend, or one whose backend changes between its
+    transactions, can only be behind a pooler that hands out server connections per
+    transaction. A server port other than the URL's means a pooler or proxy in between."""
+    try:
+        url_port = urlsplit(database_url).port or 5432
+    except ValueError:
+        url_port = None
+    with connect(database_url) as a, connect(database_url) as b:
+        server_port = None
+        for _ in range(rounds):
+            first = run(a, "backend")[0]
+            server_port = first["port"]
+            with b.transaction():  # b holds a server connection while a asks again
+                other = run(b, "backend")[0]["pid"]
+                again = run(a, "backend")[0]["pid"]
+            if other == first["pid"] or again != first["pid"]:
+                return ConnectionPath(
+                    "transaction",
+                    "backend pid changed between transactions"
+                    + (f"; server port {server_port}, URL port {url_port}" if server_port else ""),
+                )
+    if server_port is not None and url_port is not None and server_port != url_port:
+        return ConnectionPath(
+            "session",
+            f"server port {server_port}, URL port {url_port}; the backend stayed with the session",
+        )
+    return ConnectionPath("direct", "the backend stayed with the session")
+
+
+@dataclass(frozen=True)
 class Check:
     ok: bool
     label: str
@@ -60,11 +104,58 @@ class Check:
 
 class Verifier:
     def __init__(
-        self, conn: psycopg.Connection[Row], client: httpx.Client, replicas: int = 1
+        self,
+        conn: psycopg.Connection[Row],
+        client: httpx.Client,
+        replicas: int = 1,
+        database_url: str | None = None,
     ) -> None:
         self.conn = conn
         self.client = client
         self.replicas = replicas
+        self.database_url = database_url
+        self._path: ConnectionPath | None = None
+
+    @property
+    def path(self) -> ConnectionPath | None:
+        if self._path is None and self.database_url:
+            self._path = connection_path(self.database_url)
+        return self._path
+
+    def pooler(self) -> Check:
+        """Which pooler mode the URL goes through, and what that means for the processor."""
+        path = self.path
+        if path is None:
+            return Check(True, "connection path: not checked")
+        listen = os.environ.get("LISTEN_FOR_JOBS", "on") != "off"
+        listen_url = os.environ.get("LISTEN_DATABASE_URL")
+        if not path.transaction_pooler:
+            kind = "direct connection" if path.mode == "direct" else "session-mode pooler or proxy"
+            return Check(
+                True,
+                f"connection: {kind} ({path.evidence}): LISTEN works, migrations and prepared "
+                "statements are safe",
+            )
+        label = (
+            f"connection: transaction-mode pooler ({path.evidence}): no prepared statements "
+            "(the processor uses none unless PREPARED_STATEMENTS=on), migrations safe "
+            "(transaction-scoped lock), connection budget is the pooler's pool size"
+        )
+        if os.environ.get("PREPARED_STATEMENTS", "off") == "on":
+            return Check(
+                False,
+                label + "; PREPARED_STATEMENTS=on breaks here",
+                "unset PREPARED_STATEMENTS (it is for direct connections only)",
+            )
+        if listen and not listen_url:
+            return Check(
+                True,
+                label + "; LISTEN cannot work here: pickup waits for pg_net or cron",
+                "set LISTEN_DATABASE_URL to the direct or session-mode URL (Supabase: port "
+                "5432) for millisecond pickup",
+                warning=True,
+            )
+        return Check(True, label + ("; LISTEN through LISTEN_DATABASE_URL" if listen else ""))
 
     def migrations(self) -> Check:
         todo = migrate.pending(self.conn)
@@ -174,6 +265,15 @@ class Verifier:
                 "(see the endpoint line)",
             )
         ok = sum(1 for r in responses if r["status_code"] and 200 <= r["status_code"] < 300)
+        failed = len(responses) - ok
+        if failed and failed * 4 >= len(responses):  # a quarter or more of the recent calls
+            return Check(
+                False,
+                f"{kind}: {failed} of the last {len(responses)} calls to the processor failed "
+                "(the latest answered 2xx)",
+                "see net._http_response for the answers and the processor's log for why; "
+                "`curl $URL/healthz` says whether its claims work",
+            )
         return Check(True, f"{kind}: last {len(responses)} call(s), {ok} answered 2xx")
 
     def endpoint(self) -> Check:
@@ -269,6 +369,10 @@ class Verifier:
         """Whether `replicas` processors fit the server's connection limit."""
         pool = int(os.environ.get("DB_POOL_MAX", "10"))
         listen = os.environ.get("LISTEN_FOR_JOBS", "on") != "off"
+        if self.path is not None and self.path.transaction_pooler:
+            # The listener gives up behind a transaction pooler unless it has a URL of its own;
+            # and the server's limit is the pooler's business, not the processors'.
+            listen = listen and bool(os.environ.get("LISTEN_DATABASE_URL"))
         each = pool + OUTCOME_CONNECTIONS + int(listen)
         row = run(self.conn, "connection_budget")[0]
         room = row["max_connections"] - row["reserved"] - row["others"]
@@ -296,7 +400,7 @@ def verify(database_url: str, out: Callable[[str], None] = print, replicas: int 
         with connect(database_url) as conn:
             version = run(conn, "server_version")[0]["version"]
             out(Check(True, f"database reachable (PostgreSQL {version})").line())
-            return _links(conn, out, replicas)
+            return _links(conn, out, replicas, database_url)
     except DatabaseError as exc:
         out(
             Check(
@@ -308,11 +412,17 @@ def verify(database_url: str, out: Callable[[str], None] = print, replicas: int 
         return False
 
 
-def _links(conn: psycopg.Connection[Row], out: Callable[[str], None], replicas: int) -> bool:
+def _links(
+    conn: psycopg.Connection[Row],
+    out: Callable[[str], None],
+    replicas: int,
+    database_url: str | None = None,
+) -> bool:
     ok = True
     with httpx.Client() as client:
-        verifier = Verifier(conn, client, replicas)
+        verifier = Verifier(conn, client, replicas, database_url)
         for check in (
+            verifier.pooler,
             verifier.migrations,
             verifier.functions,
             verifier.cron_job,

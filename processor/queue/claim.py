@@ -14,6 +14,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from processor.errors import DatabaseError
 from processor.queue.dispatch import Dispatcher, Outcome
 from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.rescue import LeaseRescue
@@ -29,6 +30,36 @@ class Claim:
     requeued: int = 0  # expired leases put back by this call
 
 
+class ClaimHealth:
+    """Whether claims are working: /healthz turns unhealthy after FAILING claims in a row have
+    failed (a database that answers `select 1` but refuses every claim, as behind a pooler
+    that lost its prepared statements), and healthy again at the first claim that works."""
+
+    FAILING = 3
+
+    def __init__(self) -> None:
+        self.failed_in_a_row = 0
+        self.last_error = ""
+        self.failing_since: float | None = None  # time.time() of the first failure in the row
+
+    def failed(self, error: str) -> None:
+        if self.failed_in_a_row == 0:
+            self.failing_since = time.time()
+        self.failed_in_a_row += 1
+        self.last_error = error
+
+    def worked(self) -> None:
+        self.failed_in_a_row = 0
+        self.failing_since = None
+
+    @property
+    def problem(self) -> str | None:
+        """None while claims work, else what /healthz says."""
+        if self.failed_in_a_row < self.FAILING:
+            return None
+        return f"the last {self.failed_in_a_row} claims failed: {self.last_error}"
+
+
 class Claimer:
     def __init__(self, queue: JobQueue, dispatcher: Dispatcher, settings: Settings) -> None:
         self.queue = queue
@@ -36,6 +67,7 @@ class Claimer:
         self.settings = settings
         self._lock = asyncio.Lock()
         self.rescue = LeaseRescue(queue)
+        self.health = ClaimHealth()
 
     @property
     def free(self) -> int:
@@ -44,14 +76,21 @@ class Claimer:
     async def claim(self, limit: int, job_types: list[str] | None, *, via: str) -> Claim:
         """Claims up to `limit` due jobs, never more than the free slots, and starts them."""
         async with self._lock:
-            requeued = await self.rescue.requeue_expired_jobs()
-            want = min(limit, self.free, self.settings.max_claim)
-            if want <= 0:
-                return Claim([], [], busy=True, running=self.dispatcher.running, requeued=requeued)
-            began = time.time_ns()
-            jobs = await self.queue.claim_jobs(
-                self.settings.worker_id, want, job_types, self.settings.lease_seconds
-            )
+            try:
+                requeued = await self.rescue.requeue_expired_jobs()
+                want = min(limit, self.free, self.settings.max_claim)
+                if want <= 0:
+                    return Claim(
+                        [], [], busy=True, running=self.dispatcher.running, requeued=requeued
+                    )
+                began = time.time_ns()
+                jobs = await self.queue.claim_jobs(
+                    self.settings.worker_id, want, job_types, self.settings.lease_seconds
+                )
+            except DatabaseError as exc:
+                self.health.failed(str(exc))
+                raise
+            self.health.worked()
             # Started before the lock is released, so the next claim sees these slots taken.
             tasks = self.dispatcher.start(jobs, claimed=(began, time.time_ns()), via=via)
         return Claim(jobs, tasks, busy=False, running=self.dispatcher.running, requeued=requeued)

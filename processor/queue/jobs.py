@@ -130,3 +130,7 @@ class JobQueue:
 
     async def ping(self) -> bool:
         return await self.db.ping()
+
+    async def notify_listeners(self, payload: str) -> None:
+        """Sends the listener's probe NOTIFY (processor.queue.listen) from a pooled connection."""
+        await self.db.fetch_all("listen_probe", {"payload": payload})

@@ -2,56 +2,63 @@
 trigger's NOTIFY (delivered at commit) starts a drain within milliseconds.
 
 LISTEN needs a session that stays with one server connection: a direct connection or a
-session-mode pooler. A transaction-mode pooler (Supabase's on port 6543) hands each transaction
-to another server connection and drops notifications, so there the listener stays off with a
-warning; pg_net and cron still wake the processor.
+session-mode pooler. A transaction-mode pooler (Supabase's Supavisor on 6543, PgBouncer in
+`pool_mode = transaction` on any port) hands each transaction to another server connection and
+drops notifications. The port says nothing reliable about that, so the listener proves itself:
+after LISTEN it sends a probe NOTIFY from another connection (the service's pool) and waits for
+it. When the probe does not arrive it logs `listen_unavailable` once and stops; pg_net, cron and
+the drain's own timer still wake the processor. LISTEN_DATABASE_URL gives the listener a direct
+URL of its own while everything else goes through the pooler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
 
-from processor.db import describe
+from processor.db import describe, session_options
 from processor.sql import query
 
 log = structlog.get_logger("processor.queue.listen")
 
 CHANNEL = "job_queue_insert"  # notified by job_queue_instant_pickup() (sql/migrations/0004)
-TRANSACTION_POOLER_PORT = 6543
+PROBE_PREFIX = "processor-probe:"  # insert notifications carry an empty payload
+PROBE_TIMEOUT = 5.0  # a NOTIFY is delivered at commit: milliseconds on any working path
+
+Probe = Callable[[str], Awaitable[None]]  # sends NOTIFY job_queue_insert, <payload> elsewhere
+
+UNAVAILABLE = (
+    "the probe NOTIFY sent after LISTEN never arrived: DATABASE_URL goes through a "
+    "transaction-mode pooler (Supabase's port 6543, or PgBouncer pool_mode=transaction), which "
+    "drops notifications. New jobs are picked up through pg_net, cron and the drain timer "
+    "instead; set LISTEN_DATABASE_URL to a direct or session-mode URL (Supabase: the direct "
+    "connection or the session pooler on port 5432) for millisecond pickup."
+)
 
 
-def transaction_pooler(url: str) -> bool:
-    """Whether a connection string points at a transaction-mode pooler (no LISTEN there)."""
-    try:
-        return urlsplit(url).port == TRANSACTION_POOLER_PORT
-    except ValueError:
-        return False
+def why_not_listen(enabled: bool) -> str | None:
+    """None when the processor should try to LISTEN for inserts, else the reason it does not."""
+    return None if enabled else "LISTEN_FOR_JOBS=off"
 
 
-def why_not_listen(database_url: str, enabled: bool) -> str | None:
-    """None when the processor should LISTEN for inserts, else the reason it does not."""
-    if not enabled:
-        return "LISTEN_FOR_JOBS=off"
-    if transaction_pooler(database_url):
-        return (
-            "DATABASE_URL is a transaction-mode pooler (port 6543), which drops LISTEN; new "
-            "jobs are picked up through pg_net and cron instead. Use the direct or session-mode "
-            "connection string (Supabase: port 5432) for millisecond pickup."
-        )
-    return None
+class ListenUnavailable(Exception):
+    """LISTEN was accepted but notifications do not come back on this connection."""
 
 
 class Listener:
-    def __init__(self, database_url: str, on_insert: Callable[[], None]) -> None:
+    def __init__(
+        self, database_url: str, on_insert: Callable[[], None], probe: Probe | None = None
+    ) -> None:
         self.database_url = database_url
         self.on_insert = on_insert
+        self.probe = probe
         self.connected = asyncio.Event()
+        self.unavailable: str | None = None  # why the listener gave up, once it has
         self.waits: deque[float] = deque(maxlen=100)  # the latest reconnect waits (tests)
 
     FIRST_RETRY = 0.5
@@ -61,11 +68,17 @@ class Listener:
         """Listens until cancelled, reconnecting after a lost connection; each (re)connect
         also wakes the processor once, for anything inserted while it was not listening. The
         wait doubles while connecting fails and starts again from FIRST_RETRY once a
-        connection has held, so every restart of the database is met as quickly."""
+        connection has held, so every restart of the database is met as quickly. Returns when
+        the probe shows that notifications cannot arrive on this URL."""
         delay = self.FIRST_RETRY
         while True:
             try:
                 await self._listen()
+            except ListenUnavailable as exc:
+                self.connected.clear()
+                self.unavailable = str(exc)
+                log.warning("listen_unavailable", reason=str(exc))
+                return
             except psycopg.Error as exc:
                 if self.connected.is_set():
                     delay = self.FIRST_RETRY  # this connection had held: a fresh failure
@@ -77,11 +90,31 @@ class Listener:
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True, application_name="processor-listen"
+            self.database_url,
+            autocommit=True,
+            application_name="processor-listen",
+            **session_options(),
         ) as conn:
             await conn.execute(query("listen_inserts"))
+            if self.probe is not None:
+                await self._prove(conn, self.probe)
             self.connected.set()
             log.info("listening", channel=CHANNEL)
             self.on_insert()
-            async for _ in conn.notifies():
-                self.on_insert()
+            async for note in conn.notifies():
+                if not note.payload.startswith(PROBE_PREFIX):  # another processor's probe
+                    self.on_insert()
+
+    async def _prove(self, conn: psycopg.AsyncConnection[object], probe: Probe) -> None:
+        """Sends a NOTIFY from another connection and waits for it here; raises
+        ListenUnavailable when it does not come within PROBE_TIMEOUT."""
+        payload = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        try:
+            await probe(payload)
+        except Exception as exc:  # the pool is away: a connection problem, retried
+            raise psycopg.OperationalError(f"could not send the LISTEN probe: {exc}") from exc
+        async for note in conn.notifies(timeout=PROBE_TIMEOUT):
+            if note.payload == payload:
+                return
+            self.on_insert()  # a real insert arrived first: it counts too, but go on waiting
+        raise ListenUnavailable(UNAVAILABLE)

@@ -190,6 +190,11 @@ async def healthz(request: Request) -> Response:
         )
     except DatabaseError as exc:
         return ApiResponse({"status": "error", "database": str(exc)}, status_code=503)
+    problem = request.app.state.claimer.health.problem
+    if problem is not None:
+        return ApiResponse(
+            {"status": "error", "database": "ok", "claims": problem}, status_code=503
+        )
     return ApiResponse(
         {"status": "ok", "database": "ok", "running_jobs": request.app.state.dispatcher.running}
     )
@@ -231,12 +236,19 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if tracing.configure():
             log.info("tracing_on", exporter="otlp/http")
-        db = Database(settings.database_url, max_size=settings.db_pool_max)
+        db = Database(
+            settings.database_url,
+            max_size=settings.db_pool_max,
+            prepared=settings.prepared_statements,
+        )
         await db.open()
         # Outcome writes and lease extensions get their own connections: they never wait
         # behind claims or handlers.
         outcome_db = Database(
-            settings.database_url, max_size=3, application_name="processor-outcomes"
+            settings.database_url,
+            max_size=3,
+            application_name="processor-outcomes",
+            prepared=settings.prepared_statements,
         )
         await outcome_db.open()
         client = http_client or httpx.AsyncClient(
@@ -289,12 +301,16 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
         background = [asyncio.create_task(stop_claiming(), name="stop-claiming")]
         if settings.run_relay:
             background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
-        reason = why_not_listen(settings.database_url, settings.listen_for_jobs)
+        reason = why_not_listen(settings.listen_for_jobs)
+        app.state.listener = None
         if reason is None:
-            listener = Listener(settings.database_url, lambda: drainer.request(None))
+            listener = Listener(
+                settings.listen_database_url or settings.database_url,
+                lambda: drainer.request(None),
+                probe=queue.notify_listeners,
+            )
+            app.state.listener = listener
             background.append(asyncio.create_task(listener.run(), name="listener"))
-        elif settings.listen_for_jobs:
-            log.warning("listen_unavailable", reason=reason)
         else:
             log.info("listen_off", reason=reason)
         log.info(

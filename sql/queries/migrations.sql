@@ -3,10 +3,9 @@
 
 -- migrations_lock --
 -- Serialises concurrent migrators (any constant works if every processor uses the same one).
-select pg_advisory_lock(1886547811);
-
--- migrations_unlock --
-select pg_advisory_unlock(1886547811);
+-- Transaction-scoped, so it is held and released on the same server connection even behind a
+-- transaction-mode pooler.
+select pg_advisory_xact_lock(1886547811);
 
 -- migrations_table --
 create table if not exists processor_migrations (

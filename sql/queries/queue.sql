@@ -51,6 +51,10 @@ from extend_job_leases(%(ids)s::uuid[], %(lease_tokens)s::uuid[],
 -- listen_inserts --
 listen job_queue_insert;
 
+-- listen_probe --
+-- Sent from the pool after the listener's LISTEN: it must come back on the listener's session.
+select pg_notify('job_queue_insert', %(payload)s);
+
 -- ping --
 select 1 as ok;
 

@@ -102,5 +102,10 @@ from unnest(%(names)s::text[]) as name;
 -- Requests queued but not sent yet (pg_net's queue has no timestamp: compare ids over time).
 select count(*) as queued, min(id) as oldest_id from net.http_request_queue;
 
+-- backend --
+-- Which server connection ran this transaction, and the port the server itself listens on
+-- (processor verify compares both with what the client sees, to tell a pooler's mode).
+select pg_backend_pid() as pid, inet_server_port() as port;
+
 -- server_version --
 select current_setting('server_version') as version;

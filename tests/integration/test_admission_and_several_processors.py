@@ -134,19 +134,6 @@ def test_a_running_processor_picks_up_a_plain_insert_with_cron_and_pg_net_off(
     wait_until(lambda: statuses(conn) == {"completed": 1}, 5, "completion")
 
 
-def test_listen_is_off_behind_a_transaction_pooler_with_a_reason():
-    from processor.queue.listen import why_not_listen
-
-    pooler = "postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres"
-    session = "postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:5432/postgres"
-    direct = "postgresql://postgres:p@db.abcdefgh.supabase.co:5432/postgres"
-    assert "transaction-mode pooler" in why_not_listen(pooler, True)
-    assert "port 5432" in why_not_listen(pooler, True)
-    assert why_not_listen(session, True) is None
-    assert why_not_listen(direct, True) is None
-    assert why_not_listen(direct, False) == "LISTEN_FOR_JOBS=off"
-
-
 @pytest.fixture
 def serve_processes(database_url: str, handler_url: str, tmp_path: Path):
     """Starts `processor serve` processes (the real CLI) on this test's database."""

@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -226,7 +227,7 @@ def test_verify_is_all_green_on_a_working_stack_and_names_a_stopped_server(make_
     lines: list[str] = []
     assert verify(cron_db, lines.append) is True, lines
     assert all(line.startswith("✓") for line in lines)
-    assert len(lines) == 10  # database … queue, storage, connections
+    assert len(lines) == 11  # database, connection path … queue, storage, connections
 
     server.__exit__(None, None, None)  # the processor goes away
     lines.clear()
@@ -236,6 +237,32 @@ def test_verify_is_all_green_on_a_working_stack_and_names_a_stopped_server(make_
     assert "fix: start it" in failed[0]
     # The links before it still hold (a cron tick in this very second could add a pg_net line).
     assert all(line.startswith("✓") for line in lines[:4])
+
+
+def test_verify_fails_the_pg_net_link_when_many_recent_calls_failed(cron_db):
+    """12 of pg_net's last 20 calls to the processor answered 500 and the latest 200: verify
+    called that healthy from the latest call alone."""
+    from processor.ops.verify import Verifier
+
+    schedule.schedule(cron_db, "http://127.0.0.1:9", TOKEN, local=True)
+    with psycopg.connect(cron_db, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("truncate net._http_response; truncate processor_net_calls")
+        conn.execute(
+            "insert into net._http_response (id, status_code, timed_out, created) "
+            "select g, case when g % 5 in (1, 2, 3) then 500 else 200 end, false, "
+            "now() - (20 - g) * interval '1 second' from generate_series(1, 20) g"
+        )
+        conn.execute(
+            "insert into processor_net_calls (request_id) select g from generate_series(1, 20) g"
+        )
+        try:
+            with httpx.Client() as client:
+                check = Verifier(conn, client).net()
+        finally:  # the cluster's database is shared with the next tests
+            conn.execute("truncate net._http_response; truncate processor_net_calls")
+    assert not check.ok
+    assert "12 of the last 20 calls to the processor failed" in check.label
+    assert "healthz" in check.fix
 
 
 def test_verify_names_a_wrong_token(make_service, cron_db):
