@@ -34,7 +34,7 @@ COMMENT ON SCHEMA public IS 'standard public schema';
 
 CREATE FUNCTION public.cancel_job(p_job_id uuid) RETURNS boolean
     LANGUAGE sql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
     with cancelled as (
         update job_queue
@@ -304,7 +304,7 @@ $$;
 
 CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 declare
     v_id uuid;
@@ -470,7 +470,7 @@ $$;
 
 CREATE FUNCTION public.grant_credits(p_user_id text, p_amount integer, p_note text DEFAULT NULL::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 declare
     v_available integer;
@@ -492,7 +492,7 @@ $$;
 
 CREATE FUNCTION public.invoke_job_processor(p_quiet boolean DEFAULT false) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $_$
 declare
     v_endpoint record;
@@ -657,7 +657,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_check_row() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 declare
     v_limits job_queue_settings;
@@ -729,7 +729,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_credits_on_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 declare
     v_cost integer;
@@ -751,7 +751,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_credits_on_status() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 declare
     v_held integer;
@@ -856,7 +856,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_instant_pickup() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
     perform pg_notify('job_queue_insert', '');
@@ -1210,7 +1210,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_truncated() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
     delete from job_queue_lanes;
@@ -1225,7 +1225,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_wake_freed() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
     if exists (select 1 from job_concurrency_limits where max_running is not null) then
@@ -1243,7 +1243,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_wake_inserted() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
     insert into job_queue_wakes (job_type, group_key, priority, due_at)
@@ -1261,7 +1261,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_wake_pending() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
     insert into job_queue_wakes (job_type, group_key, priority, due_at)
@@ -1277,7 +1277,7 @@ $$;
 
 CREATE FUNCTION public.job_trigger_health() RETURNS TABLE(source text, outcome text, count bigint, last_at timestamp with time zone, last_message text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $_$
 begin
     if to_regclass('cron.job_run_details') is not null then
@@ -1386,6 +1386,33 @@ begin
     select max(depth) into v_depth from walk;
     return v_depth;
 end;
+$$;
+
+--
+-- Name: known_job_types(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.known_job_types() RETURNS SETOF text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    with recursive pending(job_type) as (  -- a loose index scan over job_queue_lane_idx
+        (select job_type from job_queue where status = 'pending' order by job_type limit 1)
+        union all
+        select (select j.job_type from job_queue j
+                where j.status = 'pending' and j.job_type > p.job_type
+                order by j.job_type limit 1)
+        from pending p where p.job_type is not null
+    )
+    select job_type from pending where job_type is not null
+    union
+    select job_type from job_queue where status = 'processing'
+    union
+    select job_type from (select job_type from job_queue
+                          order by created_at desc, id desc limit 1000) newest
+    union
+    select job_type from job_type_limits
+    order by 1;
 $$;
 
 --
@@ -1512,7 +1539,7 @@ $$;
 
 CREATE FUNCTION public.processor_endpoint(OUT url text, OUT token text) RETURNS record
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $_$
 begin
     if to_regclass('vault.decrypted_secrets') is not null then
@@ -1851,7 +1878,7 @@ $$;
 
 CREATE FUNCTION public.retry_job(p_job_id uuid) RETURNS boolean
     LANGUAGE sql SECURITY DEFINER
-    SET search_path TO '$user', 'public'
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
     with retried as (
         update job_queue
@@ -2002,6 +2029,35 @@ begin
     set max_running = excluded.max_running, updated_at = now();
 end;
 $$;
+
+--
+-- Name: use_delivery(text, text, uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.use_delivery(p_delivery text, p_path text, p_job_id uuid) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_new boolean;
+begin
+    delete from processor_deliveries
+    where delivery in (select delivery from processor_deliveries
+                       where used_at < now() - interval '15 minutes'
+                       order by used_at limit 100);
+    insert into processor_deliveries (delivery, path, job_id)
+    values (p_delivery, p_path, p_job_id)
+    on conflict (delivery) do nothing
+    returning true into v_new;
+    return coalesce(v_new, false);
+end;
+$$;
+
+--
+-- Name: FUNCTION use_delivery(p_delivery text, p_path text, p_job_id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.use_delivery(p_delivery text, p_path text, p_job_id uuid) IS 'Records a delivery id a built-in handler is about to run; false when it already ran.';
 
 --
 -- Name: aplus_contents; Type: TABLE; Schema: public; Owner: -
@@ -2373,10 +2429,10 @@ COMMENT ON TABLE public.job_type_limits IS 'Per job type: running cap across eve
 --
 
 CREATE VIEW public.job_queue_types WITH (security_invoker='on') AS
- SELECT t.job_type,
-    t.running,
-    t.waiting,
-    t.scheduled,
+ SELECT job_type,
+    COALESCE(t.running, (0)::bigint) AS running,
+    COALESCE(t.waiting, (0)::bigint) AS waiting,
+    COALESCE(t.scheduled, (0)::bigint) AS scheduled,
     l.max_running,
     (l.paused_at IS NOT NULL) AS paused,
     l.paused_at
@@ -2438,6 +2494,24 @@ CREATE VIEW public.job_trigger_health AS
     job_trigger_health.last_at,
     job_trigger_health.last_message
    FROM public.job_trigger_health() job_trigger_health(source, outcome, count, last_at, last_message);
+
+--
+-- Name: processor_deliveries; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.processor_deliveries (
+    delivery text NOT NULL,
+    path text NOT NULL,
+    job_id uuid,
+    used_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT processor_deliveries_delivery_check CHECK ((delivery ~ '^[0-9a-f]{32}$'::text))
+);
+
+--
+-- Name: TABLE processor_deliveries; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.processor_deliveries IS 'Processor-Delivery ids the built-in handlers have run in the last minutes (single use).';
 
 --
 -- Name: processor_migrations; Type: TABLE; Schema: public; Owner: -
@@ -2723,6 +2797,13 @@ ALTER TABLE ONLY public.job_type_limits
     ADD CONSTRAINT job_type_limits_pkey PRIMARY KEY (job_type);
 
 --
+-- Name: processor_deliveries processor_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.processor_deliveries
+    ADD CONSTRAINT processor_deliveries_pkey PRIMARY KEY (delivery);
+
+--
 -- Name: processor_migrations processor_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2854,6 +2935,12 @@ CREATE INDEX job_queue_running_idx ON public.job_queue USING btree (COALESCE(con
 --
 
 CREATE INDEX job_queue_user_idx ON public.job_queue USING btree (user_id, created_at DESC) WHERE (user_id IS NOT NULL);
+
+--
+-- Name: processor_deliveries_used_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX processor_deliveries_used_at_idx ON public.processor_deliveries USING btree (used_at);
 
 --
 -- Name: processor_net_calls_created_idx; Type: INDEX; Schema: public; Owner: -
@@ -3260,6 +3347,12 @@ REVOKE ALL ON FUNCTION public.job_wait_reason(p_job_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.jsonb_depth(p_value jsonb, p_stop integer) FROM PUBLIC;
 
 --
+-- Name: FUNCTION known_job_types(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.known_job_types() FROM PUBLIC;
+
+--
 -- Name: FUNCTION mark_job_completed(p_job_id uuid, p_lease_token uuid, p_result jsonb); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3384,6 +3477,12 @@ REVOKE ALL ON FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid
 --
 
 REVOKE ALL ON FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION use_delivery(p_delivery text, p_path text, p_job_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.use_delivery(p_delivery text, p_path text, p_job_id uuid) FROM PUBLIC;
 
 --
 -- PostgreSQL database dump complete

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processor.settings import CommandSettings
+from processor.settings import BUILTIN_ROUTES, CommandSettings, parse_job_routes
 
 DB_ENV = "Reads DATABASE_URL from the environment."
 MAX_KEEP_DAYS = 36_500  # a hundred years: an age beyond it is a typo, not a retention policy
@@ -26,6 +26,11 @@ def database_url() -> str:
 
 def public_url() -> str:
     return env().processor_url or "http://127.0.0.1:8000"
+
+
+def routed_types() -> set[str]:
+    """The job types this processor runs: the built-ins and those in JOB_ROUTES."""
+    return set(BUILTIN_ROUTES) | set(parse_job_routes(env().job_routes, 120))
 
 
 def print_json(value: Any) -> None:

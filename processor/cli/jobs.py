@@ -17,9 +17,17 @@ from rich.console import Console
 
 from processor import db
 from processor.cli import bulk, console
-from processor.cli.common import add_command, bounded_int, database_url, env, print_json, public_url
+from processor.cli.common import (
+    add_command,
+    bounded_int,
+    database_url,
+    env,
+    print_json,
+    public_url,
+    routed_types,
+)
 from processor.errors import ConfigError
-from processor.settings import BUILTIN_ROUTES, parse_job_routes
+from processor.settings import BUILTIN_ROUTES
 from processor.status import STATUSES
 
 
@@ -28,7 +36,7 @@ def enqueue_problems(job_type: str, payload: Any) -> list[str]:
     payload that breaks its rules (the same rules its handler applies)."""
     from processor.images.payload import PayloadError, parse
 
-    routes = set(BUILTIN_ROUTES) | set(parse_job_routes(env().job_routes, 120))
+    routes = routed_types()
     if job_type not in routes:
         return [
             f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(routes))} "

@@ -10,7 +10,10 @@ from rich.console import Console
 
 from processor import db
 from processor.cli import console
-from processor.cli.common import add_command, bounded_int, database_url
+from processor.cli.common import add_command, bounded_int, database_url, routed_types
+from processor.errors import ConfigError
+
+FORCE_HELP = "use a job type no route, job or limit knows yet"
 
 
 def _cap(text: str) -> int | None:
@@ -42,8 +45,23 @@ def cmd_set_limit(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_known_type(conn: Any, job_type: str, force: bool) -> None:
+    """Refuses a job type that no route, pending, running or recent job, or limit names (a typo
+    would pause or cap nothing and say it did), unless --force; the message lists the known."""
+    if force:
+        return
+    known = routed_types() | {r["job_type"] for r in db.run(conn, "known_job_types")}
+    if job_type not in known:
+        raise ConfigError(
+            f"unknown job type {job_type!r}: no route, job or limit names it. Known types: "
+            f"{', '.join(sorted(known))}. Pass --force to use the name anyway (say, for a type "
+            "whose first job is still to come)"
+        )
+
+
 def cmd_set_type_limit(args: argparse.Namespace) -> int:
     with db.connect(database_url()) as conn:
+        require_known_type(conn, args.job_type, args.force)
         db.run(
             conn, "set_job_type_limit", {"job_type": args.job_type, "max_running": args.max_running}
         )
@@ -55,6 +73,8 @@ def cmd_set_type_limit(args: argparse.Namespace) -> int:
 def _pause_action(query: str) -> Any:
     def action(args: argparse.Namespace) -> int:
         with db.connect(database_url()) as conn:
+            if query == "pause_job_type":
+                require_known_type(conn, args.job_type, args.force)
             ok = db.run(conn, query, {"job_type": args.job_type})[0]["ok"]
         if query == "pause_job_type":
             print(f"paused {args.job_type}: its pending jobs wait; running ones finish")
@@ -85,6 +105,7 @@ def add_commands(sub: Any) -> None:
     p = add_command(sub, "set-type-limit", "cap one job type's running jobs across processors")
     p.add_argument("job_type", metavar="TYPE", help="the job type")
     p.add_argument("--max-running", type=_cap, default=None, help="its running cap (none: no cap)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_set_type_limit)
 
     for name, query, help_text in (
@@ -93,4 +114,6 @@ def add_commands(sub: Any) -> None:
     ):
         p = add_command(sub, name, help_text)
         p.add_argument("job_type", metavar="TYPE", help="the job type")
+        if name == "pause":
+            p.add_argument("--force", action="store_true", help=FORCE_HELP)
         p.set_defaults(func=_pause_action(query))

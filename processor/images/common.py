@@ -123,6 +123,23 @@ def check_caller(request: Request, body: bytes, secrets: list[str]) -> bool:
     return True
 
 
+async def use_delivery(ctx: HandlerContext, request: Request, call: JobCall) -> None:
+    """A signed delivery runs at most once, on any processor sharing the database: a second
+    call with the same Processor-Delivery id (a replay of a captured call, even one sent at the
+    same moment) is refused with 409 before anything is spent."""
+    delivery = request.headers.get(signing.DELIVERY_HEADER, "")
+    row = await ctx.db.fetch_one(
+        "use_delivery", {"delivery": delivery, "path": request.url.path, "job_id": call.job_id}
+    )
+    if not (row and row["fresh"]):
+        log.warning("handler_call_replayed", path=request.url.path, delivery=delivery)
+        raise HTTPException(
+            409,
+            f"delivery {delivery} was already run: each signed call runs once, and the "
+            "processor sends a new delivery id with every attempt",
+        )
+
+
 def check_job_type(request: Request, call: JobCall, signed: bool) -> None:
     """A built-in handler runs only the job types routed to it: a call signed for another type
     is refused before anything is spent (a call by hand with the token may leave it out)."""
@@ -149,6 +166,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         signed = check_caller(request, body, ctx.signing_secrets)
         call = parse_call(body)
         check_job_type(request, call, signed)
+        if signed:
+            await use_delivery(ctx, request, call)
         structlog.contextvars.bind_contextvars(job_id=str(call.job_id), attempt=call.attempt)
         project = call.payload.get("project_id") if isinstance(call.payload, dict) else None
         spend.current_job.set(

@@ -36,3 +36,7 @@ select content, provider, model from aplus_contents where job_id = %(job_id)s;
 insert into aplus_contents (job_id, project_id, user_id, content, provider, model)
 values (%(job_id)s, %(project_id)s, %(user_id)s, %(content)s::jsonb, %(provider)s, %(model)s)
 on conflict (job_id) do nothing;
+
+-- use_delivery --
+-- A built-in handler's claim on one signed delivery: false when it already ran (a replay).
+select use_delivery(%(delivery)s, %(path)s, %(job_id)s) as fresh;

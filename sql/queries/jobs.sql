@@ -103,6 +103,9 @@ order by job_type;
 -- set_concurrency_limit --
 select set_concurrency_limit(%(key)s, %(max_running)s::integer, %(weight)s::integer);
 
+-- known_job_types --
+select t as job_type from known_job_types() t;
+
 -- set_job_type_limit --
 select set_job_type_limit(%(job_type)s, %(max_running)s::integer);
 

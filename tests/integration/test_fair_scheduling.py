@@ -338,3 +338,55 @@ def test_the_status_page_pauses_a_type_and_metrics_and_the_api_say_so(make_servi
     page = client.get("/ui").text
     assert client.post("/ui/types/slow/resume", data={"csrf": csrf(page)}).status_code == 303
     assert scrape(server.url)['processor_type_paused{job_type="slow"}'] == 0
+
+
+def test_a_paused_or_capped_type_with_no_jobs_keeps_its_name_everywhere(
+    make_service, conn, database_url, monkeypatch, capsys
+):
+    """Paused or capped before its first job, a type is still named by the view, the CLI,
+    /metrics and the status page (it was a blank, "None", and a 500)."""
+    from processor.cli.commands import main
+
+    conn.execute("select pause_job_type('generate-aplus')")
+    conn.execute("select set_job_type_limit('generate-image', 2)")
+    rows = conn.execute("select job_type, paused, max_running, waiting from job_queue_types")
+    assert sorted((r["job_type"], r["paused"], r["max_running"], r["waiting"]) for r in rows) == [
+        ("generate-aplus", True, None, 0),
+        ("generate-image", False, 2, 0),
+    ]
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["limits"]) == 0
+    shown = capsys.readouterr().out
+    assert "generate-aplus" in shown and "generate-image" in shown
+    server = make_service()
+    metrics = scrape(server.url)
+    assert metrics['processor_type_paused{job_type="generate-aplus"}'] == 1
+    page = signed_in(server).get("/ui").text
+    assert "/ui/types/generate-aplus/resume" in page and "/ui/types/None/" not in page
+
+
+def test_pausing_or_capping_a_type_nobody_knows_asks_for_force(
+    database_url, conn, monkeypatch, capsys
+):
+    """`processor pause complete_pack` (the type is generate-complete-pack) used to answer
+    "paused complete_pack" and pause nothing."""
+    from processor.cli.commands import main
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("JOB_ROUTES", '{"thumbnail": "http://127.0.0.1:9/thumbnail"}')
+    add(conn, 1, "shop-1", job_type="resize")  # known from its pending job
+    for argv in (
+        ["pause", "complete_pack"],
+        ["set-type-limit", "complete_pack", "--max-running", "1"],
+    ):
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert "unknown job type 'complete_pack'" in error and "--force" in error
+        assert "generate-complete-pack" in error and "thumbnail" in error and "resize" in error
+    assert conn.execute("select count(*) as n from job_type_limits").fetchone()["n"] == 0
+    assert main(["pause", "resize"]) == 0 and main(["pause", "thumbnail"]) == 0
+    assert main(["pause", "complete_pack", "--force"]) == 0
+    assert "paused complete_pack" in capsys.readouterr().out
+    paused = conn.execute("select job_type from job_type_limits where paused_at is not null")
+    assert sorted(r["job_type"] for r in paused) == ["complete_pack", "resize", "thumbnail"]

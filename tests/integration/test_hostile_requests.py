@@ -200,7 +200,7 @@ def test_user_handlers_never_receive_the_processor_token(make_service, conn):
 
 
 def test_a_route_with_its_own_secret_signs_with_it(make_service, conn, handler, handler_url):
-    route_secret = "route-secret-0123456789"
+    route_secret = "route-secret-Km7Qx2Wz9Lt4Vb8N"
     server = make_service(
         {"JOB_ROUTES": json.dumps({"ok": {"url": f"{handler_url}/ok", "secret": route_secret}})}
     )
@@ -287,6 +287,54 @@ def test_a_built_in_refuses_a_job_type_that_is_not_its_own(make_service):
     )
     assert refused.status_code == 403
     assert "not 'generate-aplus'" in refused.json()["error"]
+
+
+def test_a_delivery_runs_once_even_replayed_at_the_same_moment(make_service, conn, fake_gemini):
+    """A captured signed call to /process-image, sent twice at once while its job runs: one
+    call runs and pays for one image, the other is refused with 409 before anything is spent,
+    and a third copy later is refused too (on any processor: the record is in the database)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from processor.settings import BUILTIN_LABEL, derive_signing_secret
+    from processor.signing import new_delivery, sign
+
+    fake, env = fake_gemini
+    fake.delay = 0.5  # both copies arrive while the first one runs
+    server, other = make_service(env), make_service(env)
+    payload = {"project_id": "p1", "product": PRODUCT, "kind": "main"}
+    conn.execute(
+        "insert into job_queue (job_type, payload) values ('generate-image', %s)", (Jsonb(payload),)
+    )
+    [claimed] = conn.execute("select * from claim_jobs('w1', 1)").fetchall()
+    body = json.dumps(
+        {
+            "job_id": str(claimed["id"]),
+            "job_type": "generate-image",
+            "attempt": 1,
+            "lease_token": str(claimed["lease_token"]),
+            "user_id": None,
+            "payload": payload,
+        }
+    ).encode()
+    delivery = new_delivery()
+    secret = derive_signing_secret(TOKEN, BUILTIN_LABEL)
+    headers = {
+        "Processor-Signature": sign(body, secret, path="/process-image", delivery=delivery),
+        "Processor-Delivery": delivery,
+        "Content-Type": "application/json",
+    }
+
+    def send(target) -> httpx.Response:
+        return httpx.post(f"{target.url}/process-image", content=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(send, [server, other]))
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert f"delivery {delivery} was already run" in refused.json()["error"]
+    later = send(server)
+    assert later.status_code == 409
+    assert fake.image_calls == 1
 
 
 # --- retries that make sense -----------------------------------------------------------------

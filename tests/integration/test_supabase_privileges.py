@@ -179,3 +179,53 @@ def test_migrating_again_changes_nothing(supabase, db):
     db.rollback()
     assert migrate(supabase) == []
     assert grants(db) == before
+
+
+def test_every_definer_function_pins_its_search_path_with_pg_temp_last(db):
+    """A SECURITY DEFINER function runs with its owner's rights; unless its search_path names
+    pg_temp last, PostgreSQL searches the caller's temporary schema first for the tables it
+    reads by their bare names."""
+    rows = db.execute(
+        """
+        select p.oid::regprocedure::text as fn,
+               (select c from unnest(p.proconfig) c where c like 'search_path=%%') as path
+        from pg_proc p
+        where p.prosecdef and p.pronamespace = 'public'::regnamespace
+          and not exists (select 1 from pg_depend d
+                          where d.classid = 'pg_proc'::regclass and d.objid = p.oid
+                            and d.deptype = 'e')
+        """
+    ).fetchall()
+    assert len(rows) >= 11  # the scan sees the definer functions
+    wrong = [r for r in rows if r["path"] != "search_path=pg_catalog, public, pg_temp"]
+    assert wrong == []
+
+
+def test_a_temp_table_cannot_shadow_the_limits_a_definer_function_reads(db):
+    """service_role may only EXECUTE enqueue_job. A temporary job_queue_settings with its own
+    limits, made in the caller's session, changes nothing: a payload nested 2,000 deep is
+    refused at the real limit of 64."""
+    db.execute("set local role service_role")
+    db.execute(
+        "create temp table job_queue_settings as select true as id, 100000 as max_payload_depth,"
+        " 100000000 as max_payload_bytes, false as credits_enabled"
+    )
+    deep = "[" * 2000 + "]" * 2000
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="nests more than 64 levels"):
+        db.execute("select enqueue_job('x', jsonb_build_object('a', %s::jsonb))", (deep,))
+
+
+def test_the_new_objects_are_closed_to_the_api_roles(db):
+    """What 0015 adds (the delivery record, its function, the known types) is the processor's
+    own: no API role reads, writes or calls it."""
+    for role in ("anon", "authenticated", "service_role"):
+        for statement in (
+            "select * from processor_deliveries",
+            "select use_delivery(md5('x'), '/process-image', null)",
+            "select * from known_job_types()",
+        ):
+            db.execute("savepoint s")
+            db.execute(f"set local role {role}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                db.execute(statement)
+            db.execute("rollback to savepoint s")
