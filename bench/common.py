@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from processor.ops.migrate import migrate
 from processor.ops.pgcluster import LocalCluster, free_port
 
-TOKEN = "bench-token-0123456789"
+TOKEN = "bench-token-Nc6Wq2Zr9Ht5Xm8Kb3V"
 
 
 @contextmanager

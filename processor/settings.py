@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -276,9 +277,53 @@ class Settings:
             raise ConfigError("PROCESSOR_TOKEN is not set: /process-jobs needs a bearer token")
         if len(settings.token.reveal()) < 16:
             raise ConfigError("PROCESSOR_TOKEN is too short: use at least 16 characters")
+        for name, secret in (
+            ("PROCESSOR_TOKEN", settings.token),
+            ("PROCESSOR_TOKEN_PREVIOUS", settings.previous_token),
+            ("HANDLER_SIGNING_SECRET", settings.signing_secret),
+            ("HANDLER_SIGNING_SECRET_PREVIOUS", settings.previous_signing_secret),
+            *(
+                (f"JOB_ROUTES[{job_type!r}].{key}", value)
+                for job_type, route in settings.job_routes.items()
+                for key, value in (
+                    ("secret", route.secret),
+                    ("previous_secret", route.previous_secret),
+                )
+            ),
+        ):
+            if secret:
+                require_unguessable(name, secret.reveal())
         for label in (HANDLER_LABEL, BUILTIN_LABEL):  # registered for redaction
             Secret(derive_signing_secret(settings.token.reveal(), label))
         return settings
+
+
+# A secret must take an attacker at least 10**20 guesses (about 66 bits) as zxcvbn reckons them:
+# it sees repeats ('a' * 16), sequences (0123456789abcdef), keyboard walks, dictionary words
+# and their l33t forms, and counts random characters at no more than 10 guesses each, so a
+# random string passes from 20 characters on. zxcvbn rather than a hand-written rule: it is
+# the estimator password forms use, with the word lists and patterns a rule would miss.
+MIN_GUESSES_LOG10 = 20.0
+MAKE_ONE = "make one with `processor token` (or `openssl rand -hex 32`)"
+
+
+def require_unguessable(name: str, value: str) -> None:
+    """Raises ConfigError when `value` is a secret a guess can reach, saying how to make one."""
+    # Imported here: its word lists take 60 ms to load, and only the service checks secrets.
+    from zxcvbn import zxcvbn  # type: ignore[import-untyped]
+
+    guesses = zxcvbn(value[:100])["guesses_log10"]  # 100 random characters are far past it
+    if guesses < MIN_GUESSES_LOG10:
+        raise ConfigError(
+            f"{name} is too easy to guess (about 10^{guesses:.0f} guesses; at least "
+            f"10^{MIN_GUESSES_LOG10:.0f} needed: 20 or more random characters, no words, "
+            f"repeats or sequences): {MAKE_ONE}"
+        )
+
+
+def new_token() -> str:
+    """A token of 256 random bits (43 URL-safe characters): what `processor token` prints."""
+    return secrets.token_urlsafe(32)
 
 
 HANDLER_LABEL = b"processor handler signing v1"

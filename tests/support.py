@@ -240,7 +240,7 @@ class RawHandler:
             writer.close()
 
 
-TOKEN = "test-token-0123456789abcdef"
+TOKEN = "test-token-Qm7vXc2Rk9Wz4Lp8Hd3Nf6Tb"
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """The operator's commands: run the service (dev, serve, relay), set a database up (migrate,
-schedule, unschedule, verify, signing-secret) and keep it tidy (prune)."""
+schedule, unschedule, verify, token, signing-secret) and keep it tidy (prune)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from processor.cli.common import add_command, bounded_int, database_url, days, e
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.ops import devstack, migrate, relay, retention, schedule, verify
-from processor.settings import Settings
+from processor.settings import Settings, new_token
 
 DEFAULT_PG_PORT = 54320
 
@@ -111,6 +111,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if verify.verify(database_url(), replicas=args.replicas) else 1
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Prints a new random PROCESSOR_TOKEN (256 bits); nothing is stored or changed."""
+    print(new_token())
+    return 0
+
+
 def cmd_signing_secret(args: argparse.Namespace) -> int:
     """Prints the secret(s) a handler verifies Processor-Signature with (current first)."""
     settings = Settings.from_env()
@@ -195,7 +201,7 @@ def add_run_commands(sub: Any) -> None:
 
 
 def add_setup_commands(sub: Any) -> None:
-    """schedule, unschedule, signing-secret, prune, relay and verify."""
+    """schedule, unschedule, token, signing-secret, prune, relay and verify."""
     p = add_command(
         sub,
         "schedule",
@@ -219,6 +225,13 @@ def add_setup_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_schedule)
     add_command(sub, "unschedule", "remove the pg_cron jobs").set_defaults(func=cmd_unschedule)
+
+    add_command(
+        sub,
+        "token",
+        "print a new random token for PROCESSOR_TOKEN (256 bits; nothing is stored)",
+        env="Reads nothing.",
+    ).set_defaults(func=cmd_token)
 
     p = add_command(
         sub,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from processor.errors import ProcessorError
 from processor.ops import migrate, schedule
 from processor.ops.pgcluster import LocalCluster
-from processor.settings import Settings
+from processor.settings import Settings, new_token
 
 LOCK_NAME = "dev.lock"
 
@@ -75,7 +74,7 @@ def dev_token(folder: Path) -> tuple[str, str]:
     path = folder / "token"
     if not path.exists():
         path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+        path.write_text(new_token())
     return path.read_text().strip(), f"$(cat {path})"
 
 

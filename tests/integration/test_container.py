@@ -27,7 +27,7 @@ from tests.support import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "localhost/processor-test-base:bookworm"
 IMAGE = "localhost/processor:test"
-TOKEN = "container-token-0123456789"
+TOKEN = "container-token-Ys4Kd9Vm2Qx7Lp3W"
 # What this sandbox needs from podman: no default ulimits (it may not raise them), runc with
 # cgroupfs (no systemd). Kept in the test's own file, never in /etc.
 CONF = (

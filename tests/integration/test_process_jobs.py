@@ -158,10 +158,10 @@ def test_a_missing_or_wrong_token_gets_401_and_claims_nothing(make_service, conn
 
 def test_the_previous_token_is_accepted_during_rotation(make_service, conn):
     server = make_service(
-        {"PROCESSOR_TOKEN": "new-token-new-token-new", "PROCESSOR_TOKEN_PREVIOUS": TOKEN}
+        {"PROCESSOR_TOKEN": "new-token-Lk7Xw3Qz9Vm2Rp5Tc8", "PROCESSOR_TOKEN_PREVIOUS": TOKEN}
     )
     assert post(server).status_code == 200
-    assert post(server, token="new-token-new-token-new").status_code == 200
+    assert post(server, token="new-token-Lk7Xw3Qz9Vm2Rp5Tc8").status_code == 200
     assert post(server, token="neither-of-the-two-tokens").status_code == 401
 
 

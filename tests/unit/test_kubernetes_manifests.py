@@ -111,7 +111,11 @@ def test_the_pieces_agree_with_each_other_and_with_the_settings():
     )
     # Every setting in the ConfigMap is one the service reads, with a value it accepts.
     settings = Settings.from_env(
-        {**config["data"], "DATABASE_URL": "postgresql://x/y", "PROCESSOR_TOKEN": "t" * 32}
+        {
+            **config["data"],
+            "DATABASE_URL": "postgresql://x/y",
+            "PROCESSOR_TOKEN": "k8s-Hq4wZr8Lx2Vn6Tc9Jm3Pb7Yd",
+        }
     )
     grace = int(config["data"]["SHUTDOWN_GRACE"])
     assert settings.shutdown_grace == grace

@@ -26,10 +26,13 @@ def test_settings_register_the_tokens_keys_and_database_password():
     Settings.from_env(
         {
             "DATABASE_URL": "postgresql://app:db-password-9876@host/db",
-            "PROCESSOR_TOKEN": "token-for-redaction-test",
+            "PROCESSOR_TOKEN": "token-for-redaction-Xq8Vm3Kz7Rp2",
             "REMOVEBG_API_KEY": "removebg-key-55555",
-            "HANDLER_SIGNING_SECRET": "signing-secret-77777777",
+            "HANDLER_SIGNING_SECRET": "signing-secret-Bn5Tx9Lw2Qh6",
         }
     )
-    line = "db-password-9876 token-for-redaction-test removebg-key-55555 signing-secret-77777777"
+    line = (
+        "db-password-9876 token-for-redaction-Xq8Vm3Kz7Rp2 removebg-key-55555 "
+        "signing-secret-Bn5Tx9Lw2Qh6"
+    )
     assert redact.redact(line) == " ".join(["[redacted]"] * 4)
