@@ -131,6 +131,6 @@ class JobQueue:
     async def ping(self) -> bool:
         return await self.db.ping()
 
-    async def notify_listeners(self, payload: str) -> None:
+    async def notify_listeners(self, channel: str) -> None:
         """Sends the listener's probe NOTIFY (processor.queue.listen) from a pooled connection."""
-        await self.db.fetch_all("listen_probe", {"payload": payload})
+        await self.db.fetch_all("listen_probe", {"channel": channel})

@@ -4,11 +4,15 @@ trigger's NOTIFY (delivered at commit) starts a drain within milliseconds.
 LISTEN needs a session that stays with one server connection: a direct connection or a
 session-mode pooler. A transaction-mode pooler (Supabase's Supavisor on 6543, PgBouncer in
 `pool_mode = transaction` on any port) hands each transaction to another server connection and
-drops notifications. The port says nothing reliable about that, so the listener proves itself:
-after LISTEN it sends a probe NOTIFY from another connection (the service's pool) and waits for
-it. When the probe does not arrive it logs `listen_unavailable` once and stops; pg_net, cron and
-the drain's own timer still wake the processor. LISTEN_DATABASE_URL gives the listener a direct
-URL of its own while everything else goes through the pooler.
+drops notifications. The port says nothing reliable about that, so the listener proves itself
+before it listens for jobs: it LISTENs on a channel of its own, sends a NOTIFY there from
+another connection (the service's pool) and waits for it. Only when the probe arrives does it
+LISTEN for inserts. When the probe does not arrive it logs `listen_unavailable` once and stops;
+pg_net, cron and the drain's own timer still wake the processor. Behind a transaction pooler the
+probe's LISTEN stays on whichever server connection ran it, but on a channel nobody else
+notifies, so no other client of the pooler ever receives a notification from it.
+LISTEN_DATABASE_URL gives the listener a direct URL of its own while everything else goes
+through the pooler.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
+from psycopg import sql
 
 from processor.db import describe, session_options
 from processor.sql import query
@@ -27,10 +32,9 @@ from processor.sql import query
 log = structlog.get_logger("processor.queue.listen")
 
 CHANNEL = "job_queue_insert"  # notified by job_queue_instant_pickup() (sql/migrations/0004)
-PROBE_PREFIX = "processor-probe:"  # insert notifications carry an empty payload
 PROBE_TIMEOUT = 5.0  # a NOTIFY is delivered at commit: milliseconds on any working path
 
-Probe = Callable[[str], Awaitable[None]]  # sends NOTIFY job_queue_insert, <payload> elsewhere
+Probe = Callable[[str], Awaitable[None]]  # sends NOTIFY <channel> from another connection
 
 UNAVAILABLE = (
     "the probe NOTIFY sent after LISTEN never arrived: DATABASE_URL goes through a "
@@ -95,26 +99,30 @@ class Listener:
             application_name="processor-listen",
             **session_options(),
         ) as conn:
-            await conn.execute(query("listen_inserts"))
             if self.probe is not None:
                 await self._prove(conn, self.probe)
+            await conn.execute(query("listen_inserts"))
             self.connected.set()
             log.info("listening", channel=CHANNEL)
             self.on_insert()
-            async for note in conn.notifies():
-                if not note.payload.startswith(PROBE_PREFIX):  # another processor's probe
-                    self.on_insert()
+            async for _ in conn.notifies():
+                self.on_insert()
 
     async def _prove(self, conn: psycopg.AsyncConnection[object], probe: Probe) -> None:
-        """Sends a NOTIFY from another connection and waits for it here; raises
-        ListenUnavailable when it does not come within PROBE_TIMEOUT."""
-        payload = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        """LISTENs on a channel of this attempt's own, has another connection NOTIFY it, and
+        waits; raises ListenUnavailable when the probe does not come within PROBE_TIMEOUT."""
+        channel = f"processor_probe_{uuid.uuid4().hex}"
+        named = {"channel": sql.Identifier(channel)}
+        await conn.execute(query("listen_probe_channel").format(**named))
         try:
-            await probe(payload)
+            await probe(channel)
         except Exception as exc:  # the pool is away: a connection problem, retried
             raise psycopg.OperationalError(f"could not send the LISTEN probe: {exc}") from exc
+        arrived = False
         async for note in conn.notifies(timeout=PROBE_TIMEOUT):
-            if note.payload == payload:
-                return
-            self.on_insert()  # a real insert arrived first: it counts too, but go on waiting
-        raise ListenUnavailable(UNAVAILABLE)
+            if note.channel == channel:
+                arrived = True
+                break  # the generator holds the connection: leave it before the next query
+        if not arrived:
+            raise ListenUnavailable(UNAVAILABLE)
+        await conn.execute(query("unlisten_probe_channel").format(**named))

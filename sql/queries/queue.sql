@@ -51,9 +51,18 @@ from extend_job_leases(%(ids)s::uuid[], %(lease_tokens)s::uuid[],
 -- listen_inserts --
 listen job_queue_insert;
 
+-- listen_probe_channel --
+-- The listener's own probe channel, unique to one connection attempt (the channel is composed
+-- as an identifier). Behind a transaction pooler the LISTEN stays on whichever server connection
+-- ran it; on a channel nobody else notifies, it can never reach another client.
+listen {channel};
+
+-- unlisten_probe_channel --
+unlisten {channel};
+
 -- listen_probe --
 -- Sent from the pool after the listener's LISTEN: it must come back on the listener's session.
-select pg_notify('job_queue_insert', %(payload)s);
+select pg_notify(%(channel)s, '');
 
 -- ping --
 select 1 as ok;
