@@ -154,12 +154,13 @@ def test_verify_names_the_pooler_mode(poolers, database_url, monkeypatch):
     assert any(line.startswith("✓ connection: direct connection") for line in lines)
 
 
-def test_concurrent_migrations_through_a_transaction_pooler_never_hang(poolers, cluster):
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_migrations_through_a_pooler_never_hang(mode, poolers, cluster):
     """Five migrators at once on a fresh database, then fifteen one after another, all through
-    the transaction pooler: none hangs, none fails, and each migration is applied once."""
+    the pooler: none hangs, none fails, and each migration is applied once."""
     name = f"fresh_{uuid.uuid4().hex[:10]}"
     cluster.create_database(name)
-    url = poolers["transaction"].url_for(cluster.url_for(name))
+    url = poolers[mode].url_for(cluster.url_for(name))
     try:
         results: list[object] = []
 
@@ -192,10 +193,11 @@ def test_concurrent_migrations_through_a_transaction_pooler_never_hang(poolers, 
         cluster.drop_database(name)
 
 
-def test_the_command_line_works_through_a_transaction_pooler(poolers, database_url):
+@pytest.mark.parametrize("mode", MODES)
+def test_the_command_line_works_through_a_pooler(mode, poolers, database_url):
     """migrate, enqueue, jobs, status and limits as a user runs them, DATABASE_URL on the
     pooler, each command six times so psycopg would have prepared its statements."""
-    env = {**os.environ, "DATABASE_URL": poolers["transaction"].url_for(database_url)}
+    env = {**os.environ, "DATABASE_URL": poolers[mode].url_for(database_url)}
 
     def cli(*args: str) -> str:
         done = subprocess.run(
