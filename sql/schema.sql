@@ -189,7 +189,8 @@ CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_jo
 declare
     v_ids uuid[];
 begin
-    v_ids := job_queue_pick(greatest(coalesce(p_limit, 1), 1), p_job_types);
+    -- A limit of 0 (or null, or less) claims nothing: it is how a caller says it has no room.
+    v_ids := job_queue_pick(coalesce(p_limit, 0), p_job_types);
     return query
     with claimed as (
         update job_queue j
@@ -445,23 +446,18 @@ $$;
 --
 
 CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RETURNS public.job_queue
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    select j.*
-    from job_queue j
-    where j.status = 'pending'
-      and j.run_at <= now()
-      and (p_job_types is null or j.job_type = any (p_job_types))
-      and not exists (select 1 from job_type_limits t
-                      where t.job_type = j.job_type
-                        and (t.paused_at is not null
-                             or t.max_running <= job_type_running(j.job_type)))
-      and (not exists (select 1 from job_concurrency_limits where max_running is not null)
-           or coalesce(job_group_cap(coalesce(j.concurrency_key, j.user_id, '')) >
-                       job_group_running(coalesce(j.concurrency_key, j.user_id, '')), true))
-    order by j.priority desc, j.run_at, j.created_at
-    limit 1
-    for update of j skip locked
+declare
+    v_job job_queue;
+begin
+    select * into v_job from job_queue
+    where id = (job_queue_pick(1, p_job_types))[1];
+    if not found then
+        return null;  -- as before: no row, not a row of nulls
+    end if;
+    return v_job;
+end;
 $$;
 
 --
@@ -652,6 +648,27 @@ CREATE FUNCTION public.job_items_stored(p_job_id uuid) RETURNS integer
 $$;
 
 --
+-- Name: job_queue_advance_frontier(integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_advance_frontier(p_priority integer, p_pass double precision) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update job_queue_turns t set pass = greatest(t.pass, p_pass)
+    where t.ctid = (select ctid from job_queue_turns where priority = p_priority
+                    for update skip locked);
+    if not found
+       and not exists (select 1 from job_queue_turns where priority = p_priority)
+       and pg_try_advisory_xact_lock(hashtextextended('processor:turns:' || p_priority,
+                                                      1886547811)) then
+        insert into job_queue_turns (priority, pass) values (p_priority, p_pass)
+        on conflict (priority) do nothing;
+    end if;
+end;
+$$;
+
+--
 -- Name: job_queue_check_row(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -792,11 +809,11 @@ begin
     for v_lane in
         select w.job_type, w.group_key, w.priority,
                min(w.due_at) filter (where not w.freed) as due_at, bool_or(w.freed) as freed,
-               array_agg(w.id) as ids
+               array_agg(w.id) as ids,
+               -- Read in the wakes' own snapshot: resume_job_type's wakes come with its resume.
+               coalesce((select t.paused_at is not null from job_type_limits t
+                         where t.job_type = w.job_type), false) as paused
         from (select * from job_queue_wakes w
-              -- A paused type's wakes wait for resume_job_type: its lanes stay out of the way.
-              where not exists (select 1 from job_type_limits t
-                                where t.job_type = w.job_type and t.paused_at is not null)
               order by w.id
               limit 5000
               for update of w skip locked) w
@@ -806,20 +823,19 @@ begin
         if v_lane.freed then
             v_freed := v_freed || v_lane.group_key;
         end if;
-        if v_lane.due_at is null then
+        -- A paused type's wakes are used up here, so they cannot pile up while it stays
+        -- paused: resume_job_type wakes every lane of the type from job_queue itself.
+        if v_lane.due_at is null or v_lane.paused then
             v_done := v_done || v_lane.ids;
             continue;
         end if;
         update job_queue_lanes l
         set due_at = least(l.due_at, v_lane.due_at),
-            -- A lane that was empty starts at the lowest pass of the lanes now waiting at its
-            -- priority: a newcomer is served next, not after everyone's backlog, and a quiet
-            -- lane cannot spend turns it saved up.
+            -- A lane that was asleep starts at the pass of the lanes now being served at its
+            -- priority (job_queue_frontier): served next, not after everyone's backlog, never
+            -- ahead of them by turns it saved up or by a capped neighbour's low pass.
             pass = case when l.due_at is null
-                        then greatest(l.pass, coalesce(
-                            (select min(a.pass) from job_queue_lanes a
-                             where a.due_at is not null and a.priority = v_lane.priority),
-                            l.pass))
+                        then greatest(l.pass, job_queue_frontier(v_lane.priority))
                         else l.pass end
         where l.ctid = (select x.ctid from job_queue_lanes x
                         where x.job_type = v_lane.job_type and x.group_key = v_lane.group_key
@@ -829,15 +845,24 @@ begin
             v_done := v_done || v_lane.ids;
             continue;
         end if;
+        -- No wait, ever: a lane that exists but is locked (another claim serves or deletes it,
+        -- perhaps in a transaction left open) keeps its wake for a later claim, and only the
+        -- holder of the lane's advisory key may insert it. ON CONFLICT alone would wait for
+        -- the transaction that last wrote a conflicting row.
+        continue when exists (select 1 from job_queue_lanes x
+                              where x.job_type = v_lane.job_type
+                                and x.group_key = v_lane.group_key
+                                and x.priority = v_lane.priority);
+        continue when not pg_try_advisory_xact_lock(
+            hashtextextended(v_lane.job_type || E'\x1f' || v_lane.group_key || E'\x1f'
+                             || v_lane.priority, 1886547811));
         insert into job_queue_lanes (job_type, group_key, priority, pass, due_at)
         values (v_lane.job_type, v_lane.group_key, v_lane.priority,
-                coalesce((select min(a.pass) from job_queue_lanes a
-                          where a.due_at is not null and a.priority = v_lane.priority), 0),
-                v_lane.due_at)
+                job_queue_frontier(v_lane.priority), v_lane.due_at)
         on conflict (job_type, group_key, priority) do nothing;
         if found then
             v_done := v_done || v_lane.ids;
-        end if;  -- else another claimer holds the lane: its wake stays for the next claim
+        end if;
     end loop;
     delete from job_queue_wakes where id = any (v_done);
     if cardinality(v_freed) > 0 then
@@ -848,6 +873,19 @@ begin
                        for update skip locked);
     end if;
 end;
+$$;
+
+--
+-- Name: job_queue_frontier(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_frontier(p_priority integer) RETURNS double precision
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce((select pass from job_queue_turns where priority = p_priority),
+                    (select min(pass) from job_queue_lanes
+                     where priority = p_priority and due_at <= now()),
+                    0)
 $$;
 
 --
@@ -869,6 +907,34 @@ begin
         end;
     end if;
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_lock_limits(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_lock_limits(p_what text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_timeout text := current_setting('lock_timeout');
+    v_holder text;
+begin
+    perform set_config('lock_timeout', '500ms', true);
+    perform pg_advisory_xact_lock(hashtext('processor:limits'));
+    perform set_config('lock_timeout', v_timeout, true);
+exception when lock_not_available then
+    select string_agg(format('pid %s (open since %s)', a.pid,
+                             to_char(a.xact_start, 'HH24:MI:SS')), ', ')
+    into v_holder
+    from pg_locks l join pg_stat_activity a on a.pid = l.pid
+    where l.locktype = 'advisory' and l.granted and l.objid = hashtext('processor:limits')::oid
+      and a.pid <> pg_backend_pid();
+    raise exception '%: a claim is still open in another transaction (%); its jobs could go '
+                    'past the new limit. Try again when it ends.', p_what,
+                    coalesce(v_holder, 'unknown')
+        using errcode = '55P03';
 end;
 $$;
 
@@ -908,29 +974,34 @@ declare
     v_pass_g text[] := '{}';
     v_pass_p integer[] := '{}';
     v_pass_d double precision[] := '{}';
+    v_skip text[];  -- job types whose lanes this claim does not read: paused, or at their cap
+    v_top_served integer;  -- the priority whose frontier this claim moves
+    v_frontier double precision;  -- the highest pass among the lanes it planned to serve
 begin
-    -- Everything the claim needs to know about settings and limits, in one statement.
+    if coalesce(p_limit, 0) <= 0 then
+        return v_ids;
+    end if;
+    -- Limit changes (set_concurrency_limit, set_job_type_limit) take this key exclusively and
+    -- wait for claims in flight, so no claim that began under the old caps commits under the
+    -- new ones. Claims share it and never wait for each other on it; a limit change holds it
+    -- for a statement, so a claim that meets one waits at most 100 ms, else takes nothing now.
+    if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
+        v_timeout := current_setting('lock_timeout');
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            return v_ids;
+        end;
+    end if;
     select (select fair_share from job_queue_settings where id),
            coalesce((select array_agg(job_type) from job_type_limits
                      where paused_at is not null), '{}'),
            exists (select 1 from job_concurrency_limits),
-           coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
-                     where max_running is not null), '{}'),
            exists (select 1 from job_concurrency_limits where max_running is not null)
-    into v_fair, v_paused, v_limits, v_type_caps, v_capped;
-    v_capped := v_capped or v_type_caps <> '{}';
-    if not coalesce(v_fair, true) and not v_capped then
-        -- One global order, as before fair share.
-        select coalesce(array_agg(id), '{}') into v_ids from (
-            select id from job_queue
-            where status = 'pending' and run_at <= now()
-              and (p_job_types is null or job_type = any (p_job_types))
-              and job_type <> all (v_paused)
-            order by priority desc, run_at, created_at
-            limit p_limit
-            for update skip locked) s;
-        return v_ids;
-    end if;
+           or exists (select 1 from job_type_limits where max_running is not null)
+    into v_fair, v_paused, v_limits, v_capped;
 
     -- Caps are counted by one claimer at a time. A claimer that finds another counting waits
     -- up to 100 ms (a claim takes a few); past that (the other is in an open transaction, say)
@@ -947,6 +1018,22 @@ begin
             v_counting := false;  -- the block's setting is undone with it
         end;
     end if;
+    -- The type caps are read after the lock that counts them: a cap lowered while this claim
+    -- waited is the cap it holds. (Group caps are read with the lanes, below.)
+    select coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
+                     where max_running is not null), '{}')
+    into v_type_caps;
+    if not coalesce(v_fair, true) then
+        -- One global order, as before fair share; caps still hold.
+        return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
+                                       v_type_caps);
+    end if;
+    perform job_queue_rebuild_lanes();
+    -- A type at its cap (or any capped type, for a claim that does not count) costs the lane
+    -- scans nothing: its lanes are left out by name, however many there are.
+    select v_paused || coalesce(array_agg(t.key), '{}') into v_skip
+    from jsonb_each_text(v_type_caps) t
+    where not v_counting or job_type_running(t.key) >= t.value::integer;
     if exists (select 1 from job_queue_wakes) then
         perform job_queue_fold_wakes();
     end if;
@@ -957,7 +1044,7 @@ begin
         from job_queue_lanes l
         where l.due_at <= now()
           and (p_job_types is null or l.job_type = any (p_job_types))
-          and l.job_type <> all (v_paused)
+          and l.job_type <> all (v_skip)
           and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority = any (v_done))
         order by l.priority desc, l.pass, l.due_at
         limit 1;
@@ -969,7 +1056,7 @@ begin
             from (select l.group_key from job_queue_lanes l
                   where l.due_at <= now() and l.priority = v_top
                     and (p_job_types is null or l.job_type = any (p_job_types))
-                    and l.job_type <> all (v_paused)
+                    and l.job_type <> all (v_skip)
                     and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
                              = any (v_done))
                   order by l.pass, l.due_at
@@ -981,7 +1068,7 @@ begin
         v_planned := 0;
         -- Lanes in pass order, read as far as needed: one at its cap costs a row and a count.
         for v_lane in
-            select l.job_type, l.group_key,
+            select l.job_type, l.group_key, l.pass,
                    coalesce(own.weight, star.weight, 1) as weight,
                    case when own.key is not null then own.max_running
                         else star.max_running end as cap
@@ -990,7 +1077,7 @@ begin
             left join job_concurrency_limits star on v_limits and star.key = '*'
             where l.due_at <= now() and l.priority = v_top
               and (p_job_types is null or l.job_type = any (p_job_types))
-              and l.job_type <> all (v_paused)
+              and l.job_type <> all (v_skip)
               and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
                        = any (v_done))
             order by l.pass, l.due_at
@@ -1024,9 +1111,16 @@ begin
                 end if;
                 v_take := least(v_take, v_cap - (v_taken ->> ('r:' || v_lane.job_type))::integer
                                 - coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0));
-                continue when v_take <= 0;  -- its type is at its cap
+                if v_take <= 0 then  -- its type is at its cap: no more of its lanes this claim
+                    v_skip := v_skip || v_lane.job_type;
+                    continue;
+                end if;
             end if;
             v_planned := v_planned + v_take;
+            if v_top_served is null or v_top = v_top_served then
+                v_top_served := v_top;
+                v_frontier := greatest(coalesce(v_frontier, v_lane.pass), v_lane.pass);
+            end if;
             v_plan_t := v_plan_t || v_lane.job_type;
             v_plan_g := v_plan_g || v_lane.group_key;
             v_plan_n := v_plan_n || v_take;
@@ -1074,11 +1168,18 @@ begin
                 if v_next is null then
                     -- Empty: the lane goes, so the table holds only groups with work. A job
                     -- added since has a wake, which makes it again (at the lowest pass waiting).
+                    -- Checked again in the delete's own snapshot: a job committed since the
+                    -- look above (whose wake another claim may already have folded into
+                    -- this lane) keeps the lane.
                     delete from job_queue_lanes
                     where ctid = (select ctid from job_queue_lanes
                                   where job_type = v_got.t and group_key = v_got.g
                                     and priority = v_top
-                                  for update skip locked);
+                                  for update skip locked)
+                      and not exists (select 1 from job_queue q
+                                      where q.status = 'pending' and q.job_type = v_got.t
+                                        and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
+                                        and q.priority = v_top);
                 elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
@@ -1121,6 +1222,10 @@ begin
                 for update skip locked) s), '{}');
     end if;
 
+    -- The frontier moves to the pass of the lanes this claim served: where a newcomer starts.
+    if cardinality(v_pass_t) > 0 then
+        perform job_queue_advance_frontier(v_top_served, v_frontier);
+    end if;
     -- A lane another claimer holds misses this turn's step: a small error in its share, never
     -- a wait.
     update job_queue_lanes l
@@ -1133,6 +1238,131 @@ begin
           for update of x skip locked) s
     where l.ctid = s.row;
     return v_ids;
+end;
+$$;
+
+--
+-- Name: job_queue_pick_in_order(integer, text[], text[], boolean, boolean, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_types text[], p_paused text[], p_capped boolean, p_counting boolean, p_type_caps jsonb) RETURNS uuid[]
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_ids uuid[] := '{}';
+    v_row record;
+    v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
+    v_cap integer;
+    v_group_caps boolean;
+begin
+    if not p_capped then
+        select coalesce(array_agg(id), '{}') into v_ids from (
+            select id from job_queue
+            where status = 'pending' and run_at <= now()
+              and (p_job_types is null or job_type = any (p_job_types))
+              and job_type <> all (p_paused)
+            order by priority desc, run_at, created_at
+            limit p_limit
+            for update skip locked) s;
+        return v_ids;
+    end if;
+    v_group_caps := exists (select 1 from job_concurrency_limits where max_running is not null);
+    for v_row in
+        select id, job_type, coalesce(concurrency_key, user_id, '') as group_key
+        from job_queue
+        where status = 'pending' and run_at <= now()
+          and (p_job_types is null or job_type = any (p_job_types))
+          and job_type <> all (p_paused)
+        order by priority desc, run_at, created_at
+        limit 1000 + 4 * p_limit
+    loop
+        v_cap := case when v_group_caps then job_group_cap(v_row.group_key) end;
+        continue when not p_counting and (v_cap is not null or p_type_caps ? v_row.job_type);
+        if v_cap is not null then
+            if not v_counts ? ('g:' || v_row.group_key) then
+                v_counts := v_counts || jsonb_build_object('g:' || v_row.group_key,
+                                                           job_group_running(v_row.group_key));
+            end if;
+            continue when (v_counts ->> ('g:' || v_row.group_key))::integer >= v_cap;
+        end if;
+        v_cap := (p_type_caps ->> v_row.job_type)::integer;
+        if v_cap is not null then
+            if not v_counts ? ('t:' || v_row.job_type) then
+                v_counts := v_counts || jsonb_build_object('t:' || v_row.job_type,
+                                                           job_type_running(v_row.job_type));
+            end if;
+            continue when (v_counts ->> ('t:' || v_row.job_type))::integer >= v_cap;
+        end if;
+        perform 1 from job_queue
+        where id = v_row.id and status = 'pending'
+        for update skip locked;
+        continue when not found;
+        v_ids := v_ids || v_row.id;
+        v_counts := v_counts
+            || jsonb_build_object('g:' || v_row.group_key,
+                   coalesce((v_counts ->> ('g:' || v_row.group_key))::integer, 0) + 1)
+            || jsonb_build_object('t:' || v_row.job_type,
+                   coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
+        exit when cardinality(v_ids) >= p_limit;
+    end loop;
+    return v_ids;
+end;
+$$;
+
+--
+-- Name: job_queue_rebuild_lanes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_rebuild_lanes() RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_added integer;
+begin
+    update job_queue_scheduler s set rebuilt_at = now()
+    where s.ctid = (select ctid from job_queue_scheduler
+                    where rebuilt_at <= now() - (select rebuild_every from job_queue_settings
+                                                 where id)
+                    for update skip locked);
+    if not found then
+        return 0;
+    end if;
+    with recursive lanes as (
+        (select job_type, coalesce(concurrency_key, user_id, '') as group_key, priority, run_at
+         from job_queue
+         where status = 'pending'
+         order by job_type, coalesce(concurrency_key, user_id, ''), priority, run_at, created_at
+         limit 1)
+        union all
+        select n.job_type, n.group_key, n.priority, n.run_at
+        from lanes l, lateral (
+            select q.job_type, coalesce(q.concurrency_key, q.user_id, '') as group_key,
+                   q.priority, q.run_at
+            from job_queue q
+            where q.status = 'pending'
+              and (q.job_type, coalesce(q.concurrency_key, q.user_id, ''), q.priority)
+                  > (l.job_type, l.group_key, l.priority)
+            order by q.job_type, coalesce(q.concurrency_key, q.user_id, ''), q.priority,
+                     q.run_at, q.created_at
+            limit 1) n
+    )
+    insert into job_queue_wakes (job_type, group_key, priority, due_at)
+    select d.job_type, d.group_key, d.priority, d.run_at
+    from lanes d
+    where not exists (select 1 from job_queue_lanes x
+                      where x.job_type = d.job_type and x.group_key = d.group_key
+                        and x.priority = d.priority and x.due_at is not null)
+      and not exists (select 1 from job_queue_wakes w
+                      where w.job_type = d.job_type and w.group_key = d.group_key
+                        and w.priority = d.priority)
+      and not exists (select 1 from job_type_limits t
+                      where t.job_type = d.job_type and t.paused_at is not null);
+    get diagnostics v_added = row_count;
+    if v_added > 0 then
+        raise log 'job_queue_rebuild_lanes: % lane(s) with pending jobs had no lane or wake',
+            v_added;
+    end if;
+    return v_added;
 end;
 $$;
 
@@ -1465,17 +1695,43 @@ $$;
 --
 
 CREATE FUNCTION public.mark_job_processing(p_job_id uuid, p_worker text, p_lease interval DEFAULT '00:01:00'::interval) RETURNS SETOF public.job_queue
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+declare
+    v_job job_queue;
+    v_group text;
+    v_cap integer;
+begin
+    select * into v_job from job_queue where id = p_job_id and status = 'pending' for update;
+    if not found or v_job.run_at > now()
+       or exists (select 1 from job_type_limits
+                  where job_type = v_job.job_type and paused_at is not null) then
+        return;
+    end if;
+    v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
+    if exists (select 1 from job_concurrency_limits where max_running is not null)
+       or exists (select 1 from job_type_limits where max_running is not null) then
+        perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
+        perform pg_advisory_xact_lock(hashtext('processor:caps'));
+        v_cap := job_group_cap(v_group);
+        if v_cap is not null and job_group_running(v_group) >= v_cap then
+            return;
+        end if;
+        select max_running into v_cap from job_type_limits where job_type = v_job.job_type;
+        if v_cap is not null and job_type_running(v_job.job_type) >= v_cap then
+            return;
+        end if;
+    end if;
+    return query
     update job_queue
     set status = 'processing',
         locked_by = p_worker,
         locked_until = now() + p_lease,
         lease_token = gen_random_uuid(),
         processed_at = now()
-    where id = p_job_id
-      and status = 'pending'
-    returning *
+    where id = p_job_id and status = 'pending'
+    returning *;
+end;
 $$;
 
 --
@@ -1493,8 +1749,9 @@ begin
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
-    -- Its lanes leave the schedule until resume_job_type; its jobs stay pending.
-    update job_queue_lanes set due_at = null where job_type = p_job_type;
+    update job_queue_lanes set due_at = null
+    where ctid in (select ctid from job_queue_lanes where job_type = p_job_type
+                   for update skip locked);
     return true;
 end;
 $$;
@@ -1862,10 +2119,27 @@ begin
     update job_type_limits set paused_at = null, updated_at = now()
     where job_type = p_job_type;
     if v_was is not null then
-        -- Every lane of the type is looked at again (an empty one costs the next claim a probe).
+        with recursive lanes as (
+            (select coalesce(concurrency_key, user_id, '') as group_key, priority, run_at
+             from job_queue
+             where status = 'pending' and job_type = p_job_type
+             order by coalesce(concurrency_key, user_id, ''), priority, run_at, created_at
+             limit 1)
+            union all
+            select n.group_key, n.priority, n.run_at
+            from lanes l, lateral (
+                select coalesce(q.concurrency_key, q.user_id, '') as group_key, q.priority,
+                       q.run_at
+                from job_queue q
+                where q.status = 'pending' and q.job_type = p_job_type
+                  and (coalesce(q.concurrency_key, q.user_id, ''), q.priority)
+                      > (l.group_key, l.priority)
+                order by coalesce(q.concurrency_key, q.user_id, ''), q.priority, q.run_at,
+                         q.created_at
+                limit 1) n
+        )
         insert into job_queue_wakes (job_type, group_key, priority, due_at)
-        select job_type, group_key, priority, now() from job_queue_lanes
-        where job_type = p_job_type;
+        select p_job_type, group_key, priority, run_at from lanes;
         perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     end if;
     return v_was is not null;
@@ -1972,6 +2246,7 @@ begin
         raise exception 'set_concurrency_limit: weight must be from 1 to 1000, got %', p_weight
             using errcode = '22023';
     end if;
+    perform job_queue_lock_limits('set_concurrency_limit');
     insert into job_concurrency_limits (key, max_running, weight)
     values (p_key, p_max_running, p_weight)
     on conflict (key) do update
@@ -2024,6 +2299,7 @@ begin
         raise exception 'set_job_type_limit: max_running must be >= 0 or null, got %',
             p_max_running using errcode = '22023';
     end if;
+    perform job_queue_lock_limits('set_job_type_limit');
     insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
     on conflict (job_type) do update
     set max_running = excluded.max_running, updated_at = now();
@@ -2287,6 +2563,22 @@ CREATE VIEW public.job_queue_recent_failures WITH (security_invoker='on') AS
   ORDER BY job_queue.completed_at DESC;
 
 --
+-- Name: job_queue_scheduler; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_queue_scheduler (
+    id boolean DEFAULT true NOT NULL,
+    rebuilt_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    CONSTRAINT job_queue_scheduler_id_check CHECK (id)
+);
+
+--
+-- Name: TABLE job_queue_scheduler; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_queue_scheduler IS 'When claim_jobs last checked every lane with pending jobs against job_queue_lanes.';
+
+--
 -- Name: job_queue_settings; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2300,9 +2592,11 @@ CREATE TABLE public.job_queue_settings (
     credits_enabled boolean DEFAULT false NOT NULL,
     fair_share boolean DEFAULT true NOT NULL,
     slots_per_processor integer DEFAULT 20 NOT NULL,
+    rebuild_every interval DEFAULT '00:00:30'::interval NOT NULL,
     CONSTRAINT job_queue_settings_id_check CHECK (id),
     CONSTRAINT job_queue_settings_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
     CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000))),
+    CONSTRAINT job_queue_settings_rebuild_every_check CHECK ((rebuild_every >= '00:00:00'::interval)),
     CONSTRAINT job_queue_settings_slots_per_processor CHECK (((slots_per_processor >= 1) AND (slots_per_processor <= 100000)))
 );
 
@@ -2323,6 +2617,12 @@ COMMENT ON COLUMN public.job_queue_settings.fair_share IS 'true: claims take gro
 --
 
 COMMENT ON COLUMN public.job_queue_settings.slots_per_processor IS 'MAX_RUNNING_JOBS of one processor (processor serve records its own at start); processor_scaling_metric divides by it.';
+
+--
+-- Name: COLUMN job_queue_settings.rebuild_every; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_settings.rebuild_every IS 'How often a claim checks job_queue for pending jobs the lanes do not know (rows written with triggers off, a restore, a lost wake): the longest such a job waits.';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -2404,6 +2704,21 @@ CREATE VIEW public.job_queue_table_health WITH (security_invoker='on') AS
 --
 
 COMMENT ON VIEW public.job_queue_table_health IS 'Live and dead tuples, sizes, HOT updates and the last vacuum of the queue''s tables, and the oldest open transaction (which stops vacuum from removing dead rows).';
+
+--
+-- Name: job_queue_turns; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_queue_turns (
+    priority integer NOT NULL,
+    pass double precision NOT NULL
+);
+
+--
+-- Name: TABLE job_queue_turns; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_queue_turns IS 'Per priority: the pass of the lanes claims serve now, where a waking lane starts (claim_jobs).';
 
 --
 -- Name: job_type_limits; Type: TABLE; Schema: public; Owner: -
@@ -2769,6 +3084,13 @@ ALTER TABLE ONLY public.job_queue
     ADD CONSTRAINT job_queue_pkey PRIMARY KEY (id);
 
 --
+-- Name: job_queue_scheduler job_queue_scheduler_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_queue_scheduler
+    ADD CONSTRAINT job_queue_scheduler_pkey PRIMARY KEY (id);
+
+--
 -- Name: job_queue_settings job_queue_settings_keep_not_negative; Type: CHECK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2781,6 +3103,13 @@ ALTER TABLE public.job_queue_settings
 
 ALTER TABLE ONLY public.job_queue_settings
     ADD CONSTRAINT job_queue_settings_pkey PRIMARY KEY (id);
+
+--
+-- Name: job_queue_turns job_queue_turns_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_queue_turns
+    ADD CONSTRAINT job_queue_turns_pkey PRIMARY KEY (priority);
 
 --
 -- Name: job_queue_wakes job_queue_wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -3245,6 +3574,12 @@ REVOKE ALL ON FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb)
 REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_advance_frontier(p_priority integer, p_pass double precision); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_priority integer, p_pass double precision) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3269,16 +3604,40 @@ REVOKE ALL ON FUNCTION public.job_queue_credits_on_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_fold_wakes() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_frontier(p_priority integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_frontier(p_priority integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_instant_pickup(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_lock_limits(p_what text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_lock_limits(p_what text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_pick(p_limit integer, p_job_types text[]); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_pick_in_order(p_limit integer, p_job_types text[], p_paused text[], p_capped boolean, p_counting boolean, p_type_caps jsonb); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_types text[], p_paused text[], p_capped boolean, p_counting boolean, p_type_caps jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_rebuild_lanes(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_rebuild_lanes() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -
