@@ -1,0 +1,201 @@
+"""What a claim costs as the number of groups grows, beside a capped or paused type, and behind
+a claim transaction left open (issue 24's cases), as ratios to the same claim with 10 groups.
+
+    .venv/bin/python bench/scheduler_pressure.py [--rounds 200] [--drain 100000]
+
+A private PostgreSQL cluster (fsync on); each case in a fresh copy of a migrated database,
+vacuumed and analysed after it is filled, warmed with claims until every wake is folded in,
+and the lanes analysed (before that, with the planner's statistics of an empty lane table, a
+claim over 10,000 groups took 11x its 10-group cost: 28 ms).
+Each figure is the mean wall time of one `claim_jobs('w', 10)` plus the completion of what it
+took, over --rounds rounds, with 10 claimable jobs inserted (untimed) before each round.
+
+- 10 groups: 10,000 due jobs in 10 groups (the baseline);
+- 10,000 groups / 100,000 groups: one job type, each group its own key;
+- 10,000 lanes of a capped type: 20,000 jobs of type `capped` in 10,000 groups, the type at
+  its cap (5 running), beside the 10-group baseline's jobs;
+- a paused type with 100,000 jobs waiting: type `paused` paused before its jobs arrive, beside
+  the baseline's jobs.
+
+Then the drain: --drain jobs in one group, and --drain jobs each in its own group, claimed 50 at
+a time and completed, in seconds. Then 4 claimer processes for 5 s each, with and without a
+fifth session holding `BEGIN; SELECT claim_jobs('x', 1)` open in a lane that keeps receiving
+jobs, in jobs per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+import uuid
+
+import psycopg
+from common import private_database
+
+from processor.ops.migrate import migrate
+
+CLAIM = "select id, lease_token from claim_jobs('w', %s)"
+COMPLETE = "select complete_jobs(%s::uuid[], %s::uuid[], %s::jsonb[])"
+
+
+def fill(conn, jobs: int, groups: int, job_type: str = "a") -> None:
+    conn.execute(
+        "insert into job_queue (job_type, user_id, run_at) "
+        "select %s, %s || (g %% %s), now() - interval '1 hour' from generate_series(1, %s) g",
+        (job_type, job_type, groups, jobs),
+    )
+
+
+def claim_and_complete(conn, n: int) -> int:
+    rows = conn.execute(CLAIM, (n,)).fetchall()
+    if rows:
+        conn.execute(COMPLETE, ([r[0] for r in rows], [r[1] for r in rows], [None] * len(rows)))
+    return len(rows)
+
+
+def warm(conn) -> None:
+    for _ in range(1000):
+        claim_and_complete(conn, 1)
+        if not conn.execute("select exists (select 1 from job_queue_wakes)").fetchone()[0]:
+            return
+
+
+def per_claim(conn, rounds: int) -> float:
+    times = []
+    for i in range(rounds):
+        conn.execute(
+            "insert into job_queue (job_type, user_id) select 'a', 'a' || g "
+            "from generate_series(1, 10) g"
+        )
+        began = time.perf_counter()
+        claim_and_complete(conn, 10)
+        times.append(time.perf_counter() - began)
+        if i == 0:
+            times.clear()  # the first claim after the insert folds its wakes
+    return statistics.mean(times)
+
+
+TEMPLATE = "scheduler_template"  # not "processor": pg_cron's launcher stays connected to it
+
+
+def fresh(cluster, name: str):
+    cluster.create_database(name, template=TEMPLATE)
+    return psycopg.connect(cluster.url_for(name), autocommit=True)
+
+
+def case(cluster, rounds: int, setup) -> float:
+    name = f"case_{uuid.uuid4().hex[:8]}"
+    with fresh(cluster, name) as conn:
+        setup(conn)
+        conn.execute("vacuum analyze")
+        warm(conn)
+        # The lanes were made by the warm-up: give the planner their statistics, as autovacuum
+        # does within a minute (job_queue_lanes analyses after 100 + 2 % changed rows).
+        conn.execute("analyze job_queue_lanes")
+        result = per_claim(conn, rounds)
+    cluster.drop_database(name)
+    return result
+
+
+def drain(cluster, jobs: int, groups: int) -> float:
+    name = f"drain_{uuid.uuid4().hex[:8]}"
+    with fresh(cluster, name) as conn:
+        fill(conn, jobs, groups)
+        conn.execute("vacuum analyze")
+        began = time.perf_counter()
+        while claim_and_complete(conn, 50):
+            pass
+        seconds = time.perf_counter() - began
+        left = conn.execute("select count(*) from job_queue where status = 'pending'").fetchone()
+    cluster.drop_database(name)
+    assert left[0] == 0, left
+    return seconds
+
+
+def claimer(url: str, seconds: float, out) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        done, stop = 0, time.monotonic() + seconds
+        while time.monotonic() < stop:
+            done += claim_and_complete(conn, 1)
+        out.put(done)
+
+
+def throughput(url: str, seconds: float, hold: bool) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into job_queue (job_type, user_id) values ('a', 'held')")
+    holder = psycopg.connect(url)
+    if hold:  # BEGIN is implicit and never ends: the lane of group 'held' stays locked
+        assert holder.execute("select user_id from claim_jobs('x', 1)").fetchone()[0] == "held"
+    with psycopg.connect(url, autocommit=True) as conn:
+        fill(conn, 200_000, 50)
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=claimer, args=(url, seconds, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    with psycopg.connect(url, autocommit=True) as feeder:
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:  # a trickle of inserts into the held lane's group
+            feeder.execute("insert into job_queue (job_type, user_id) values ('a', 'held')")
+            time.sleep(0.05)
+    for p in procs:
+        p.join()
+    holder.rollback()
+    holder.close()
+    return sum(out.get() for _ in procs) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--drain", type=int, default=100_000)
+    args = parser.parse_args()
+    with private_database() as (cluster, _):
+        cluster.create_database(TEMPLATE)
+        migrate(cluster.url_for(TEMPLATE))
+
+        def capped(conn):
+            fill(conn, 10_000, 10)
+            fill(conn, 20_000, 10_000, "capped")
+            conn.execute("select set_job_type_limit('capped', 5)")
+            conn.execute("select claim_jobs('holder', 5, '{capped}')")
+
+        def paused(conn):
+            fill(conn, 10_000, 10)
+            conn.execute("select pause_job_type('paused')")
+            fill(conn, 100_000, 100_000, "paused")
+
+        cases = {
+            "10 groups": lambda c: fill(c, 10_000, 10),
+            "10,000 groups": lambda c: fill(c, 100_000, 10_000),
+            "100,000 groups": lambda c: fill(c, 200_000, 100_000),
+            "10,000 lanes of a capped type (at its cap)": capped,
+            "a paused type with 100,000 jobs waiting": paused,
+        }
+        results = {label: case(cluster, args.rounds, setup) for label, setup in cases.items()}
+        base = results["10 groups"]
+        print(f"claim_jobs('w', 10) + complete, mean of {args.rounds} rounds")
+        print("| case | ms per claim | vs 10 groups |")
+        print("| --- | ---: | ---: |")
+        for label, seconds in results.items():
+            print(f"| {label} | {seconds * 1000:.2f} | {seconds / base:.2f} |")
+
+        one = drain(cluster, args.drain, 1)
+        many = drain(cluster, args.drain, args.drain)
+        print(f"\ndrain of {args.drain:,} jobs, 50 per claim: one group {one:.1f} s, "
+              f"{args.drain:,} groups {many:.1f} s ({many / one:.2f}x)")  # fmt: skip
+
+        rates = {}
+        for hold in (False, True):
+            name = f"hold_{uuid.uuid4().hex[:8]}"
+            cluster.create_database(name, template=TEMPLATE)
+            rates[hold] = throughput(cluster.url_for(name), 5.0, hold)
+            cluster.drop_database(name)
+        print(f"\n4 claimers, one job per claim: {rates[False]:,.0f} jobs/s; with a claim "
+              f"transaction held open in a lane receiving jobs: {rates[True]:,.0f} jobs/s "
+              f"({rates[True] / rates[False]:.2f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
