@@ -339,6 +339,16 @@ class PgBouncer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def add_jobs(conn, n: int, group: str | None, job_type: str = "ok", **cols: Any) -> None:
+    """n due jobs of one group (user_id), a millisecond apart in run_at, a minute ago."""
+    conn.execute(
+        "insert into job_queue (job_type, user_id, priority, run_at) "
+        "select %s, %s, %s, now() - interval '1 minute' + g * interval '1 ms' "
+        "from generate_series(1, %s) g",
+        (job_type, group, cols.get("priority", 0), n),
+    )
+
+
 def enqueue(conn, job_type: str = "ok", respond: dict | None = None, **cols: Any) -> uuid.UUID:
     payload = {"respond": respond} if respond else {}
     return conn.execute(

@@ -14,15 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.support import TOKEN, csrf, scrape, signed_in, wait_until
-
-
-def add(conn, n: int, group: str | None, job_type: str = "ok", **cols) -> None:
-    conn.execute(
-        "insert into job_queue (job_type, user_id, priority, run_at) "
-        "select %s, %s, %s, now() - interval '1 minute' + g * interval '1 ms' "
-        "from generate_series(1, %s) g",
-        (job_type, group, cols.get("priority", 0), n),
-    )
+from tests.support import add_jobs as add
 
 
 def claim(conn, limit: int = 1, job_types: list[str] | None = None) -> list[dict]:

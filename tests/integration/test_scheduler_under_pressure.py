@@ -13,18 +13,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.support import add_jobs as add
+
 
 def connect(url: str, autocommit: bool = True) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row)
-
-
-def add(conn, n: int, group: str, job_type: str = "ok", **cols) -> None:
-    conn.execute(
-        "insert into job_queue (job_type, user_id, priority, run_at) "
-        "select %s, %s, %s, now() - interval '1 minute' + g * interval '1 ms' "
-        "from generate_series(1, %s) g",
-        (job_type, group, cols.get("priority", 0), n),
-    )
 
 
 def claim(conn, limit: int = 1, job_types: list[str] | None = None) -> list[dict]:
