@@ -649,6 +649,7 @@ declare
     v_job job_queue;
     v_group text;
     v_cap integer;
+    v_timeout text;
 begin
     select * into v_job from job_queue where id = p_job_id and status = 'pending' for update;
     if not found or v_job.run_at > now()
@@ -659,8 +660,17 @@ begin
     v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
     if exists (select 1 from job_concurrency_limits where max_running is not null)
        or exists (select 1 from job_type_limits where max_running is not null) then
-        perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
-        perform pg_advisory_xact_lock(hashtext('processor:caps'));
+        -- As a claim: 100 ms at most for the locks, else nothing starts now (the job stays
+        -- pending), so a claim left open elsewhere never makes this call hang.
+        v_timeout := current_setting('lock_timeout');
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
+            perform pg_advisory_xact_lock(hashtext('processor:caps'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            return;
+        end;
         v_cap := job_group_cap(v_group);
         if v_cap is not null and job_group_running(v_group) >= v_cap then
             return;

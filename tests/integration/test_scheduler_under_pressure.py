@@ -277,3 +277,22 @@ def test_a_paused_type_keeps_no_pile_of_wakes_and_resumes_every_lane(conn):
     conn.execute("select resume_job_type('pack')")
     taken = [r for _ in range(4) for r in claim(conn, 50)]
     assert len({r["user_id"] for r in taken}) == 100  # every seller's lane is back
+
+
+def test_mark_job_processing_never_hangs_behind_a_claim_left_open(conn, database_url):
+    """With caps set and another session's claim holding the caps lock, mark_job_processing
+    gives up after 100 ms and starts nothing (the job stays pending) instead of waiting."""
+    add(conn, 3, "shop")
+    add(conn, 1, "other", job_type="other")
+    conn.execute("select set_concurrency_limit('shop', 2)")
+    job = conn.execute("select id from job_queue where user_id = 'shop' limit 1").fetchone()["id"]
+    holder = connect(database_url, autocommit=False)
+    try:
+        claim(holder, 1, ["other"])  # holds the caps lock
+        began = time.monotonic()
+        assert conn.execute("select * from mark_job_processing(%s, 'w')", (job,)).fetchall() == []
+        assert time.monotonic() - began < 1
+    finally:
+        holder.rollback()
+        holder.close()
+    assert len(conn.execute("select * from mark_job_processing(%s, 'w')", (job,)).fetchall()) == 1
