@@ -544,7 +544,18 @@ begin
             v_pass_p := v_pass_p || v_top;
             v_pass_d := v_pass_d || (cardinality(v_got.ids)::double precision / v_got.w);
             if cardinality(v_got.ids) = v_got.n then
-                -- It had as many as it was given: it may take another turn in a later round.
+                -- It had as many as it was given: it may take another turn in a later round,
+                -- unless that was its last job. Then it goes now, not in a later claim's sweep
+                -- (a drain of 100,000 one-job groups swept them all at its end).
+                delete from job_queue_lanes
+                where ctid = (select ctid from job_queue_lanes
+                              where job_type = v_got.t and group_key = v_got.g
+                                and priority = v_top
+                              for update skip locked)
+                  and not exists (select 1 from job_queue q
+                                  where q.status = 'pending' and q.job_type = v_got.t
+                                    and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
+                                    and q.priority = v_top and q.id <> all (v_ids));
                 v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
             end if;
         end loop;
@@ -632,6 +643,11 @@ begin
     if not found then
         return null;  -- as before: no row, not a row of nulls
     end if;
+    -- The pick may have let the job's lane go with its last job; the caller may still not
+    -- start it: a wake keeps the lane for whatever stays pending.
+    insert into job_queue_wakes (job_type, group_key, priority, due_at)
+    values (v_job.job_type, coalesce(v_job.concurrency_key, v_job.user_id, ''), v_job.priority,
+            v_job.run_at);
     return v_job;
 end;
 $$;
