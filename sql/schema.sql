@@ -1184,19 +1184,8 @@ begin
                   and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
                 if v_next is null then
                     -- Empty: the lane goes, so the table holds only groups with work. A job
-                    -- added since has a wake, which makes it again (at the lowest pass waiting).
-                    -- Checked again in the delete's own snapshot: a job committed since the
-                    -- look above (whose wake another claim may already have folded into
-                    -- this lane) keeps the lane.
-                    delete from job_queue_lanes
-                    where ctid = (select ctid from job_queue_lanes
-                                  where job_type = v_got.t and group_key = v_got.g
-                                    and priority = v_top
-                                  for update skip locked)
-                      and not exists (select 1 from job_queue q
-                                      where q.status = 'pending' and q.job_type = v_got.t
-                                        and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
-                                        and q.priority = v_top);
+                    -- added since has a wake, which makes it again (at the frontier).
+                    perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
                 elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
@@ -1223,15 +1212,7 @@ begin
                 -- It had as many as it was given: it may take another turn in a later round,
                 -- unless that was its last job. Then it goes now, not in a later claim's sweep
                 -- (a drain of 100,000 one-job groups swept them all at its end).
-                delete from job_queue_lanes
-                where ctid = (select ctid from job_queue_lanes
-                              where job_type = v_got.t and group_key = v_got.g
-                                and priority = v_top
-                              for update skip locked)
-                  and not exists (select 1 from job_queue q
-                                  where q.status = 'pending' and q.job_type = v_got.t
-                                    and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
-                                    and q.priority = v_top and q.id <> all (v_ids));
+                perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
                 v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
             end if;
         end loop;
@@ -1401,6 +1382,29 @@ begin
             v_added;
     end if;
     return v_added;
+end;
+$$;
+
+--
+-- Name: job_queue_release_lane(text, text, integer, uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]) RETURNS boolean
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+begin
+    delete from job_queue_lanes
+    where ctid = (select ctid from job_queue_lanes
+                  where job_type = p_job_type and group_key = p_group and priority = p_priority
+                  for update skip locked)
+      and not exists (select 1 from job_queue q
+                      where q.status = 'pending' and q.job_type = p_job_type
+                        and coalesce(q.concurrency_key, q.user_id, '') = p_group
+                        and q.priority = p_priority and q.id <> all (p_taken));
+    return found;
 end;
 $$;
 
@@ -3686,6 +3690,12 @@ REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_typ
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_rebuild_lanes() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -

@@ -189,6 +189,31 @@ begin
 end;
 $$;
 
+-- Deletes a lane that has no pending job left but those this claim took (p_taken, still
+-- 'pending' until claim_jobs moves them), checked in the delete's own snapshot: a job committed
+-- since the claim looked (whose wake another claim may already have folded into this lane)
+-- keeps it. A lane another transaction holds is left alone. True when the lane went.
+create function job_queue_release_lane(
+    p_job_type text, p_group text, p_priority integer, p_taken uuid[]
+) returns boolean
+language plpgsql
+set enable_seqscan = off
+set enable_bitmapscan = off
+set jit = off
+as $$
+begin
+    delete from job_queue_lanes
+    where ctid = (select ctid from job_queue_lanes
+                  where job_type = p_job_type and group_key = p_group and priority = p_priority
+                  for update skip locked)
+      and not exists (select 1 from job_queue q
+                      where q.status = 'pending' and q.job_type = p_job_type
+                        and coalesce(q.concurrency_key, q.user_id, '') = p_group
+                        and q.priority = p_priority and q.id <> all (p_taken));
+    return found;
+end;
+$$;
+
 create or replace function job_queue_fold_wakes() returns void
 language plpgsql
 set enable_seqscan = off
@@ -508,19 +533,8 @@ begin
                   and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
                 if v_next is null then
                     -- Empty: the lane goes, so the table holds only groups with work. A job
-                    -- added since has a wake, which makes it again (at the lowest pass waiting).
-                    -- Checked again in the delete's own snapshot: a job committed since the
-                    -- look above (whose wake another claim may already have folded into
-                    -- this lane) keeps the lane.
-                    delete from job_queue_lanes
-                    where ctid = (select ctid from job_queue_lanes
-                                  where job_type = v_got.t and group_key = v_got.g
-                                    and priority = v_top
-                                  for update skip locked)
-                      and not exists (select 1 from job_queue q
-                                      where q.status = 'pending' and q.job_type = v_got.t
-                                        and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
-                                        and q.priority = v_top);
+                    -- added since has a wake, which makes it again (at the frontier).
+                    perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
                 elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
@@ -547,15 +561,7 @@ begin
                 -- It had as many as it was given: it may take another turn in a later round,
                 -- unless that was its last job. Then it goes now, not in a later claim's sweep
                 -- (a drain of 100,000 one-job groups swept them all at its end).
-                delete from job_queue_lanes
-                where ctid = (select ctid from job_queue_lanes
-                              where job_type = v_got.t and group_key = v_got.g
-                                and priority = v_top
-                              for update skip locked)
-                  and not exists (select 1 from job_queue q
-                                  where q.status = 'pending' and q.job_type = v_got.t
-                                    and coalesce(q.concurrency_key, q.user_id, '') = v_got.g
-                                    and q.priority = v_top and q.id <> all (v_ids));
+                perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
                 v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
             end if;
         end loop;
@@ -856,5 +862,6 @@ select processor_keep_private(array[
     'function pause_job_type(text)',
     'function resume_job_type(text)',
     'function job_queue_fold_wakes()',
-    'function job_queue_pick(integer, text[])'
+    'function job_queue_pick(integer, text[])',
+    'function job_queue_release_lane(text, text, integer, uuid[])'
 ]);
