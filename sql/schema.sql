@@ -190,7 +190,19 @@ declare
     v_ids uuid[];
 begin
     -- A limit of 0 (or null, or less) claims nothing: it is how a caller says it has no room.
-    v_ids := job_queue_pick(coalesce(p_limit, 0), p_job_types);
+    if coalesce(p_limit, 0) <= 0 then
+        return;
+    end if;
+    if job_queue_in_order() then
+        v_ids := array(select id from job_queue
+                       where status = 'pending' and run_at <= now()
+                         and (p_job_types is null or job_type = any (p_job_types))
+                       order by priority desc, run_at, created_at
+                       limit p_limit
+                       for update skip locked);
+    else
+        v_ids := job_queue_pick(p_limit, p_job_types);
+    end if;
     return query
     with claimed as (
         update job_queue j
@@ -449,18 +461,33 @@ CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RET
     LANGUAGE plpgsql
     AS $$
 declare
+    v_id uuid;
     v_job job_queue;
 begin
-    select * into v_job from job_queue
-    where id = (job_queue_pick(1, p_job_types))[1];
+    if job_queue_in_order() then
+        v_id := (select id from job_queue
+                 where status = 'pending' and run_at <= now()
+                   and (p_job_types is null or job_type = any (p_job_types))
+                 order by priority desc, run_at, created_at
+                 limit 1
+                 for update skip locked);
+    else
+        v_id := (job_queue_pick(1, p_job_types))[1];
+    end if;
+    select * into v_job from job_queue where id = v_id;
     if not found then
         return null;  -- as before: no row, not a row of nulls
     end if;
-    -- The pick may have let the job's lane go with its last job; the caller may still not
-    -- start it: a wake keeps the lane for whatever stays pending.
-    insert into job_queue_wakes (job_type, group_key, priority, due_at)
-    values (v_job.job_type, coalesce(v_job.concurrency_key, v_job.user_id, ''), v_job.priority,
-            v_job.run_at);
+    -- The pick may have let the job's lane go with its last job, and the caller may still not
+    -- start it: a wake makes the lane again for whatever stays pending.
+    if not exists (select 1 from job_queue_lanes
+                   where job_type = v_job.job_type
+                     and group_key = coalesce(v_job.concurrency_key, v_job.user_id, '')
+                     and priority = v_job.priority) then
+        insert into job_queue_wakes (job_type, group_key, priority, due_at)
+        values (v_job.job_type, coalesce(v_job.concurrency_key, v_job.user_id, ''),
+                v_job.priority, v_job.run_at);
+    end if;
     return v_job;
 end;
 $$;
@@ -903,6 +930,27 @@ CREATE FUNCTION public.job_queue_frontier(p_priority integer) RETURNS double pre
 $$;
 
 --
+-- Name: job_queue_in_order(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_in_order() RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
+        return false;
+    end if;
+    -- The wakes are read by their key, first row only: the table churns (a row per insert
+    -- statement, deleted by the next claim), and a sequential scan of it, empty but not yet
+    -- vacuumed, cost a claim more than the claim itself.
+    return not (select limited from job_queue_limited)
+       and (select id from job_queue_wakes order by id limit 1) is null
+       and (select count(*) from (select 1 from job_queue_lanes where due_at <= now()
+                                  limit 2) d) <= 1;
+end;
+$$;
+
+--
 -- Name: job_queue_instant_pickup(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -949,6 +997,24 @@ exception when lock_not_available then
                     'past the new limit. Try again when it ends.', p_what,
                     coalesce(v_holder, 'unknown')
         using errcode = '55P03';
+end;
+$$;
+
+--
+-- Name: job_queue_note_limits(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_note_limits() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    perform pg_advisory_xact_lock(hashtext('processor:limited'));
+    update job_queue_limited
+    set limited = exists (select 1 from job_type_limits
+                          where paused_at is not null or max_running is not null)
+                  or exists (select 1 from job_concurrency_limits where max_running is not null);
+    return null;
 end;
 $$;
 
@@ -1746,20 +1812,30 @@ declare
     v_timeout text;
 begin
     select * into v_job from job_queue where id = p_job_id and status = 'pending' for update;
-    if not found or v_job.run_at > now()
-       or exists (select 1 from job_type_limits
-                  where job_type = v_job.job_type and paused_at is not null) then
+    if not found or v_job.run_at > now() then
         return;
     end if;
-    v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
-    if exists (select 1 from job_concurrency_limits where max_running is not null)
-       or exists (select 1 from job_type_limits where max_running is not null) then
-        -- As a claim: 100 ms at most for the locks, else nothing starts now (the job stays
-        -- pending), so a claim left open elsewhere never makes this call hang.
-        v_timeout := current_setting('lock_timeout');
+    -- As a claim: the limits lock before the limits are read (a cap committed meanwhile is
+    -- seen), 100 ms at most for each lock, else nothing starts now (the job stays pending), so
+    -- a claim left open elsewhere never makes this call hang.
+    v_timeout := current_setting('lock_timeout');
+    if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
         begin
             perform set_config('lock_timeout', '100ms', true);
             perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            return;
+        end;
+    end if;
+    if (select limited from job_queue_limited) then
+        if exists (select 1 from job_type_limits
+                   where job_type = v_job.job_type and paused_at is not null) then
+            return;
+        end if;
+        v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
+        begin
+            perform set_config('lock_timeout', '100ms', true);
             perform pg_advisory_xact_lock(hashtext('processor:caps'));
             perform set_config('lock_timeout', v_timeout, true);
         exception when lock_not_available then
@@ -2596,6 +2672,22 @@ WITH (autovacuum_analyze_threshold='100', autovacuum_analyze_scale_factor='0.02'
 COMMENT ON TABLE public.job_queue_lanes IS 'The claim''s schedule: one row per (job_type, group, priority), written only by claim_jobs.';
 
 --
+-- Name: job_queue_limited; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_queue_limited (
+    id boolean DEFAULT true NOT NULL,
+    limited boolean DEFAULT false NOT NULL,
+    CONSTRAINT job_queue_limited_id_check CHECK (id)
+);
+
+--
+-- Name: TABLE job_queue_limited; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_queue_limited IS 'Whether a group or type has a cap, or a type is paused (kept by triggers on job_concurrency_limits and job_type_limits): without one, claims need not count or filter.';
+
+--
 -- Name: job_queue_recent_failures; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -3129,6 +3221,13 @@ ALTER TABLE ONLY public.job_queue_lanes
     ADD CONSTRAINT job_queue_lanes_pkey PRIMARY KEY (job_type, group_key, priority);
 
 --
+-- Name: job_queue_limited job_queue_limited_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_queue_limited
+    ADD CONSTRAINT job_queue_limited_pkey PRIMARY KEY (id);
+
+--
 -- Name: job_queue job_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3366,6 +3465,12 @@ CREATE TRIGGER credit_ledger_append_only BEFORE DELETE OR UPDATE ON public.credi
 CREATE TRIGGER credit_ledger_apply AFTER INSERT ON public.credit_ledger FOR EACH ROW EXECUTE FUNCTION public.credit_ledger_apply();
 
 --
+-- Name: job_concurrency_limits job_concurrency_limits_noted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_concurrency_limits_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON public.job_concurrency_limits FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_note_limits();
+
+--
 -- Name: job_queue job_queue_check_row; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -3428,6 +3533,12 @@ CREATE TRIGGER job_queue_wake_inserted AFTER INSERT ON public.job_queue REFERENC
 --
 
 CREATE TRIGGER job_queue_wake_pending AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.status = 'pending'::text) AND ((old.status <> 'pending'::text) OR (new.run_at < old.run_at) OR (new.priority <> old.priority) OR (new.job_type <> old.job_type) OR (new.concurrency_key IS DISTINCT FROM old.concurrency_key) OR (new.user_id IS DISTINCT FROM old.user_id)))) EXECUTE FUNCTION public.job_queue_wake_pending();
+
+--
+-- Name: job_type_limits job_type_limits_noted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_type_limits_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON public.job_type_limits FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_note_limits();
 
 --
 -- Name: aplus_contents aplus_contents_job_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -3662,6 +3773,12 @@ REVOKE ALL ON FUNCTION public.job_queue_fold_wakes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_frontier(p_priority integer) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_in_order(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_in_order() FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_instant_pickup(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3672,6 +3789,12 @@ REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_lock_limits(p_what text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_note_limits(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_note_limits() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_pick(p_limit integer, p_job_types text[]); Type: ACL; Schema: public; Owner: -
