@@ -5,6 +5,7 @@ ratio to the peers measured in the same run:
     .venv/bin/python bench/side_by_side.py [--jobs 20000] [--repeat 3] [--only NAME,...]
                                            [--batch 500] [--batch-callers 8]
                                            [--overload-jobs 10000] [--profile]
+                                           [--groups 1,1000]
 
 SQL path (no HTTP): PgQueuer (asyncpg, batch 100, an in-process no-op), procrastinate (a no-op
 task), a plain `FOR UPDATE SKIP LOCKED` claim + complete with 16 callers, and the processor's own
@@ -17,6 +18,10 @@ in another, jobs claimed through POST /process-jobs by 16 callers sending
 {"limit": 50, "wait": true}, or by one {"drain": true} caller. Then the overload run: 32
 callers sending {"limit": 50, "drain": true} as fast as they are answered, with a 10 s lease and
 no retries, so a lease that runs out shows up as a failed job.
+
+--groups runs every chosen configuration once per group count in each round: the jobs spread
+over that many sellers (user_id), so fair share has that many lanes to share out. Each figure
+is then also given as a ratio to the same configuration's one-group figure.
 
 The peers come from the project's optional `bench` extra, installed on first run. Every run
 checks that each job was completed exactly once. Figures are jobs per second, the median of
@@ -61,13 +66,18 @@ returning id"""
 PLAIN_COMPLETE = "update job_queue set status = 'completed', completed_at = now() where id = %s"
 
 
+FILL_GROUPS = [1]  # the sellers the next fill spreads its jobs over (--groups)
+
+
 def fill(url: str, jobs: int, job_type: str = "bench", max_retries: int = 3) -> None:
+    groups = FILL_GROUPS[0]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("truncate job_queue cascade")
         conn.execute(
-            "insert into job_queue (job_type, max_retries) "
-            "select %s, %s from generate_series(1, %s)",
-            (job_type, max_retries, jobs),
+            "insert into job_queue (job_type, max_retries, user_id) "
+            "select %s, %s, case when %s > 1 then 'seller-' || g %% %s end "
+            "from generate_series(1, %s) g",
+            (job_type, max_retries, groups, groups, jobs),
         )
         conn.execute("vacuum analyze job_queue")
 
@@ -527,6 +537,9 @@ def main() -> None:
     parser.add_argument("--overload-jobs", type=int, default=10000)
     parser.add_argument("--max-running", default="200")
     parser.add_argument(
+        "--groups", default="1", help="comma-separated group counts, each configuration per count"
+    )
+    parser.add_argument(
         "--profile",
         nargs="?",
         const="service-profile.txt",
@@ -590,45 +603,66 @@ def main() -> None:
             ),
         }
         results: dict[str, float] = {}
+        group_counts = [int(g) for g in args.groups.split(",")]
         print(
             f"{args.jobs} no-op jobs per run, median of {args.repeat}; fsync on; "
             f"{os.cpu_count()} cores",
             flush=True,
         )
         chosen = {k: v for k, v in configs.items() if not only or k in only}
-        rates: dict[str, list[float]] = {k: [] for k in chosen}
+
+        def named(key: str, groups: int) -> str:
+            return key if groups == 1 else f"{key}@{groups}"
+
+        def labelled(key: str, groups: int) -> str:
+            return configs[key][0] + ("" if groups == 1 else f", over {groups} groups")
+
+        runs = [(key, groups) for groups in group_counts for key in chosen]
+        rates: dict[str, list[float]] = {named(k, g): [] for k, g in runs}
         # Rounds, not runs in a row: every configuration meets the machine's slow and fast
         # moments alike, so the ratios compare like with like. Every other round runs them in
         # reverse order, so no configuration always follows the same neighbour.
         for round_no in range(1, args.repeat + 1):
-            order = list(chosen.items())
-            for key, (label, run) in order if round_no % 2 else order[::-1]:
-                rates[key].append(run())
-                print(f"  round {round_no}: {label}: {rates[key][-1]:,.0f} jobs/s", flush=True)
-        for key, (label, _) in chosen.items():
-            results[key] = statistics.median(rates[key])
-            runs = ", ".join(f"{r:,.0f}" for r in rates[key])
-            print(f"  {label}: {results[key]:,.0f} jobs/s ({runs})", flush=True)
+            for key, groups in runs if round_no % 2 else runs[::-1]:
+                FILL_GROUPS[0] = groups
+                rate = chosen[key][1]()
+                rates[named(key, groups)].append(rate)
+                label = labelled(key, groups)
+                print(f"  round {round_no}: {label}: {rate:,.0f} jobs/s", flush=True)
+        FILL_GROUPS[0] = 1
+        for key, groups in runs:
+            name = named(key, groups)
+            results[name] = statistics.median(rates[name])
+            listed = ", ".join(f"{r:,.0f}" for r in rates[name])
+            print(f"  {labelled(key, groups)}: {results[name]:,.0f} jobs/s ({listed})", flush=True)
 
-        if "plain" in rates:
+        for groups in group_counts:
+            plain = named("plain", groups)
+            if plain not in rates:
+                continue
             # The same ratio round by round: how far the machine's noise moves it.
-            for key in rates:
+            for key in chosen:
+                name = named(key, groups)
                 if key != "plain" and not key.endswith("_pgbench"):
-                    per_round = [r / p for r, p in zip(rates[key], rates["plain"], strict=True)]
+                    per_round = [r / p for r, p in zip(rates[name], rates[plain], strict=True)]
                     print(
-                        f"  {configs[key][0]} / plain, round by round: "
+                        f"  {labelled(key, groups)} / plain, round by round: "
                         + ", ".join(f"{x:.2f}" for x in per_round)
                         + f" (median {statistics.median(per_round):.3f})",
                         flush=True,
                     )
 
-        print("\n| config | jobs/s | vs PgQueuer | vs plain SKIP LOCKED x16 |")
-        print("| --- | ---: | ---: | ---: |")
-        for key, rate in results.items():
+        print("\n| config | groups | jobs/s | vs PgQueuer | vs plain SKIP LOCKED | vs 1 group |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for key, groups in runs:
+            rate = results[named(key, groups)]
             vs_pgq = f"{rate / results['pgqueuer']:.2f}" if "pgqueuer" in results else "-"
-            plain = "plain_pgbench" if key.endswith("_pgbench") else "plain"
+            plain = named("plain_pgbench" if key.endswith("_pgbench") else "plain", groups)
             vs_plain = f"{rate / results[plain]:.2f}" if plain in results else "-"
-            print(f"| {configs[key][0]} | {rate:,.0f} | {vs_pgq} | {vs_plain} |")
+            vs_one = f"{rate / results[key]:.2f}" if groups != 1 and key in results else "-"
+            print(
+                f"| {configs[key][0]} | {groups} | {rate:,.0f} | {vs_pgq} | {vs_plain} | {vs_one} |"
+            )
 
         if not only or "rss" in only:
             for label, r in (

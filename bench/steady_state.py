@@ -3,6 +3,7 @@ every 30 s — does throughput hold, does the backlog stay bounded, does memory 
 what do the table and WAL grow by?
 
     .venv/bin/python bench/steady_state.py [--minutes 30] [--share 0.7] [--processors 1]
+                                           [--groups 1]
 
 On a private PostgreSQL cluster (fsync on, autovacuum as shipped), --processors `processor serve`
 (MAX_RUNNING_JOBS=20, LISTEN on, retention as shipped) and the no-op handler, each in its own
@@ -11,6 +12,10 @@ producer inserts --share of that rate (every 100 ms, one statement), and a `{"dr
 call goes to each processor every 10 s, as pg_cron does. Every 30 s one line: jobs completed per
 second since the last sample, the backlog (due pending jobs), job_queue's dead rows, table and
 index size, the WAL written since the start, and the processors' RSS.
+
+--groups N spreads the jobs over N sellers (user_id, round robin), so fair share has N lanes to
+share out; with --share above 1 the backlog never empties and each sample is the service's
+capacity at that minute.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from common import TOKEN, private_database
 from side_by_side import handler_process, service
 
 DRAIN_JOBS = 20_000
+INSERT = (
+    "insert into job_queue (job_type, user_id) "
+    "select 'bench', case when %(groups)s > 1 then 'seller-' || (%(from)s + g) %% %(groups)s end "
+    "from generate_series(1, %(n)s) g"
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -51,11 +61,8 @@ def completed(conn: psycopg.Connection) -> int:
     return conn.execute("select count(*) from job_queue where status = 'completed'").fetchone()[0]
 
 
-def drain_rate(conn: psycopg.Connection, bases: list[str]) -> float:
-    conn.execute(
-        "insert into job_queue (job_type) select 'bench' from generate_series(1, %s)",
-        (DRAIN_JOBS,),
-    )
+def drain_rate(conn: psycopg.Connection, bases: list[str], groups: int) -> float:
+    conn.execute(INSERT, {"groups": groups, "from": 0, "n": DRAIN_JOBS})
     started = time.monotonic()
     drain(bases)
     while completed(conn) < DRAIN_JOBS:
@@ -66,17 +73,14 @@ def drain_rate(conn: psycopg.Connection, bases: list[str]) -> float:
     return rate
 
 
-def produce(url: str, rate: float, stop: threading.Event) -> None:
+def produce(url: str, rate: float, groups: int, stop: threading.Event) -> None:
     """Inserts `rate` jobs a second, in one statement every 100 ms (carrying the remainder)."""
     with psycopg.connect(url, autocommit=True) as conn:
         started, made = time.monotonic(), 0
         while not stop.is_set():
             due = int((time.monotonic() - started) * rate) - made
             if due > 0:
-                conn.execute(
-                    "insert into job_queue (job_type) select 'bench' from generate_series(1, %s)",
-                    (due,),
-                )
+                conn.execute(INSERT, {"groups": groups, "from": made, "n": due})
                 made += due
             stop.wait(0.1)
 
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.7)
     parser.add_argument("--processors", type=int, default=1)
     parser.add_argument("--every", type=float, default=30, help="seconds between samples")
+    parser.add_argument("--groups", type=int, default=1, help="sellers the jobs are spread over")
     args = parser.parse_args()
     with ExitStack() as stack:
         cluster, _ = stack.enter_context(private_database())
@@ -97,15 +102,18 @@ def main() -> None:
         ]
         bases = [base for base, _ in procs]
         conn = stack.enter_context(psycopg.connect(cluster.url, autocommit=True))
-        rate = drain_rate(conn, bases)
+        rate = drain_rate(conn, bases, args.groups)
         target = rate * args.share
         print(
             f"drain rate {rate:,.0f} jobs/s with {args.processors} processor(s); producing "
-            f"{target:,.0f} jobs/s ({args.share:.0%}) for {args.minutes:g} min",
+            f"{target:,.0f} jobs/s ({args.share:.0%}) for {args.minutes:g} min over "
+            f"{args.groups:,} group(s)",
             flush=True,
         )
         stop = threading.Event()
-        threading.Thread(target=produce, args=(cluster.url, target, stop), daemon=True).start()
+        threading.Thread(
+            target=produce, args=(cluster.url, target, args.groups, stop), daemon=True
+        ).start()
         wal_start = conn.execute("select pg_current_wal_lsn()").fetchone()[0]
         started = last_at = time.monotonic()
         last_done, samples = 0, []
@@ -165,6 +173,10 @@ def summarize(samples: list[dict[str, float]], target: float, every: float) -> N
     print(
         f"throughput: first 5 min {first:,.0f} jobs/s, last 5 min {last:,.0f} ({last / first:.2f}x)"
     )
+    minute = max(1, int(60 / every))
+    first = statistics.mean(s["rate"] for s in samples[:minute])
+    last = statistics.mean(s["rate"] for s in samples[-minute:])
+    print(f"throughput: first minute {first:,.0f} jobs/s, last {last:,.0f} ({last / first:.2f}x)")
     print(f"backlog: at most {worst:,.0f} jobs = {worst / target:.1f} s of the producer's work")
     print(f"RSS: {min(rss):.1f} to {max(rss):.1f} MB ({max(rss) / min(rss) - 1:+.1%} over the run)")
     size = end["table_mb"] + end["index_mb"]
