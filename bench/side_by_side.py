@@ -595,6 +595,17 @@ def main() -> None:
                     url, handler, args.jobs, 16, {"limit": 50, "wait": True}, env=wait_env
                 )["jobs_per_s"],
             ),
+            "service_wait_200": (
+                'service, 16 callers {"limit": 50, "wait": true}, MAX_RUNNING_JOBS=200',
+                lambda: run_service(
+                    url,
+                    handler,
+                    args.jobs,
+                    16,
+                    {"limit": 50, "wait": True},
+                    env={"MAX_RUNNING_JOBS": "200"},
+                )["jobs_per_s"],
+            ),
             "service_drain": (
                 f'service, one {{"drain": true}} caller, MAX_RUNNING_JOBS={args.max_running}',
                 lambda: run_service(

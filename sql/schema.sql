@@ -1060,6 +1060,7 @@ declare
     v_skip text[];  -- job types whose lanes this claim does not read: paused, or at their cap
     v_top_served integer;  -- the priority whose frontier this claim moves
     v_frontier double precision;  -- the highest pass among the lanes it planned to serve
+    v_gone boolean;  -- the lane this call found empty or not due is gone or asleep now
 begin
     if coalesce(p_limit, 0) <= 0 then
         return v_ids;
@@ -1251,18 +1252,24 @@ begin
                 if v_next is null then
                     -- Empty: the lane goes, so the table holds only groups with work. A job
                     -- added since has a wake, which makes it again (at the frontier).
-                    perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
+                    v_gone := job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
                 elsif v_next > now() then
                     update job_queue_lanes set due_at = v_next
                     where ctid = (select ctid from job_queue_lanes
                                   where job_type = v_got.t and group_key = v_got.g
                                     and priority = v_top
                                   for update skip locked);
+                    v_gone := found;
+                else
+                    v_gone := false;  -- its due jobs are locked by others: still due
                 end if;
-                if v_next is null or v_next > now() then
+                if v_gone then
                     -- Gone, or asleep: the lane reads no longer see it, so it need not stay
                     -- in v_done (which every lane read filters by: kept small, a claim that
-                    -- sweeps 100,000 emptied lanes is linear in them, not quadratic).
+                    -- sweeps 100,000 emptied lanes is linear in them, not quadratic). A lane
+                    -- another transaction holds is neither, and stays in v_done: read again,
+                    -- it would come back empty every round, and the claim never end (16
+                    -- callers spun for minutes that way, each holding a lane another wanted).
                     v_done := array_remove(v_done,
                                            v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
                 end if;

@@ -380,3 +380,23 @@ def test_a_pause_beside_a_resume_leaves_the_pause_in_force(conn, database_url):
     conn.execute("select resume_job_type('new')")
     assert not limited(conn)
     assert len(claim(conn, 5)) == 3
+
+
+def test_a_claim_ends_beside_an_empty_lane_another_transaction_holds(conn, database_url):
+    """A lane whose jobs are all finished, held by another transaction (a claim that locked it
+    and has not committed), cannot be deleted: the claim used to read it again every round,
+    find it empty again, and never end (16 callers spun for minutes, each holding a lane
+    another wanted). It takes what there is and returns."""
+    add(conn, 1, "empty")
+    add(conn, 1, "f")
+    add(conn, 1, "g")
+    conn.execute("select job_queue_fold_wakes()")
+    conn.execute("update job_queue set status = 'completed' where user_id = 'empty'")
+    holder = connect(database_url, autocommit=False)
+    try:
+        holder.execute("select 1 from job_queue_lanes where group_key = 'empty' for update")
+        conn.execute("set statement_timeout = '5s'")
+        assert sorted(r["user_id"] for r in claim(conn, 5)) == ["f", "g"]
+    finally:
+        holder.rollback()
+        holder.close()
