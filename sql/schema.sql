@@ -185,6 +185,7 @@ COMMENT ON COLUMN public.job_queue.traceparent IS 'W3C trace context (00-<trace 
 
 CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_job_types text[] DEFAULT NULL::text[], p_lease interval DEFAULT '00:01:00'::interval) RETURNS SETOF public.job_queue
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_ids uuid[];
@@ -459,6 +460,7 @@ $$;
 
 CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RETURNS public.job_queue
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_id uuid;
@@ -687,8 +689,9 @@ CREATE FUNCTION public.job_queue_advance_frontier(p_priority integer, p_pass dou
     LANGUAGE plpgsql
     AS $$
 begin
-    update job_queue_turns t set pass = greatest(t.pass, p_pass)
-    where t.ctid = (select ctid from job_queue_turns where priority = p_priority
+    update job_queue_turns t set pass = p_pass
+    where t.ctid = (select ctid from job_queue_turns
+                    where priority = p_priority and pass < p_pass
                     for update skip locked);
     if not found
        and not exists (select 1 from job_queue_turns where priority = p_priority)
@@ -1024,6 +1027,7 @@ $$;
 
 CREATE FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) RETURNS uuid[]
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     SET enable_seqscan TO 'off'
     SET enable_bitmapscan TO 'off'
     SET jit TO 'off'
@@ -1061,6 +1065,8 @@ declare
     v_top_served integer;  -- the priority whose frontier this claim moves
     v_frontier double precision;  -- the highest pass among the lanes it planned to serve
     v_gone boolean;  -- the lane this call found empty or not due is gone or asleep now
+    v_limited boolean;  -- a cap or pause is in force (job_queue_limited)
+    v_rebuild boolean;  -- rebuild_every has passed since the lanes were last rebuilt
 begin
     if coalesce(p_limit, 0) <= 0 then
         return v_ids;
@@ -1079,13 +1085,22 @@ begin
             return v_ids;
         end;
     end if;
-    select (select fair_share from job_queue_settings where id),
-           coalesce((select array_agg(job_type) from job_type_limits
-                     where paused_at is not null), '{}'),
+    -- Without a cap or pause in force (job_queue_limited) the claim reads neither limit table
+    -- for them, nor counts anything.
+    select st.fair_share, (select limited from job_queue_limited),
            exists (select 1 from job_concurrency_limits),
-           exists (select 1 from job_concurrency_limits where max_running is not null)
-           or exists (select 1 from job_type_limits where max_running is not null)
-    into v_fair, v_paused, v_limits, v_capped;
+           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc)
+    into v_fair, v_limited, v_limits, v_rebuild
+    from job_queue_settings st where st.id;
+    v_paused := '{}';
+    v_capped := false;
+    if v_limited then
+        select coalesce((select array_agg(job_type) from job_type_limits
+                         where paused_at is not null), '{}'),
+               exists (select 1 from job_concurrency_limits where max_running is not null)
+               or exists (select 1 from job_type_limits where max_running is not null)
+        into v_paused, v_capped;
+    end if;
 
     -- Caps are counted by one claimer at a time. A claimer that finds another counting waits
     -- up to 100 ms (a claim takes a few); past that (the other is in an open transaction, say)
@@ -1104,21 +1119,29 @@ begin
     end if;
     -- The type caps are read after the lock that counts them: a cap lowered while this claim
     -- waited is the cap it holds. (Group caps are read with the lanes, below.)
-    select coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
-                     where max_running is not null), '{}')
-    into v_type_caps;
+    v_type_caps := '{}';
+    if v_capped then
+        select coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
+                         where max_running is not null), '{}')
+        into v_type_caps;
+    end if;
     if not coalesce(v_fair, true) then
         -- One global order, as before fair share; caps still hold.
         return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
                                        v_type_caps);
     end if;
-    perform job_queue_rebuild_lanes();
+    if v_rebuild then  -- read above: most claims do not call it at all
+        perform job_queue_rebuild_lanes();
+    end if;
     -- A type at its cap (or any capped type, for a claim that does not count) costs the lane
     -- scans nothing: its lanes are left out by name, however many there are.
-    select v_paused || coalesce(array_agg(t.key), '{}') into v_skip
-    from jsonb_each_text(v_type_caps) t
-    where not v_counting or job_type_running(t.key) >= t.value::integer;
-    if exists (select 1 from job_queue_wakes) then
+    v_skip := v_paused;
+    if v_capped then
+        select v_paused || coalesce(array_agg(t.key), '{}') into v_skip
+        from jsonb_each_text(v_type_caps) t
+        where not v_counting or job_type_running(t.key) >= t.value::integer;
+    end if;
+    if (select id from job_queue_wakes order by id limit 1) is not null then
         perform job_queue_fold_wakes();
     end if;
     while v_left > 0 loop
@@ -1219,20 +1242,29 @@ begin
         continue when cardinality(v_plan_t) = 0;
 
         -- One statement takes the round's jobs from every planned lane, oldest due first.
+        -- `more`: the lane has a pending job besides those taken (one index probe), so it
+        -- need not be offered to job_queue_release_lane.
         for v_got in
-            select l.i, l.t, l.g, l.n, l.w, array_remove(array_agg(j.id), null) as ids
-            from unnest(v_plan_t, v_plan_g, v_plan_n, v_plan_w)
-                 with ordinality as l(t, g, n, w, i)
-            left join lateral (
-                select q.id from job_queue q
-                where q.status = 'pending' and q.job_type = l.t
-                  and coalesce(q.concurrency_key, q.user_id, '') = l.g
-                  and q.priority = v_top and q.run_at <= now()
-                  and q.id <> all (v_ids)  -- locked by this call already: SKIP LOCKED returns them
-                order by q.run_at, q.created_at
-                limit l.n
-                for update skip locked) j on true
-            group by l.i, l.t, l.g, l.n, l.w
+            select t.*, exists (select 1 from job_queue q
+                                where q.status = 'pending' and q.job_type = t.t
+                                  and coalesce(q.concurrency_key, q.user_id, '') = t.g
+                                  and q.priority = v_top
+                                  and q.id <> all (v_ids) and q.id <> all (t.ids)) as more
+            from (
+                select l.i, l.t, l.g, l.n, l.w, array_remove(array_agg(j.id), null) as ids
+                from unnest(v_plan_t, v_plan_g, v_plan_n, v_plan_w)
+                     with ordinality as l(t, g, n, w, i)
+                left join lateral (
+                    select q.id from job_queue q
+                    where q.status = 'pending' and q.job_type = l.t
+                      and coalesce(q.concurrency_key, q.user_id, '') = l.g
+                      and q.priority = v_top and q.run_at <= now()
+                      and q.id <> all (v_ids)  -- locked by this call already: SKIP LOCKED
+                                               -- returns them
+                    order by q.run_at, q.created_at
+                    limit l.n
+                    for update skip locked) j on true
+                group by l.i, l.t, l.g, l.n, l.w) t
         loop
             if v_capped and cardinality(v_got.ids) < v_got.n then  -- planned, not taken
                 v_taken := v_taken
@@ -1285,7 +1317,9 @@ begin
                 -- It had as many as it was given: it may take another turn in a later round,
                 -- unless that was its last job. Then it goes now, not in a later claim's sweep
                 -- (a drain of 100,000 one-job groups swept them all at its end).
-                perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
+                if not v_got.more then
+                    perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
+                end if;
                 v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
             end if;
         end loop;
@@ -1811,6 +1845,7 @@ $$;
 
 CREATE FUNCTION public.mark_job_processing(p_job_id uuid, p_worker text, p_lease interval DEFAULT '00:01:00'::interval) RETURNS SETOF public.job_queue
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_job job_queue;
