@@ -241,7 +241,7 @@ $$;
 
 -- The pick of 0016, with two changes. It reads the limit tables, counts, rebuilds and offers a
 -- lane for release only when there is reason to (a cap or pause in force, rebuild_every past,
--- the lane's last job taken): over 1,000 groups that was most of a one-job claim's work.
+-- the lane's last job taken), and releases a round's emptied lanes in one statement.
 -- And a lane this call finds empty (or with no job due) leaves
 -- the call's set of finished lanes only when it is really gone or asleep. Before, a lane that
 -- another transaction held (so could not be deleted) left the set anyway, was read again in
@@ -290,6 +290,8 @@ declare
     v_gone boolean;  -- the lane this call found empty or not due is gone or asleep now
     v_limited boolean;  -- a cap or pause is in force (job_queue_limited)
     v_rebuild boolean;  -- rebuild_every has passed since the lanes were last rebuilt
+    v_rel_t text[] := '{}';  -- lanes whose last job this round took (released at its end)
+    v_rel_g text[] := '{}';
 begin
     if coalesce(p_limit, 0) <= 0 then
         return v_ids;
@@ -540,12 +542,31 @@ begin
                 -- It had as many as it was given: it may take another turn in a later round,
                 -- unless that was its last job. Then it goes now, not in a later claim's sweep
                 -- (a drain of 100,000 one-job groups swept them all at its end).
-                if not v_got.more then
-                    perform job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
+                if not v_got.more then  -- released below, with the round's others
+                    v_rel_t := v_rel_t || v_got.t;
+                    v_rel_g := v_rel_g || v_got.g;
                 end if;
                 v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
             end if;
         end loop;
+        if cardinality(v_rel_t) > 0 then
+            -- The lanes whose last job this round took go in one statement, on the terms of
+            -- job_queue_release_lane: a lane another transaction holds stays, and so does one
+            -- with a pending job this claim did not take, seen in the delete's own snapshot.
+            -- (One call per lane made a drain of 100,000 one-job groups 2.6x one group's.)
+            delete from job_queue_lanes l
+            where l.ctid in (select x.ctid from job_queue_lanes x
+                             join unnest(v_rel_t, v_rel_g) r(t, g)
+                               on x.job_type = r.t and x.group_key = r.g
+                              and x.priority = v_top
+                             for update of x skip locked)
+              and not exists (select 1 from job_queue q
+                              where q.status = 'pending' and q.job_type = l.job_type
+                                and coalesce(q.concurrency_key, q.user_id, '') = l.group_key
+                                and q.priority = l.priority and q.id <> all (v_ids));
+            v_rel_t := '{}';
+            v_rel_g := '{}';
+        end if;
         -- Every round takes a job (v_left falls) or retires the lanes it looked at (v_done
         -- grows), so this ends.
     end loop;

@@ -400,3 +400,23 @@ def test_a_claim_ends_beside_an_empty_lane_another_transaction_holds(conn, datab
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_the_claim_that_takes_a_lanes_last_job_lets_the_lane_go(conn, database_url):
+    """Lanes emptied by a claim go in that claim (one statement a round), except one another
+    transaction holds, which stays until a later claim finds it empty."""
+    for g in range(50):
+        add(conn, 1, f"seller-{g}")
+    conn.execute("select job_queue_fold_wakes()")
+    holder = connect(database_url, autocommit=False)
+    try:
+        holder.execute("select 1 from job_queue_lanes where group_key = 'seller-7' for update")
+        assert len(claim(conn, 50)) == 50
+        left = conn.execute("select array_agg(group_key) as g from job_queue_lanes").fetchone()
+        assert left["g"] == ["seller-7"]
+    finally:
+        holder.rollback()
+        holder.close()
+    add(conn, 2, "other")  # a second lane due: the fair pick runs and meets the empty one
+    assert [r["user_id"] for r in claim(conn, 5)] == ["other", "other"]
+    assert conn.execute("select count(*) as n from job_queue_lanes").fetchone()["n"] == 0
