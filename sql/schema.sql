@@ -1148,50 +1148,44 @@ begin
     end if;
     while v_left > 0 loop
         -- One round: the lowest-pass lanes at the highest priority with due work, at most one
-        -- per job still wanted, each given a share of what is left in proportion to its weight.
-        select l.priority into v_top
-        from job_queue_lanes l
-        where l.due_at <= now()
-          and (p_job_types is null or l.job_type = any (p_job_types))
-          and l.job_type <> all (v_skip)
-          and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority = any (v_done))
-        order by l.priority desc, l.pass, l.due_at
-        limit 1;
-        exit when v_top is null;
-        v_wsum := 1;  -- one job wanted: the first lane in line takes it, whatever its weight
-        if v_left > 1 then
-            -- The weights of the first lanes in line share what is left.
-            select coalesce(sum(coalesce(own.weight, star.weight, 1)), 1) into v_wsum
-            from (select l.group_key from job_queue_lanes l
-                  where l.due_at <= now() and l.priority = v_top
-                    and (p_job_types is null or l.job_type = any (p_job_types))
-                    and l.job_type <> all (v_skip)
-                    and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
-                             = any (v_done))
-                  order by l.pass, l.due_at
-                  limit v_left) c
-            left join job_concurrency_limits own on v_limits and own.key = c.group_key
-            left join job_concurrency_limits star on v_limits and star.key = '*';
-        end if;
+        -- per job still wanted, each given a share of what is left in proportion to its weight
+        -- (the weights of the first v_left lanes in line: wsum). One read of the turn index
+        -- gives the priority, the weights and the lanes: lanes this claim may not take (a
+        -- capped type's, say) are stepped over once a round, not three times.
+        v_top := null;
         v_plan_t := '{}'; v_plan_g := '{}'; v_plan_n := '{}'; v_plan_w := '{}';
         v_planned := 0;
         -- Lanes in pass order, read as far as needed: one at its cap costs a row and a count.
         for v_lane in
-            select l.job_type, l.group_key, l.pass,
-                   coalesce(own.weight, star.weight, 1) as weight,
-                   case when own.key is not null then own.max_running
-                        else star.max_running end as cap
-            from job_queue_lanes l
-            left join job_concurrency_limits own on v_limits and own.key = l.group_key
-            left join job_concurrency_limits star on v_limits and star.key = '*'
-            where l.due_at <= now() and l.priority = v_top
-              and (p_job_types is null or l.job_type = any (p_job_types))
-              and l.job_type <> all (v_skip)
-              and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
-                       = any (v_done))
-            order by l.pass, l.due_at
-            limit v_left + 64  -- the next round reads on past lanes at their caps
+            select s.*,
+                   coalesce(sum(s.weight) filter (where s.rn <= v_left)
+                                over (partition by s.priority), 1) as wsum
+            from (select l.*, row_number() over (partition by l.priority
+                                                 order by l.pass, l.due_at) as rn
+                  from (select l.job_type, l.group_key, l.pass, l.priority, l.due_at,
+                               coalesce(own.weight, star.weight, 1) as weight,
+                               case when own.key is not null then own.max_running
+                                    else star.max_running end as cap
+                        from job_queue_lanes l
+                        left join job_concurrency_limits own
+                          on v_limits and own.key = l.group_key
+                        left join job_concurrency_limits star on v_limits and star.key = '*'
+                        where l.due_at <= now()
+                          and (p_job_types is null or l.job_type = any (p_job_types))
+                          and l.job_type <> all (v_skip)
+                          and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
+                                   = any (v_done))
+                        order by l.priority desc, l.pass, l.due_at
+                        limit v_left + 64  -- the next round reads on past lanes at their caps
+                       ) l) s
+            order by s.priority desc, s.pass, s.due_at
         loop
+            if v_top is null then
+                v_top := v_lane.priority;
+                -- One job wanted: the first lane in line takes it, whatever its weight.
+                v_wsum := case when v_left > 1 then v_lane.wsum else 1 end;
+            end if;
+            exit when v_lane.priority <> v_top;
             exit when v_planned >= v_left;
             v_key := v_lane.job_type || E'\x1f' || v_lane.group_key || E'\x1f' || v_top;
             v_done := v_done || v_key;
@@ -1241,6 +1235,7 @@ begin
                 || jsonb_build_object('t:' || v_lane.job_type,
                        coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0) + v_take);
         end loop;
+        exit when v_top is null;  -- no lane due
         continue when cardinality(v_plan_t) = 0;
 
         -- One statement takes the round's jobs from every planned lane, oldest due first.
