@@ -1,5 +1,5 @@
 """Where a batched fair claim's cost goes: backend CPU per job with fair share on and off, in
-alternating rounds, and how the lanes' turn index grows between autovacuum passes.
+alternating rounds, and how the queue's indexes grow between autovacuum passes.
 
     .venv/bin/python bench/fair_claim_cpu.py [--rounds 4] [--seconds 4] [--minute 60]
 
@@ -10,7 +10,8 @@ the backend's user + system CPU per job, from /proc. CPU is steadier than wall t
 machine, but still moves between rounds: read the ratios round by round.
 
 Then --minute seconds of fair-share claims on one queue of 300,000 jobs, sampled every 5 s:
-jobs per second, job_queue_lanes' dead rows and the size of job_queue_lanes_turn_idx.
+jobs per second, job_queue's dead rows and the size of the index fair claims read
+(job_queue_turn_idx) and of the one claims with fair share off read (job_queue_claim_idx).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main() -> None:
             result = {}
             for fair in (True, False):
                 setup.execute("truncate job_queue cascade")
-                setup.execute("vacuum job_queue_lanes")
+                setup.execute("vacuum job_queue")
                 setup.execute("update job_queue_settings set fair_share = %s", (fair,))
                 fill(setup, 100_000, 1000, "a")
                 with psycopg.connect(cluster.url, autocommit=True) as conn:  # a fresh backend
@@ -73,18 +74,22 @@ def main() -> None:
         print(f"median on/off (wall): {statistics.median(ratios):.2f}")
 
         setup.execute("truncate job_queue cascade")
-        setup.execute("vacuum job_queue_lanes")
+        setup.execute("vacuum job_queue")
         setup.execute("update job_queue_settings set fair_share = true")
         fill(setup, 300_000, 1000, "a")
-        print("\n  s  jobs/s  lane dead rows  turn index pages", flush=True)
+        print("\n  s  jobs/s  dead rows  turn index pages  claim index pages", flush=True)
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             for step in range(int(args.minute // 5)):
                 rate, _ = batched(conn, 5)
-                dead, pages = setup.execute(
-                    "select n_dead_tup, pg_relation_size('job_queue_lanes_turn_idx') / 8192 "
-                    "from pg_stat_user_tables where relname = 'job_queue_lanes'"
+                dead, pages, plain = setup.execute(
+                    "select n_dead_tup, pg_relation_size('job_queue_turn_idx') / 8192, "
+                    "pg_relation_size('job_queue_claim_idx') / 8192 "
+                    "from pg_stat_user_tables where relname = 'job_queue'"
                 ).fetchone()
-                print(f"{(step + 1) * 5:3}  {rate:6,.0f}  {dead:14,}  {pages:16,}", flush=True)
+                print(
+                    f"{(step + 1) * 5:3}  {rate:6,.0f}  {dead:9,}  {pages:16,}  {plain:17,}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ def fill(conn: psycopg.Connection, jobs: int, groups: int, job_type: str) -> Non
         (job_type, groups, jobs),
     )
     conn.execute("vacuum analyze job_queue")
-    conn.execute("select job_queue_fold_wakes()")  # the new lanes, as the next claim would
-    conn.execute("analyze job_queue_lanes")  # as autovacuum soon would
 
 
 def one_claims(conn: psycopg.Connection, rounds: int, job_types: list[str] | None) -> float:

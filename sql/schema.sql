@@ -136,6 +136,7 @@ CREATE TABLE public.job_queue (
     postponements integer DEFAULT 0 NOT NULL,
     concurrency_key text,
     traceparent text,
+    turn double precision,
     CONSTRAINT job_queue_concurrency_key_length CHECK (((concurrency_key IS NULL) OR ((length(concurrency_key) >= 1) AND (length(concurrency_key) <= 200)))),
     CONSTRAINT job_queue_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
     CONSTRAINT job_queue_job_type_check CHECK ((length(btrim(job_type)) > 0)),
@@ -180,6 +181,12 @@ COMMENT ON COLUMN public.job_queue.concurrency_key IS 'Fair-share group (e.g. a 
 COMMENT ON COLUMN public.job_queue.traceparent IS 'W3C trace context (00-<trace id>-<span id>-<flags>) of the request that enqueued the job: its spans continue that trace.';
 
 --
+-- Name: COLUMN job_queue.turn; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.turn IS 'A due pending job''s place in the fair-share order of its priority (claims take the lowest first). Null: not in line yet (not due, or written with triggers off: the next claim places it). -Infinity: held while its group is at its cap. Kept by triggers and claims; never set it by hand.';
+
+--
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -194,16 +201,7 @@ begin
     if coalesce(p_limit, 0) <= 0 then
         return;
     end if;
-    if job_queue_in_order() then
-        v_ids := array(select id from job_queue
-                       where status = 'pending' and run_at <= now()
-                         and (p_job_types is null or job_type = any (p_job_types))
-                       order by priority desc, run_at, created_at
-                       limit p_limit
-                       for update skip locked);
-    else
-        v_ids := job_queue_pick(p_limit, p_job_types);
-    end if;
+    v_ids := job_queue_pick(p_limit, p_job_types);
     return query
     with claimed as (
         update job_queue j
@@ -466,29 +464,12 @@ declare
     v_id uuid;
     v_job job_queue;
 begin
-    if job_queue_in_order() then
-        v_id := (select id from job_queue
-                 where status = 'pending' and run_at <= now()
-                   and (p_job_types is null or job_type = any (p_job_types))
-                 order by priority desc, run_at, created_at
-                 limit 1
-                 for update skip locked);
-    else
-        v_id := (job_queue_pick(1, p_job_types))[1];
-    end if;
+    -- claim_jobs(…, 1)'s pick: the same order, rules and locks. (Called once, into a
+    -- variable: in a WHERE clause a volatile call runs once per row scanned.)
+    v_id := (job_queue_pick(1, p_job_types))[1];
     select * into v_job from job_queue where id = v_id;
     if not found then
-        return null;  -- as before: no row, not a row of nulls
-    end if;
-    -- The pick may have let the job's lane go with its last job, and the caller may still not
-    -- start it: a wake makes the lane again for whatever stays pending.
-    if not exists (select 1 from job_queue_lanes
-                   where job_type = v_job.job_type
-                     and group_key = coalesce(v_job.concurrency_key, v_job.user_id, '')
-                     and priority = v_job.priority) then
-        insert into job_queue_wakes (job_type, group_key, priority, due_at)
-        values (v_job.job_type, coalesce(v_job.concurrency_key, v_job.user_id, ''),
-                v_job.priority, v_job.run_at);
+        return null;  -- no row, not a row of nulls
     end if;
     return v_job;
 end;
@@ -828,132 +809,6 @@ end;
 $$;
 
 --
--- Name: job_queue_fold_wakes(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_fold_wakes() RETURNS void
-    LANGUAGE plpgsql
-    SET enable_seqscan TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET jit TO 'off'
-    AS $$
-declare
-    v_lane record;
-    v_done bigint[] := '{}';  -- wakes folded in (deleted at the end)
-    v_freed text[] := '{}';
-    v_starts jsonb := '{}';  -- job_queue_frontier per priority, read once per fold
-    v_start double precision;
-begin
-    -- Never waits: a wake another claimer is folding, or whose lane another claimer holds, is
-    -- left for the next claim. Lane by lane, each by its key: the usual claim folds one or two.
-    for v_lane in
-        select w.job_type, w.group_key, w.priority,
-               min(w.due_at) filter (where not w.freed) as due_at, bool_or(w.freed) as freed,
-               array_agg(w.id) as ids,
-               -- Read in the wakes' own snapshot: resume_job_type's wakes come with its resume.
-               coalesce((select t.paused_at is not null from job_type_limits t
-                         where t.job_type = w.job_type), false) as paused
-        from (select * from job_queue_wakes w
-              order by w.id
-              limit 5000
-              for update of w skip locked) w
-        group by 1, 2, 3
-        order by 1, 2, 3
-    loop
-        if v_lane.freed then
-            v_freed := v_freed || v_lane.group_key;
-        end if;
-        -- A paused type's wakes are used up here, so they cannot pile up while it stays
-        -- paused: resume_job_type wakes every lane of the type from job_queue itself.
-        if v_lane.due_at is null or v_lane.paused then
-            v_done := v_done || v_lane.ids;
-            continue;
-        end if;
-        -- Where a waking lane starts: looked up once per priority and fold (a fold of 100,000
-        -- new lanes must not look it up 100,000 times).
-        if not v_starts ? v_lane.priority::text then
-            v_starts := v_starts || jsonb_build_object(v_lane.priority::text,
-                                                       job_queue_frontier(v_lane.priority));
-        end if;
-        v_start := (v_starts ->> v_lane.priority::text)::double precision;
-        update job_queue_lanes l
-        set due_at = least(l.due_at, v_lane.due_at),
-            -- A lane that was asleep starts at the pass of the lanes now being served at its
-            -- priority (job_queue_frontier): served next, not after everyone's backlog, never
-            -- ahead of them by turns it saved up or by a capped neighbour's low pass.
-            pass = case when l.due_at is null then greatest(l.pass, v_start) else l.pass end
-        where l.ctid = (select x.ctid from job_queue_lanes x
-                        where x.job_type = v_lane.job_type and x.group_key = v_lane.group_key
-                          and x.priority = v_lane.priority
-                        for update skip locked);
-        if found then
-            v_done := v_done || v_lane.ids;
-            continue;
-        end if;
-        -- No wait, ever: a lane that exists but is locked (another claim serves or deletes it,
-        -- perhaps in a transaction left open) keeps its wake for a later claim, and only the
-        -- holder of the lane's advisory key may insert it. ON CONFLICT alone would wait for
-        -- the transaction that last wrote a conflicting row.
-        continue when exists (select 1 from job_queue_lanes x
-                              where x.job_type = v_lane.job_type
-                                and x.group_key = v_lane.group_key
-                                and x.priority = v_lane.priority);
-        continue when not pg_try_advisory_xact_lock(
-            hashtextextended(v_lane.job_type || E'\x1f' || v_lane.group_key || E'\x1f'
-                             || v_lane.priority, 1886547811));
-        insert into job_queue_lanes (job_type, group_key, priority, pass, due_at)
-        values (v_lane.job_type, v_lane.group_key, v_lane.priority, v_start, v_lane.due_at)
-        on conflict (job_type, group_key, priority) do nothing;
-        if found then
-            v_done := v_done || v_lane.ids;
-        end if;
-    end loop;
-    delete from job_queue_wakes where id = any (v_done);
-    if cardinality(v_freed) > 0 then
-        -- A job of a capped group ended: every lane of the group sitting out its cap is due.
-        update job_queue_lanes set due_at = now()
-        where ctid in (select ctid from job_queue_lanes
-                       where group_key = any (v_freed) and due_at > now()
-                       for update skip locked);
-    end if;
-end;
-$$;
-
---
--- Name: job_queue_frontier(integer); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_frontier(p_priority integer) RETURNS double precision
-    LANGUAGE sql STABLE
-    AS $$
-    select coalesce((select pass from job_queue_turns where priority = p_priority),
-                    (select min(pass) from job_queue_lanes
-                     where priority = p_priority and due_at <= now()),
-                    0)
-$$;
-
---
--- Name: job_queue_in_order(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_in_order() RETURNS boolean
-    LANGUAGE plpgsql
-    AS $$
-begin
-    if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
-        return false;
-    end if;
-    -- The wakes are read by their key, first row only: the table churns (a row per insert
-    -- statement, deleted by the next claim), and a sequential scan of it, empty but not yet
-    -- vacuumed, cost a claim more than the claim itself.
-    return not (select limited from job_queue_limited)
-       and (select id from job_queue_wakes order by id limit 1) is null
-       and (select count(*) from (select 1 from job_queue_lanes where due_at <= now()
-                                  limit 2) d) <= 1;
-end;
-$$;
-
---
 -- Name: job_queue_instant_pickup(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1004,6 +859,25 @@ end;
 $$;
 
 --
+-- Name: job_queue_next_turn(text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_next_turn(p_group text, p_priority integer) RETURNS double precision
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    select greatest(
+        coalesce((select pass from job_queue_turns where priority = p_priority), 0),
+        greatest((select max(turn) from job_queue
+                  where status = 'pending' and turn > '-infinity' and priority = p_priority
+                    and coalesce(concurrency_key, user_id, '') = p_group),
+                 (select max(turn) from job_queue
+                  where status = 'processing' and priority = p_priority
+                    and coalesce(concurrency_key, user_id, '') = p_group))
+        + 1.0 / job_group_weight(p_group))
+$$;
+
+--
 -- Name: job_queue_note_limits(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1028,354 +902,113 @@ $$;
 CREATE FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) RETURNS uuid[]
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
-    SET enable_seqscan TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET jit TO 'off'
     AS $$
 declare
     v_fair boolean;
-    v_paused text[];
-    v_limits boolean;
-    v_capped boolean;  -- some group or type has a cap: count what this call takes
-    v_counting boolean;  -- this call holds the caps lock: it may take jobs from capped lanes
-    v_timeout text;
-    v_type_caps jsonb;
-    v_left integer := p_limit;
+    v_limited boolean;
+    v_release boolean;
+    v_paused text[] := '{}';
+    v_capped boolean := false;
+    v_counting boolean := false;
+    v_type_caps jsonb := '{}';
     v_ids uuid[] := '{}';
-    v_done text[] := '{}';  -- lanes this call has finished with: empty, at a cap, or short
-    v_taken jsonb := '{}';  -- jobs taken in this call, per 'g:<group>' and 't:<type>'
-    v_top integer;
-    v_lane record;
-    v_planned integer;
-    v_wsum double precision;
-    v_take integer;
-    v_cap integer;
-    v_key text;
-    v_plan_t text[];
-    v_plan_g text[];
-    v_plan_n integer[];
-    v_plan_w integer[];
-    v_got record;
-    v_next timestamptz;
-    v_pass_t text[] := '{}';
-    v_pass_g text[] := '{}';
-    v_pass_p integer[] := '{}';
-    v_pass_d double precision[] := '{}';
-    v_skip text[];  -- job types whose lanes this claim does not read: paused, or at their cap
-    v_top_served integer;  -- the priority whose frontier this claim moves
-    v_frontier double precision;  -- the highest pass among the lanes it planned to serve
-    v_gone boolean;  -- the lane this call found empty or not due is gone or asleep now
-    v_limited boolean;  -- a cap or pause is in force (job_queue_limited)
-    v_rebuild boolean;  -- rebuild_every has passed since the lanes were last rebuilt
-    v_rel_t text[] := '{}';  -- lanes whose last job this round took (released at its end)
-    v_rel_g text[] := '{}';
+    v_prio integer[] := '{}';
+    v_turns double precision[] := '{}';
+    v_due uuid[];
+    v_timeout text := current_setting('lock_timeout');
 begin
     if coalesce(p_limit, 0) <= 0 then
         return v_ids;
     end if;
-    -- Limit changes (set_concurrency_limit, set_job_type_limit) take this key exclusively and
-    -- wait for claims in flight, so no claim that began under the old caps commits under the
-    -- new ones. Claims share it and never wait for each other on it; a limit change holds it
-    -- for a statement, so a claim that meets one waits at most 100 ms, else takes nothing now.
+    -- Limit changes take processor:limits exclusively for a statement: a claim waits 100 ms
+    -- at most for one, else takes nothing now.
     if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
-        v_timeout := current_setting('lock_timeout');
         begin
             perform set_config('lock_timeout', '100ms', true);
             perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
             perform set_config('lock_timeout', v_timeout, true);
         exception when lock_not_available then
-            return v_ids;
+            return v_ids;  -- (the block's setting is undone with it)
         end;
     end if;
-    -- Without a cap or pause in force (job_queue_limited) the claim reads neither limit table
-    -- for them, nor counts anything.
     select st.fair_share, (select limited from job_queue_limited),
-           exists (select 1 from job_concurrency_limits),
            (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc)
-    into v_fair, v_limited, v_limits, v_rebuild
+    into v_fair, v_limited, v_release
     from job_queue_settings st where st.id;
-    v_paused := '{}';
-    v_capped := false;
+
+    -- Jobs that became due since they were written go in line first (one index probe when
+    -- there are none, however many wait for later).
+    v_due := array(select id from job_queue
+                   where status = 'pending' and turn is null and run_at <= now()
+                   order by run_at limit 1000
+                   for update skip locked);
+    if cardinality(v_due) > 0 then
+        perform job_queue_place(v_due);
+    end if;
+    if v_release then
+        update job_queue_scheduler set rebuilt_at = now()
+        where ctid = (select ctid from job_queue_scheduler for update skip locked);
+        if found then
+            perform job_queue_release_all_held();
+        end if;
+    end if;
+
     if v_limited then
         select coalesce((select array_agg(job_type) from job_type_limits
                          where paused_at is not null), '{}'),
                exists (select 1 from job_concurrency_limits where max_running is not null)
                or exists (select 1 from job_type_limits where max_running is not null)
         into v_paused, v_capped;
+        -- Caps are counted by one claimer at a time; one that cannot take the lock within
+        -- 100 ms (another sits in an open transaction) takes only work without a cap.
+        v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
+        if v_capped and not v_counting then
+            begin
+                perform set_config('lock_timeout', '100ms', true);
+                perform pg_advisory_xact_lock(hashtext('processor:caps'));
+                perform set_config('lock_timeout', v_timeout, true);
+                v_counting := true;
+            exception when lock_not_available then
+                v_counting := false;
+            end;
+        end if;
+        -- Read after the lock that counts them: a cap lowered meanwhile is the cap it holds.
+        select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
+        from job_type_limits where max_running is not null;
     end if;
 
-    -- Caps are counted by one claimer at a time. A claimer that finds another counting waits
-    -- up to 100 ms (a claim takes a few); past that (the other is in an open transaction, say)
-    -- it takes only from lanes without a cap.
-    v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
-    if v_capped and not v_counting then
-        v_timeout := current_setting('lock_timeout');
-        begin
-            perform set_config('lock_timeout', '100ms', true);
-            perform pg_advisory_xact_lock(hashtext('processor:caps'));
-            v_counting := true;
-            perform set_config('lock_timeout', v_timeout, true);
-        exception when lock_not_available then
-            v_counting := false;  -- the block's setting is undone with it
-        end;
-    end if;
-    -- The type caps are read after the lock that counts them: a cap lowered while this claim
-    -- waited is the cap it holds. (Group caps are read with the lanes, below.)
-    v_type_caps := '{}';
-    if v_capped then
-        select coalesce((select jsonb_object_agg(job_type, max_running) from job_type_limits
-                         where max_running is not null), '{}')
-        into v_type_caps;
-    end if;
     if not coalesce(v_fair, true) then
-        -- One global order, as before fair share; caps still hold.
         return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
                                        v_type_caps);
+    elsif v_limited then
+        select ids, prio, turns into v_ids, v_prio, v_turns
+        from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
+    elsif cardinality(p_job_types) = 1 then
+        -- One type (a processor of its own for it): that type's line.
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
+               coalesce(array_agg(turn), '{}')
+        into v_ids, v_prio, v_turns
+        from (select id, priority, turn from job_queue
+              where status = 'pending' and turn > '-infinity' and run_at <= now()
+                and job_type = p_job_types[1]
+              order by priority desc, turn, id
+              limit p_limit
+              for update skip locked) s;
+    else
+        -- Nothing to count or leave out: the lowest turns, one statement.
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
+               coalesce(array_agg(turn), '{}')
+        into v_ids, v_prio, v_turns
+        from (select id, priority, turn from job_queue
+              where status = 'pending' and turn > '-infinity' and run_at <= now()
+                and (p_job_types is null or job_type = any (p_job_types))
+              order by priority desc, turn, id
+              limit p_limit
+              for update skip locked) s;
     end if;
-    if v_rebuild then  -- read above: most claims do not call it at all
-        perform job_queue_rebuild_lanes();
-    end if;
-    -- A type at its cap (or any capped type, for a claim that does not count) costs the lane
-    -- scans nothing: its lanes are left out by name, however many there are.
-    v_skip := v_paused;
-    if v_capped then
-        select v_paused || coalesce(array_agg(t.key), '{}') into v_skip
-        from jsonb_each_text(v_type_caps) t
-        where not v_counting or job_type_running(t.key) >= t.value::integer;
-    end if;
-    if (select id from job_queue_wakes order by id limit 1) is not null then
-        perform job_queue_fold_wakes();
-    end if;
-    while v_left > 0 loop
-        -- One round: the lowest-pass lanes at the highest priority with due work, at most one
-        -- per job still wanted, each given a share of what is left in proportion to its weight
-        -- (the weights of the first v_left lanes in line: wsum). One read of the turn index
-        -- gives the priority, the weights and the lanes: lanes this claim may not take (a
-        -- capped type's, say) are stepped over once a round, not three times.
-        v_top := null;
-        v_plan_t := '{}'; v_plan_g := '{}'; v_plan_n := '{}'; v_plan_w := '{}';
-        v_planned := 0;
-        -- Lanes in pass order, read as far as needed: one at its cap costs a row and a count.
-        for v_lane in
-            select s.*,
-                   coalesce(sum(s.weight) filter (where s.rn <= v_left)
-                                over (partition by s.priority), 1) as wsum
-            from (select l.*, row_number() over (partition by l.priority
-                                                 order by l.pass, l.due_at) as rn
-                  from (select l.job_type, l.group_key, l.pass, l.priority, l.due_at,
-                               coalesce(own.weight, star.weight, 1) as weight,
-                               case when own.key is not null then own.max_running
-                                    else star.max_running end as cap
-                        from job_queue_lanes l
-                        left join job_concurrency_limits own
-                          on v_limits and own.key = l.group_key
-                        left join job_concurrency_limits star on v_limits and star.key = '*'
-                        where l.due_at <= now()
-                          and (p_job_types is null or l.job_type = any (p_job_types))
-                          and l.job_type <> all (v_skip)
-                          and not (l.job_type || E'\x1f' || l.group_key || E'\x1f' || l.priority
-                                   = any (v_done))
-                        order by l.priority desc, l.pass, l.due_at
-                        limit v_left + 64  -- the next round reads on past lanes at their caps
-                       ) l) s
-            order by s.priority desc, s.pass, s.due_at
-        loop
-            if v_top is null then
-                v_top := v_lane.priority;
-                -- One job wanted: the first lane in line takes it, whatever its weight.
-                v_wsum := case when v_left > 1 then v_lane.wsum else 1 end;
-            end if;
-            exit when v_lane.priority <> v_top;
-            exit when v_planned >= v_left;
-            v_key := v_lane.job_type || E'\x1f' || v_lane.group_key || E'\x1f' || v_top;
-            v_done := v_done || v_key;
-            v_take := least(ceil(v_lane.weight * v_left / v_wsum), v_left - v_planned);
-            continue when v_capped and not v_counting
-                          and (v_lane.cap is not null or v_type_caps ? v_lane.job_type);
-            if v_lane.cap is not null then
-                v_take := least(v_take, v_lane.cap - job_group_running(v_lane.group_key)
-                                - coalesce((v_taken ->> ('g:' || v_lane.group_key))::integer, 0));
-                if v_take <= 0 then
-                    -- Its group is at its cap: the lane sits out claims until one of the
-                    -- group's jobs ends (that wakes it), or for 10 s at most.
-                    update job_queue_lanes set due_at = greatest(due_at, now() + interval '10 s')
-                    where ctid = (select ctid from job_queue_lanes
-                                  where job_type = v_lane.job_type
-                                    and group_key = v_lane.group_key and priority = v_top
-                                  for update skip locked);
-                    continue;
-                end if;
-            end if;
-            v_cap := (v_type_caps ->> v_lane.job_type)::integer;
-            if v_cap is not null then
-                if not v_taken ? ('r:' || v_lane.job_type) then
-                    v_taken := v_taken || jsonb_build_object('r:' || v_lane.job_type,
-                                                             job_type_running(v_lane.job_type));
-                end if;
-                v_take := least(v_take, v_cap - (v_taken ->> ('r:' || v_lane.job_type))::integer
-                                - coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0));
-                if v_take <= 0 then  -- its type is at its cap: no more of its lanes this claim
-                    v_skip := v_skip || v_lane.job_type;
-                    continue;
-                end if;
-            end if;
-            v_planned := v_planned + v_take;
-            if v_top_served is null or v_top = v_top_served then
-                v_top_served := v_top;
-                v_frontier := greatest(coalesce(v_frontier, v_lane.pass), v_lane.pass);
-            end if;
-            v_plan_t := v_plan_t || v_lane.job_type;
-            v_plan_g := v_plan_g || v_lane.group_key;
-            v_plan_n := v_plan_n || v_take;
-            v_plan_w := v_plan_w || v_lane.weight;
-            continue when not v_capped;
-            v_taken := v_taken
-                || jsonb_build_object('g:' || v_lane.group_key,
-                       coalesce((v_taken ->> ('g:' || v_lane.group_key))::integer, 0) + v_take)
-                || jsonb_build_object('t:' || v_lane.job_type,
-                       coalesce((v_taken ->> ('t:' || v_lane.job_type))::integer, 0) + v_take);
-        end loop;
-        exit when v_top is null;  -- no lane due
-        continue when cardinality(v_plan_t) = 0;
-
-        -- One statement takes the round's jobs from every planned lane, oldest due first.
-        -- `more`: the lane has a pending job besides those taken (one index probe), so it
-        -- need not be offered to job_queue_release_lane.
-        for v_got in
-            select t.*, exists (select 1 from job_queue q
-                                where q.status = 'pending' and q.job_type = t.t
-                                  and coalesce(q.concurrency_key, q.user_id, '') = t.g
-                                  and q.priority = v_top
-                                  and q.id <> all (v_ids) and q.id <> all (t.ids)) as more
-            from (
-                select l.i, l.t, l.g, l.n, l.w, array_remove(array_agg(j.id), null) as ids
-                from unnest(v_plan_t, v_plan_g, v_plan_n, v_plan_w)
-                     with ordinality as l(t, g, n, w, i)
-                left join lateral (
-                    select q.id from job_queue q
-                    where q.status = 'pending' and q.job_type = l.t
-                      and coalesce(q.concurrency_key, q.user_id, '') = l.g
-                      and q.priority = v_top and q.run_at <= now()
-                      and q.id <> all (v_ids)  -- locked by this call already: SKIP LOCKED
-                                               -- returns them
-                    order by q.run_at, q.created_at
-                    limit l.n
-                    for update skip locked) j on true
-                group by l.i, l.t, l.g, l.n, l.w) t
-        loop
-            if v_capped and cardinality(v_got.ids) < v_got.n then  -- planned, not taken
-                v_taken := v_taken
-                    || jsonb_build_object('g:' || v_got.g,
-                           (v_taken ->> ('g:' || v_got.g))::integer
-                           - v_got.n + cardinality(v_got.ids))
-                    || jsonb_build_object('t:' || v_got.t,
-                           (v_taken ->> ('t:' || v_got.t))::integer
-                           - v_got.n + cardinality(v_got.ids));
-            end if;
-            if cardinality(v_got.ids) = 0 then
-                -- Nothing due here now: the lane sleeps until its next job is due, or until a
-                -- wake. Jobs locked by another transaction keep it due.
-                select min(run_at) into v_next from job_queue
-                where status = 'pending' and job_type = v_got.t
-                  and coalesce(concurrency_key, user_id, '') = v_got.g and priority = v_top;
-                if v_next is null then
-                    -- Empty: the lane goes, so the table holds only groups with work. A job
-                    -- added since has a wake, which makes it again (at the frontier).
-                    v_gone := job_queue_release_lane(v_got.t, v_got.g, v_top, v_ids);
-                elsif v_next > now() then
-                    update job_queue_lanes set due_at = v_next
-                    where ctid = (select ctid from job_queue_lanes
-                                  where job_type = v_got.t and group_key = v_got.g
-                                    and priority = v_top
-                                  for update skip locked);
-                    v_gone := found;
-                else
-                    v_gone := false;  -- its due jobs are locked by others: still due
-                end if;
-                if v_gone then
-                    -- Gone, or asleep: the lane reads no longer see it, so it need not stay
-                    -- in v_done (which every lane read filters by: kept small, a claim that
-                    -- sweeps 100,000 emptied lanes is linear in them, not quadratic). A lane
-                    -- another transaction holds is neither, and stays in v_done: read again,
-                    -- it would come back empty every round, and the claim never end (16
-                    -- callers spun for minutes that way, each holding a lane another wanted).
-                    v_done := array_remove(v_done,
-                                           v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
-                end if;
-                continue;
-            end if;
-            v_ids := v_ids || v_got.ids;
-            v_left := v_left - cardinality(v_got.ids);
-            v_pass_t := v_pass_t || v_got.t;
-            v_pass_g := v_pass_g || v_got.g;
-            v_pass_p := v_pass_p || v_top;
-            v_pass_d := v_pass_d || (cardinality(v_got.ids)::double precision / v_got.w);
-            if cardinality(v_got.ids) = v_got.n then
-                -- It had as many as it was given: it may take another turn in a later round,
-                -- unless that was its last job. Then it goes now, not in a later claim's sweep
-                -- (a drain of 100,000 one-job groups swept them all at its end).
-                if not v_got.more then  -- released below, with the round's others
-                    v_rel_t := v_rel_t || v_got.t;
-                    v_rel_g := v_rel_g || v_got.g;
-                end if;
-                v_done := array_remove(v_done, v_got.t || E'\x1f' || v_got.g || E'\x1f' || v_top);
-            end if;
-        end loop;
-        if cardinality(v_rel_t) > 0 then
-            -- The lanes whose last job this round took go in one statement, on the terms of
-            -- job_queue_release_lane: a lane another transaction holds stays, and so does one
-            -- with a pending job this claim did not take, seen in the delete's own snapshot.
-            -- (One call per lane made a drain of 100,000 one-job groups 2.6x one group's.)
-            delete from job_queue_lanes l
-            where l.ctid in (select x.ctid from job_queue_lanes x
-                             join unnest(v_rel_t, v_rel_g) r(t, g)
-                               on x.job_type = r.t and x.group_key = r.g
-                              and x.priority = v_top
-                             for update of x skip locked)
-              and not exists (select 1 from job_queue q
-                              where q.status = 'pending' and q.job_type = l.job_type
-                                and coalesce(q.concurrency_key, q.user_id, '') = l.group_key
-                                and q.priority = l.priority and q.id <> all (v_ids));
-            v_rel_t := '{}';
-            v_rel_g := '{}';
-        end if;
-        -- Every round takes a job (v_left falls) or retires the lanes it looked at (v_done
-        -- grows), so this ends.
-    end loop;
-
-    -- Each lane served moves on by its claims over its weight.
-    -- Wakes another claimer is still folding (in an open transaction, say) stand for lanes this
-    -- claim cannot see yet: it takes the rest in global order, as without fair share, so no
-    -- due job waits for that transaction. Capped work is left to the claimer that counts caps.
-    if v_left > 0 and not v_capped
-       and exists (select 1 from job_queue_wakes w where w.job_type <> all (v_paused)) then
-        v_ids := v_ids || coalesce((
-            select array_agg(id) from (
-                select id from job_queue
-                where status = 'pending' and run_at <= now()
-                  and (p_job_types is null or job_type = any (p_job_types))
-                  and job_type <> all (v_paused)
-                  and id <> all (v_ids)
-                order by priority desc, run_at, created_at
-                limit v_left
-                for update skip locked) s), '{}');
-    end if;
-
-    -- The frontier moves to the pass of the lanes this claim served: where a newcomer starts.
-    if cardinality(v_pass_t) > 0 then
-        perform job_queue_advance_frontier(v_top_served, v_frontier);
-    end if;
-    -- A lane another claimer holds misses this turn's step: a small error in its share, never
-    -- a wait.
-    update job_queue_lanes l
-    set pass = l.pass + s.d
-    from (select x.ctid as row, u.d
-          from (select t, g, p, sum(d) as d
-                from unnest(v_pass_t, v_pass_g, v_pass_p, v_pass_d) as u(t, g, p, d)
-                group by 1, 2, 3) u
-          join job_queue_lanes x on x.job_type = u.t and x.group_key = u.g and x.priority = u.p
-          for update of x skip locked) s
-    where l.ctid = s.row;
+    -- The frontier moves to the highest turn taken (written only when it moves).
+    perform job_queue_advance_frontier(p, max(t))
+    from unnest(v_prio, v_turns) u(p, t) group by p;
     return v_ids;
 end;
 $$;
@@ -1449,85 +1082,295 @@ end;
 $$;
 
 --
--- Name: job_queue_rebuild_lanes(); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_pick_limited(integer, text[], text[], boolean, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_rebuild_lanes() RETURNS integer
+CREATE FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]) RETURNS record
     LANGUAGE plpgsql
-    SET enable_seqscan TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
-    v_added integer;
+    v_types text[];
+    v_room integer[];  -- per type: what its cap has room for (p_limit without one)
+    v_passed uuid[] := '{}';  -- rows this call left (locked by another, or a type now full)
+    v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
+    v_group_caps boolean := exists (select 1 from job_concurrency_limits
+                                    where max_running is not null);
+    v_row record;
+    v_cap integer;
+    v_moved boolean;
 begin
-    update job_queue_scheduler s set rebuilt_at = now()
-    where s.ctid = (select ctid from job_queue_scheduler
-                    where rebuilt_at <= now() - (select rebuild_every from job_queue_settings
-                                                 where id)
-                    for update skip locked);
-    if not found then
-        return 0;
-    end if;
-    with recursive lanes as (
-        (select job_type, coalesce(concurrency_key, user_id, '') as group_key, priority, run_at
-         from job_queue
-         where status = 'pending'
-         order by job_type, coalesce(concurrency_key, user_id, ''), priority, run_at, created_at
-         limit 1)
+    ids := '{}'; prio := '{}'; turns := '{}';
+    -- Types that may run: with jobs in line (one probe per type), not paused, and with a cap
+    -- only for the claimer that counts, and only below it.
+    with recursive t as (
+        (select job_type from job_queue where status = 'pending' and turn > '-infinity'
+         order by job_type limit 1)
         union all
-        select n.job_type, n.group_key, n.priority, n.run_at
-        from lanes l, lateral (
-            select q.job_type, coalesce(q.concurrency_key, q.user_id, '') as group_key,
-                   q.priority, q.run_at
-            from job_queue q
-            where q.status = 'pending'
-              and (q.job_type, coalesce(q.concurrency_key, q.user_id, ''), q.priority)
-                  > (l.job_type, l.group_key, l.priority)
-            order by q.job_type, coalesce(q.concurrency_key, q.user_id, ''), q.priority,
-                     q.run_at, q.created_at
-            limit 1) n
+        select (select q.job_type from job_queue q
+                where q.status = 'pending' and q.turn > '-infinity' and q.job_type > t.job_type
+                order by q.job_type limit 1)
+        from t where t.job_type is not null
     )
-    insert into job_queue_wakes (job_type, group_key, priority, due_at)
-    select d.job_type, d.group_key, d.priority, d.run_at
-    from lanes d
-    where not exists (select 1 from job_queue_lanes x
-                      where x.job_type = d.job_type and x.group_key = d.group_key
-                        and x.priority = d.priority and x.due_at is not null)
-      and not exists (select 1 from job_queue_wakes w
-                      where w.job_type = d.job_type and w.group_key = d.group_key
-                        and w.priority = d.priority)
-      and not exists (select 1 from job_type_limits t
-                      where t.job_type = d.job_type and t.paused_at is not null);
-    get diagnostics v_added = row_count;
-    if v_added > 0 then
-        raise log 'job_queue_rebuild_lanes: % lane(s) with pending jobs had no lane or wake',
-            v_added;
+    select coalesce(array_agg(job_type), '{}'),
+           coalesce(array_agg(coalesce((p_type_caps ->> job_type)::integer
+                                       - job_type_running(job_type), p_limit)), '{}')
+    into v_types, v_room
+    from t
+    where job_type is not null
+      and (p_job_types is null or job_type = any (p_job_types))
+      and job_type <> all (p_paused)
+      and (not p_type_caps ? job_type
+           or p_counting and job_type_running(job_type) < (p_type_caps ->> job_type)::integer);
+    if not v_group_caps then
+        -- No group to count: one statement, each type's line read as far as its room.
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
+               coalesce(array_agg(turn), '{}')
+        into ids, prio, turns
+        from (select j.* from unnest(v_types, v_room) t(job_type, room)
+              cross join lateral (
+                  select q.id, q.priority, q.turn from job_queue q
+                  where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
+                    and q.run_at <= now()
+                  order by q.priority desc, q.turn, q.id
+                  limit least(t.room, p_limit)
+                  for update skip locked) j
+              order by j.priority desc, j.turn, j.id
+              limit p_limit) s;
+        return;
     end if;
-    return v_added;
+    loop
+        v_moved := false;
+        for v_row in
+            select j.* from unnest(v_types) t(job_type)
+            cross join lateral (
+                select q.id, q.job_type, coalesce(q.concurrency_key, q.user_id, '') as g,
+                       q.priority, q.turn
+                from job_queue q
+                where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
+                  and q.run_at <= now() and q.id <> all (ids) and q.id <> all (v_passed)
+                order by q.priority desc, q.turn, q.id
+                limit p_limit - cardinality(ids) + 64) j
+            order by j.priority desc, j.turn, j.id
+        loop
+            exit when cardinality(ids) >= p_limit;
+            v_cap := case when v_group_caps then job_group_cap(v_row.g) end;
+            if v_cap is not null and not p_counting then
+                v_passed := v_passed || v_row.id;
+                continue;
+            end if;
+            if v_cap is not null then
+                if not v_counts ? ('g:' || v_row.g) then
+                    v_counts := v_counts || jsonb_build_object('g:' || v_row.g,
+                                                               job_group_running(v_row.g));
+                end if;
+                if (v_counts ->> ('g:' || v_row.g))::integer >= v_cap then
+                    -- At its cap: its jobs in line are held (those another transaction has
+                    -- locked stay, and are passed over).
+                    update job_queue set turn = '-infinity'
+                    where id in (select id from job_queue
+                                 where status = 'pending' and turn > '-infinity'
+                                   and coalesce(concurrency_key, user_id, '') = v_row.g
+                                   and id <> all (ids)
+                                 for update skip locked);
+                    v_passed := v_passed || v_row.id;
+                    v_moved := true;
+                    continue;
+                end if;
+            end if;
+            v_cap := (p_type_caps ->> v_row.job_type)::integer;
+            if v_cap is not null then
+                if not v_counts ? ('t:' || v_row.job_type) then
+                    v_counts := v_counts || jsonb_build_object(
+                        't:' || v_row.job_type, job_type_running(v_row.job_type));
+                end if;
+                if (v_counts ->> ('t:' || v_row.job_type))::integer >= v_cap then
+                    v_types := array_remove(v_types, v_row.job_type);  -- full for this call
+                    v_moved := true;
+                    continue;
+                end if;
+            end if;
+            perform 1 from job_queue
+            where id = v_row.id and status = 'pending' and turn > '-infinity'
+            for update skip locked;
+            if not found then
+                v_passed := v_passed || v_row.id;
+                v_moved := true;
+                continue;
+            end if;
+            ids := ids || v_row.id;
+            prio := prio || v_row.priority;
+            turns := turns || v_row.turn;
+            v_moved := true;
+            v_counts := v_counts
+                || jsonb_build_object('g:' || v_row.g,
+                       coalesce((v_counts ->> ('g:' || v_row.g))::integer, 0) + 1)
+                || jsonb_build_object('t:' || v_row.job_type,
+                       coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
+        end loop;
+        -- Each round takes a job, holds a group or passes a row for good, or ends the claim.
+        exit when cardinality(ids) >= p_limit or not v_moved;
+    end loop;
 end;
 $$;
 
 --
--- Name: job_queue_release_lane(text, text, integer, uuid[]); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_place(uuid[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]) RETURNS boolean
-    LANGUAGE plpgsql
-    SET enable_seqscan TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET jit TO 'off'
+CREATE FUNCTION public.job_queue_place(p_ids uuid[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
+declare
+    v_count integer;
 begin
-    delete from job_queue_lanes
-    where ctid = (select ctid from job_queue_lanes
-                  where job_type = p_job_type and group_key = p_group and priority = p_priority
-                  for update skip locked)
-      and not exists (select 1 from job_queue q
-                      where q.status = 'pending' and q.job_type = p_job_type
-                        and coalesce(q.concurrency_key, q.user_id, '') = p_group
-                        and q.priority = p_priority and q.id <> all (p_taken));
-    return found;
+    with placed as (
+        select id, coalesce(concurrency_key, user_id, '') as g, priority as p,
+               row_number() over (partition by coalesce(concurrency_key, user_id, ''), priority
+                                  order by run_at, created_at) as rn
+        from job_queue
+        where id = any (p_ids) and status = 'pending'
+    ), bases as (
+        select g, p, job_queue_next_turn(g, p) as base, job_group_weight(g) as w
+        from (select distinct g, p from placed) d
+    )
+    update job_queue j
+    set turn = b.base + (r.rn - 1)::double precision / b.w
+    from placed r join bases b using (g, p)
+    where j.id = r.id;
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+--
+-- Name: job_queue_place_row(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_place_row() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_group text := coalesce(new.concurrency_key, new.user_id, '');
+begin
+    if new.run_at > now() then
+        new.turn := null;  -- the first claim after run_at places it
+    elsif exists (select 1 from job_queue
+                  where status = 'pending' and turn = '-infinity'
+                    and coalesce(concurrency_key, user_id, '') = v_group) then
+        new.turn := '-infinity';  -- behind its group's held jobs
+    else
+        new.turn := job_queue_next_turn(v_group, new.priority);
+    end if;
+    return new;
+end;
+$$;
+
+--
+-- Name: job_queue_release_all_held(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_release_all_held() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_group text;
+    v_count integer := 0;
+begin
+    for v_group in
+        with recursive g as (
+            (select coalesce(concurrency_key, user_id, '') as k from job_queue
+             where status = 'pending' and turn = '-infinity' order by 1 limit 1)
+            union all
+            select (select coalesce(q.concurrency_key, q.user_id, '') from job_queue q
+                    where q.status = 'pending' and q.turn = '-infinity'
+                      and coalesce(q.concurrency_key, q.user_id, '') > g.k
+                    order by 1 limit 1)
+            from g where g.k is not null
+        )
+        select k from g where k is not null
+    loop
+        v_count := v_count + job_queue_release_held(v_group);
+    end loop;
+    return v_count;
+end;
+$$;
+
+--
+-- Name: job_queue_release_freed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_release_freed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_group text := coalesce(new.concurrency_key, new.user_id, '');
+begin
+    if exists (select 1 from job_queue
+               where status = 'pending' and turn = '-infinity'
+                 and coalesce(concurrency_key, user_id, '') = v_group) then
+        perform job_queue_release_held(v_group);
+    end if;
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_release_held(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_release_held(p_group text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_cap integer := job_group_cap(p_group);
+    v_room integer;
+begin
+    v_room := v_cap - job_group_running(p_group);  -- null without a cap: no limit below
+    if v_room <= 0 then
+        return 0;
+    end if;
+    return job_queue_place(array(
+        select id from job_queue
+        where status = 'pending' and turn = '-infinity'
+          and coalesce(concurrency_key, user_id, '') = p_group
+        order by priority desc, run_at, created_at
+        limit v_room
+        for update skip locked));
+end;
+$$;
+
+--
+-- Name: job_queue_replace(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_replace(p_where_type text, p_where_group text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_ids uuid[];
+begin
+    with moved as (
+        update job_queue set turn = null
+        where id in (select id from job_queue
+                     where status = 'pending' and turn > '-infinity'
+                       and (p_where_type is null or job_type = p_where_type)
+                       and (p_where_group is null
+                            or coalesce(concurrency_key, user_id, '') = p_where_group
+                            or p_where_group = '*' and not exists (
+                                   select 1 from job_concurrency_limits l
+                                   where l.key = coalesce(concurrency_key, user_id, '')))
+                     for update skip locked)
+        returning id
+    )
+    select array_agg(id) into v_ids from moved;
+    return coalesce(job_queue_place(v_ids), 0);
 end;
 $$;
 
@@ -1596,73 +1439,6 @@ CREATE FUNCTION public.job_queue_touch() RETURNS trigger
 begin
     new.updated_at := now();
     return new;
-end;
-$$;
-
---
--- Name: job_queue_truncated(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_truncated() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-begin
-    delete from job_queue_lanes;
-    delete from job_queue_wakes;
-    return null;
-end;
-$$;
-
---
--- Name: job_queue_wake_freed(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_wake_freed() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-begin
-    if exists (select 1 from job_concurrency_limits where max_running is not null) then
-        insert into job_queue_wakes (job_type, group_key, priority, due_at, freed)
-        values (new.job_type, coalesce(new.concurrency_key, new.user_id, ''), new.priority,
-                now(), true);
-    end if;
-    return null;
-end;
-$$;
-
---
--- Name: job_queue_wake_inserted(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_wake_inserted() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-begin
-    insert into job_queue_wakes (job_type, group_key, priority, due_at)
-    select job_type, coalesce(concurrency_key, user_id, ''), priority, min(run_at)
-    from new_rows
-    where status = 'pending'
-    group by 1, 2, 3;
-    return null;
-end;
-$$;
-
---
--- Name: job_queue_wake_pending(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_wake_pending() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-begin
-    insert into job_queue_wakes (job_type, group_key, priority, due_at)
-    values (new.job_type, coalesce(new.concurrency_key, new.user_id, ''), new.priority,
-            new.run_at);
-    return null;
 end;
 $$;
 
@@ -1935,9 +1711,6 @@ begin
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
-    update job_queue_lanes set due_at = null
-    where ctid in (select ctid from job_queue_lanes where job_type = p_job_type
-                   for update skip locked);
     return true;
 end;
 $$;
@@ -2305,27 +2078,7 @@ begin
     update job_type_limits set paused_at = null, updated_at = now()
     where job_type = p_job_type;
     if v_was is not null then
-        with recursive lanes as (
-            (select coalesce(concurrency_key, user_id, '') as group_key, priority, run_at
-             from job_queue
-             where status = 'pending' and job_type = p_job_type
-             order by coalesce(concurrency_key, user_id, ''), priority, run_at, created_at
-             limit 1)
-            union all
-            select n.group_key, n.priority, n.run_at
-            from lanes l, lateral (
-                select coalesce(q.concurrency_key, q.user_id, '') as group_key, q.priority,
-                       q.run_at
-                from job_queue q
-                where q.status = 'pending' and q.job_type = p_job_type
-                  and (coalesce(q.concurrency_key, q.user_id, ''), q.priority)
-                      > (l.group_key, l.priority)
-                order by coalesce(q.concurrency_key, q.user_id, ''), q.priority, q.run_at,
-                         q.created_at
-                limit 1) n
-        )
-        insert into job_queue_wakes (job_type, group_key, priority, due_at)
-        select p_job_type, group_key, priority, run_at from lanes;
+        perform job_queue_replace(p_job_type, null);
         perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     end if;
     return v_was is not null;
@@ -2419,6 +2172,9 @@ $$;
 CREATE FUNCTION public.set_concurrency_limit(p_key text, p_max_running integer, p_weight integer DEFAULT 1) RETURNS void
     LANGUAGE plpgsql
     AS $$
+declare
+    v_old job_concurrency_limits;
+    v_weight integer;  -- the group's weight before
 begin
     if p_key is null or length(p_key) not between 1 and 200 then
         raise exception 'set_concurrency_limit: key must be 1 to 200 characters (''*'': every group)'
@@ -2432,11 +2188,24 @@ begin
         raise exception 'set_concurrency_limit: weight must be from 1 to 1000, got %', p_weight
             using errcode = '22023';
     end if;
-    perform job_queue_lock_limits('set_concurrency_limit');
+    select * into v_old from job_concurrency_limits where key = p_key;
+    v_weight := case when p_key = '*' then coalesce(v_old.weight, 1)
+                     else job_group_weight(p_key) end;
+    if v_old.key is null or v_old.max_running is distinct from p_max_running then
+        perform job_queue_lock_limits('set_concurrency_limit');
+    end if;
     insert into job_concurrency_limits (key, max_running, weight)
     values (p_key, p_max_running, p_weight)
     on conflict (key) do update
     set max_running = excluded.max_running, weight = excluded.weight, updated_at = now();
+    if p_weight <> v_weight then
+        perform job_queue_replace(null, p_key);
+    end if;
+    if p_key = '*' then
+        update job_queue_scheduler set rebuilt_at = '-infinity';
+    else
+        perform job_queue_release_held(p_key);
+    end if;
 end;
 $$;
 
@@ -2476,6 +2245,8 @@ $$;
 CREATE FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
+declare
+    v_old integer;
 begin
     if p_job_type is null or length(p_job_type) not between 1 and 200 then
         raise exception 'set_job_type_limit: job_type must be 1 to 200 characters'
@@ -2484,6 +2255,10 @@ begin
     if p_max_running < 0 then
         raise exception 'set_job_type_limit: max_running must be >= 0 or null, got %',
             p_max_running using errcode = '22023';
+    end if;
+    select max_running into v_old from job_type_limits where job_type = p_job_type;
+    if v_old is not null and (p_max_running is null or p_max_running > v_old) then
+        perform job_queue_replace(p_job_type, null);
     end if;
     perform job_queue_lock_limits('set_job_type_limit');
     insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
@@ -2711,25 +2486,6 @@ CREATE VIEW public.job_queue_groups WITH (security_invoker='on') AS
 COMMENT ON VIEW public.job_queue_groups IS 'Fairness groups with pending or running jobs: running, waiting (due), scheduled (later), cap, weight.';
 
 --
--- Name: job_queue_lanes; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.job_queue_lanes (
-    job_type text NOT NULL,
-    group_key text NOT NULL,
-    priority integer NOT NULL,
-    pass double precision DEFAULT 0 NOT NULL,
-    due_at timestamp with time zone
-)
-WITH (autovacuum_analyze_threshold='100', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_vacuum_scale_factor='0.05');
-
---
--- Name: TABLE job_queue_lanes; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.job_queue_lanes IS 'The claim''s schedule: one row per (job_type, group, priority), written only by claim_jobs.';
-
---
 -- Name: job_queue_limited; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2778,7 +2534,7 @@ CREATE TABLE public.job_queue_scheduler (
 -- Name: TABLE job_queue_scheduler; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.job_queue_scheduler IS 'When claim_jobs last checked every lane with pending jobs against job_queue_lanes.';
+COMMENT ON TABLE public.job_queue_scheduler IS 'When a claim last put back in line the held jobs of every group with room under its cap.';
 
 --
 -- Name: job_queue_settings; Type: TABLE; Schema: public; Owner: -
@@ -2824,7 +2580,7 @@ COMMENT ON COLUMN public.job_queue_settings.slots_per_processor IS 'MAX_RUNNING_
 -- Name: COLUMN job_queue_settings.rebuild_every; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.job_queue_settings.rebuild_every IS 'How often a claim checks job_queue for pending jobs the lanes do not know (rows written with triggers off, a restore, a lost wake): the longest such a job waits.';
+COMMENT ON COLUMN public.job_queue_settings.rebuild_every IS 'How often a claim puts back in line the held jobs of every group with room under its cap (each job that ends does it for its own group): the longest a held job waits after its group has room, should that be missed.';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -2899,7 +2655,7 @@ CREATE VIEW public.job_queue_table_health WITH (security_invoker='on') AS
             ( SELECT max(age(r.xmin)) AS max
                    FROM pg_replication_slots r
                   WHERE (r.xmin IS NOT NULL)) AS oldest_slot_xmin_age) h)
-  WHERE ((s.schemaname = "current_schema"()) AND (s.relname = ANY (ARRAY['job_queue'::name, 'job_queue_lanes'::name, 'job_queue_wakes'::name, 'processor_net_calls'::name, 'provider_calls'::name, 'credit_ledger'::name])));
+  WHERE ((s.schemaname = "current_schema"()) AND (s.relname = ANY (ARRAY['job_queue'::name, 'job_queue_turns'::name, 'processor_net_calls'::name, 'provider_calls'::name, 'credit_ledger'::name])));
 
 --
 -- Name: VIEW job_queue_table_health; Type: COMMENT; Schema: public; Owner: -
@@ -2920,7 +2676,7 @@ CREATE TABLE public.job_queue_turns (
 -- Name: TABLE job_queue_turns; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.job_queue_turns IS 'Per priority: the pass of the lanes claims serve now, where a waking lane starts (claim_jobs).';
+COMMENT ON TABLE public.job_queue_turns IS 'Per priority: the highest turn claims have taken, where a group''s next job goes when it has none in line (a new or returning group enters where the others are served).';
 
 --
 -- Name: job_type_limits; Type: TABLE; Schema: public; Owner: -
@@ -2967,38 +2723,6 @@ CREATE VIEW public.job_queue_types WITH (security_invoker='on') AS
 --
 
 COMMENT ON VIEW public.job_queue_types IS 'Job types with pending or running jobs or a limit: counts, cap and whether paused.';
-
---
--- Name: job_queue_wakes; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.job_queue_wakes (
-    id bigint NOT NULL,
-    job_type text NOT NULL,
-    group_key text NOT NULL,
-    priority integer NOT NULL,
-    due_at timestamp with time zone NOT NULL,
-    freed boolean DEFAULT false NOT NULL
-);
-
---
--- Name: TABLE job_queue_wakes; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.job_queue_wakes IS 'Lanes that gained a pending job since the last claim (appended by triggers, folded in by claim_jobs).';
-
---
--- Name: job_queue_wakes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
---
-
-ALTER TABLE public.job_queue_wakes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME public.job_queue_wakes_id_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1
-);
 
 --
 -- Name: job_trigger_health; Type: VIEW; Schema: public; Owner: -
@@ -3272,13 +2996,6 @@ ALTER TABLE ONLY public.job_concurrency_limits
     ADD CONSTRAINT job_concurrency_limits_pkey PRIMARY KEY (key);
 
 --
--- Name: job_queue_lanes job_queue_lanes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.job_queue_lanes
-    ADD CONSTRAINT job_queue_lanes_pkey PRIMARY KEY (job_type, group_key, priority);
-
---
 -- Name: job_queue_limited job_queue_limited_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3319,13 +3036,6 @@ ALTER TABLE ONLY public.job_queue_settings
 
 ALTER TABLE ONLY public.job_queue_turns
     ADD CONSTRAINT job_queue_turns_pkey PRIMARY KEY (priority);
-
---
--- Name: job_queue_wakes job_queue_wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.job_queue_wakes
-    ADD CONSTRAINT job_queue_wakes_pkey PRIMARY KEY (id);
 
 --
 -- Name: job_type_limits job_type_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -3427,28 +3137,22 @@ CREATE INDEX job_queue_claim_idx ON public.job_queue USING btree (priority DESC,
 CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_at) WHERE (completed_at IS NOT NULL);
 
 --
+-- Name: job_queue_group_turn_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+
+--
+-- Name: job_queue_held_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_held_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), priority DESC, run_at, created_at) WHERE ((status = 'pending'::text) AND (turn = '-Infinity'::double precision));
+
+--
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE UNIQUE INDEX job_queue_idempotency_key_idx ON public.job_queue USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
-
---
--- Name: job_queue_lane_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX job_queue_lane_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, run_at, created_at) WHERE (status = 'pending'::text);
-
---
--- Name: job_queue_lanes_group_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX job_queue_lanes_group_idx ON public.job_queue_lanes USING btree (group_key);
-
---
--- Name: job_queue_lanes_turn_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX job_queue_lanes_turn_idx ON public.job_queue_lanes USING btree (priority DESC, pass, due_at) WHERE (due_at IS NOT NULL);
 
 --
 -- Name: job_queue_newest_idx; Type: INDEX; Schema: public; Owner: -
@@ -3467,6 +3171,24 @@ CREATE INDEX job_queue_project_newest_idx ON public.job_queue USING btree (((pay
 --
 
 CREATE INDEX job_queue_running_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), job_type) WHERE (status = 'processing'::text);
+
+--
+-- Name: job_queue_turn_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_turn_idx ON public.job_queue USING btree (priority DESC, turn, id) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+
+--
+-- Name: job_queue_type_turn_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_type_turn_idx ON public.job_queue USING btree (job_type, priority DESC, turn, id) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+
+--
+-- Name: job_queue_unplaced_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_unplaced_idx ON public.job_queue USING btree (run_at) WHERE ((status = 'pending'::text) AND (turn IS NULL));
 
 --
 -- Name: job_queue_user_idx; Type: INDEX; Schema: public; Owner: -
@@ -3551,10 +3273,28 @@ CREATE TRIGGER job_queue_credits_on_status AFTER UPDATE OF status ON public.job_
 ALTER TABLE public.job_queue DISABLE TRIGGER job_queue_credits_on_status;
 
 --
+-- Name: job_queue job_queue_freed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_freed AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((old.status = 'processing'::text) AND (new.status <> 'processing'::text))) EXECUTE FUNCTION public.job_queue_release_freed();
+
+--
 -- Name: job_queue job_queue_instant_pickup; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER job_queue_instant_pickup AFTER INSERT ON public.job_queue FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_instant_pickup();
+
+--
+-- Name: job_queue job_queue_placed_on_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_placed_on_insert BEFORE INSERT ON public.job_queue FOR EACH ROW WHEN ((new.status = 'pending'::text)) EXECUTE FUNCTION public.job_queue_place_row();
+
+--
+-- Name: job_queue job_queue_placed_on_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_placed_on_update BEFORE UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.status = 'pending'::text) AND ((old.status <> 'pending'::text) OR (new.run_at <> old.run_at) OR (new.priority <> old.priority) OR (new.job_type <> old.job_type) OR (new.concurrency_key IS DISTINCT FROM old.concurrency_key) OR (new.user_id IS DISTINCT FROM old.user_id)))) EXECUTE FUNCTION public.job_queue_place_row();
 
 --
 -- Name: job_queue_settings job_queue_settings_credits_switch; Type: TRIGGER; Schema: public; Owner: -
@@ -3567,30 +3307,6 @@ CREATE TRIGGER job_queue_settings_credits_switch AFTER UPDATE OF credits_enabled
 --
 
 CREATE TRIGGER job_queue_touch BEFORE UPDATE ON public.job_queue FOR EACH ROW EXECUTE FUNCTION public.job_queue_touch();
-
---
--- Name: job_queue job_queue_truncated; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER job_queue_truncated AFTER TRUNCATE ON public.job_queue FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_truncated();
-
---
--- Name: job_queue job_queue_wake_freed; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER job_queue_wake_freed AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((old.status = 'processing'::text) AND (new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION public.job_queue_wake_freed();
-
---
--- Name: job_queue job_queue_wake_inserted; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER job_queue_wake_inserted AFTER INSERT ON public.job_queue REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_wake_inserted();
-
---
--- Name: job_queue job_queue_wake_pending; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER job_queue_wake_pending AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.status = 'pending'::text) AND ((old.status <> 'pending'::text) OR (new.run_at < old.run_at) OR (new.priority <> old.priority) OR (new.job_type <> old.job_type) OR (new.concurrency_key IS DISTINCT FROM old.concurrency_key) OR (new.user_id IS DISTINCT FROM old.user_id)))) EXECUTE FUNCTION public.job_queue_wake_pending();
 
 --
 -- Name: job_type_limits job_type_limits_noted; Type: TRIGGER; Schema: public; Owner: -
@@ -3819,24 +3535,6 @@ REVOKE ALL ON FUNCTION public.job_queue_credits_on_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_credits_on_status() FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_fold_wakes(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_fold_wakes() FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_frontier(p_priority integer); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_frontier(p_priority integer) FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_in_order(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_in_order() FROM PUBLIC;
-
---
 -- Name: FUNCTION job_queue_instant_pickup(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3847,6 +3545,12 @@ REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_lock_limits(p_what text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_next_turn(p_group text, p_priority integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_next_turn(p_group text, p_priority integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_note_limits(); Type: ACL; Schema: public; Owner: -
@@ -3867,16 +3571,46 @@ REVOKE ALL ON FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]
 REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_types text[], p_paused text[], p_capped boolean, p_counting boolean, p_type_caps jsonb) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_rebuild_lanes(); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_rebuild_lanes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_place(p_ids uuid[]); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_release_lane(p_job_type text, p_group text, p_priority integer, p_taken uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_place_row(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_place_row() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_release_all_held(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_release_all_held() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_release_freed(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_release_freed() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_release_held(p_group text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_release_held(p_group text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_replace(p_where_type text, p_where_group text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_replace(p_where_type text, p_where_group text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -
@@ -3895,30 +3629,6 @@ REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_touch() FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_truncated(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_truncated() FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_wake_freed(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_wake_freed() FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_wake_inserted(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_wake_inserted() FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_wake_pending(); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_wake_pending() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_trigger_health(); Type: ACL; Schema: public; Owner: -

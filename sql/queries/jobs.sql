@@ -88,9 +88,19 @@ order by waiting + running desc, group_key
 limit %(limit)s;
 
 -- groups_waiting --
--- From the claim's lanes (one row per type, group and priority), not the jobs: a lane emptied
--- since the last claim still counts until a claim looks at it.
-select count(distinct group_key) as groups from job_queue_lanes where due_at <= now();
+-- Groups with a job in line: one probe of job_queue_group_turn_idx per group, not a read of
+-- every job.
+with recursive g as (
+    (select coalesce(concurrency_key, user_id, '') as k from job_queue
+     where status = 'pending' and turn > '-infinity' order by 1 limit 1)
+    union all
+    select (select coalesce(q.concurrency_key, q.user_id, '') from job_queue q
+            where q.status = 'pending' and q.turn > '-infinity'
+              and coalesce(q.concurrency_key, q.user_id, '') > g.k
+            order by 1 limit 1)
+    from g where g.k is not null
+)
+select count(k) as groups from g;
 
 -- paused_job_types --
 select job_type from job_type_limits where paused_at is not null order by job_type;

@@ -197,38 +197,61 @@ def test_a_paused_type_is_not_claimed_and_resumes(conn):
     assert len(claim(conn, 10)) == 4
 
 
-def test_a_claim_restricted_to_one_type_skips_the_others_lanes(conn):
+def test_a_claim_restricted_to_one_type_takes_only_that_type(conn):
     add(conn, 50, "big", job_type="other")
     add(conn, 2, "me", job_type="mine")
     rows = claim(conn, 10, ["mine"])
     assert [r["job_type"] for r in rows] == ["mine", "mine"]
-    lanes = conn.execute("select count(*) as n from job_queue_lanes").fetchone()["n"]
-    assert lanes == 2  # one per (type, group, priority), not one per job
+    assert len(claim(conn, 100, ["other"])) == 50
 
 
-def test_a_lane_goes_when_its_group_has_nothing_pending_and_returns_with_new_work(conn):
-    for g in range(50):
-        add(conn, 1, f"seller-{g}")
-    assert len(claim(conn, 50)) == 50
-    assert claim(conn, 50) == []  # each lane is looked at once more, found empty, deleted
-    assert conn.execute("select count(*) as n from job_queue_lanes").fetchone()["n"] == 0
-    add(conn, 1, "seller-7")
-    assert groups_of(claim(conn, 5)) == ["seller-7"]
+def turns(conn, group: str) -> list:
+    return [
+        r["turn"]
+        for r in conn.execute(
+            "select turn from job_queue where user_id = %s and status = 'pending' "
+            "order by run_at, created_at",
+            (group,),
+        )
+    ]
 
 
-def test_a_retry_and_a_job_due_later_wake_their_lane(conn):
+def test_each_due_job_has_its_place_in_line_and_a_group_returns_at_the_frontier(conn):
+    """A group's jobs stand one turn apart from where claims are; a group that comes back
+    after the others were served 29 turns enters at their position, not at its old one."""
+    add(conn, 3, "a")
+    assert turns(conn, "a") == [0, 1, 2]
+    add(conn, 40, "b")
+    assert turns(conn, "b")[:3] == [0, 1, 2]
+    assert len(claim(conn, 3)) == 3  # a and b alternate: turns 0, 0, 1
+    assert len(claim(conn, 30)) == 30  # the rest of a, and b up to turn 29
+    frontier = conn.execute("select pass from job_queue_turns where priority = 0").fetchone()
+    assert frontier["pass"] == 29
+    add(conn, 2, "a")
+    assert turns(conn, "a") == [29, 30]  # at the frontier, not at turn 3 (behind b's next)
+    assert groups_of(claim(conn, 1)) == ["a"]
+    assert turns(conn, "b")[0] == 30
+
+
+def test_a_retry_and_a_job_due_later_take_their_place_when_due(conn):
     conn.execute("insert into job_queue (job_type, user_id, run_at) values "
                  "('ok', 'later', now() + interval '1 second')")  # fmt: skip
+    assert turns(conn, "later") == [None]  # not in line until due
     assert claim(conn, 5) == []
-    lane = conn.execute("select due_at > now() as asleep from job_queue_lanes").fetchone()
-    assert lane["asleep"]  # the claim saw the job is not due and put the lane to sleep
     wait_until(lambda: len(claim(conn, 5)) == 1, 5, "the job at its run_at")
-    # A failed attempt goes back to pending: the trigger wakes its lane again.
+    # A failed attempt goes back to pending: in line again at once when due.
     conn.execute(
         "update job_queue set status = 'pending', run_at = now(), lease_token = null "
         "where user_id = 'later'"
     )
+    assert turns(conn, "later") != [None]
     assert len(claim(conn, 5)) == 1
+    # Backed off into the future: out of line until then.
+    conn.execute(
+        "update job_queue set status = 'pending', run_at = now() + interval '1 hour', "
+        "lease_token = null where user_id = 'later'"
+    )
+    assert turns(conn, "later") == [None]
 
 
 def test_wait_reasons_and_the_groups_view_agree(conn):

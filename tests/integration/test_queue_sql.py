@@ -22,6 +22,9 @@ def expire_lease(conn: psycopg.Connection, job_id: uuid.UUID) -> None:
 
 
 def test_claim_order_is_priority_then_run_at_then_created_at(conn):
+    # One global order is what fair share off gives (with it on, groups take turns within a
+    # priority, and a group's jobs run in the order they became due: test_fair_scheduling).
+    conn.execute("update job_queue_settings set fair_share = false")
     low = add_job(conn, priority=0, run_at="2020-01-01")
     high_late = add_job(conn, priority=5, run_at="2020-01-03")
     high_early = add_job(conn, priority=5, run_at="2020-01-02")

@@ -227,7 +227,7 @@ def test_the_table_health_view_counts_dead_rows_and_names_an_open_transaction(co
     assert q["live_tuples"] == 200 and q["dead_tuples"] >= 200
     assert q["table_bytes"] > 0 and q["index_bytes"] > 0 and q["updates"] >= 200
     assert q["oldest_xact_pid"] == pid and q["oldest_xact_seconds"] >= 0
-    assert {"job_queue", "job_queue_lanes", "provider_calls"} <= set(rows)
+    assert {"job_queue", "job_queue_turns", "provider_calls"} <= set(rows)
 
 
 def wait_for_stats(conn) -> None:

@@ -1,7 +1,7 @@
 """The scheduler under pressure (issue 24): a claim transaction left open, pause beside claims,
 caps under limit changes and on the get_next_job + mark_job_processing path, fair share off
-with caps, a new group beside a capped one, jobs the lanes never heard of. Real sessions on a
-real database; each case is forced with explicit connections rather than timed."""
+with caps, a new group beside a capped one, rows written with triggers off, held groups. Real
+sessions on a real database; each case is forced with explicit connections rather than timed."""
 
 from __future__ import annotations
 
@@ -32,6 +32,20 @@ def running(conn, group: str | None = None) -> int:
         "and (%(g)s::text is null or user_id = %(g)s)",
         {"g": group},
     ).fetchone()["n"]
+
+
+HELD = float("-inf")  # job_queue.turn of a job held while its group is at its cap
+
+
+def turns(conn, group: str) -> list:
+    return [
+        r["turn"]
+        for r in conn.execute(
+            "select turn from job_queue where user_id = %s and status = 'pending' "
+            "order by run_at, created_at",
+            (group,),
+        )
+    ]
 
 
 def test_a_claim_left_open_holds_back_only_the_rows_it_took(conn, database_url):
@@ -231,44 +245,60 @@ def test_a_new_group_enters_where_the_others_are_served_not_ahead(conn):
     assert served["A"] >= 25 and served["B"] >= 25
 
 
-def test_jobs_the_lanes_never_heard_of_are_claimed_within_the_rebuild_interval(conn):
-    """A row written with triggers off (a data-only restore) and a job whose lane and wake were
-    lost, beside two busy sellers: both are claimed once the rebuild interval has passed, and
-    not stranded forever."""
-    conn.execute("update job_queue_settings set rebuild_every = interval '1 second'")
-    add(conn, 1, "warm")
-    assert len(claim(conn, 1)) == 1  # lanes exist and the first rebuild has run
+def test_a_row_written_with_triggers_off_takes_its_turn_in_the_next_claim(conn):
+    """A row written with triggers off (a data-only restore) is not in line; the next claim
+    places it first thing, at the frontier beside two busy sellers, and it is served within
+    the round."""
     add(conn, 20, "busy-1")
     add(conn, 20, "busy-2")
+    claim(conn, 4)
     conn.execute("set session_replication_role = replica")
     conn.execute("insert into job_queue (job_type, user_id) values ('ok', 'restored')")
     conn.execute("set session_replication_role = origin")
-    add(conn, 1, "lost")
-    conn.execute("select job_queue_fold_wakes()")
-    conn.execute("delete from job_queue_lanes where group_key = 'lost'")  # the lost wake
-    assert conn.execute("select count(*) as n from job_queue_wakes").fetchone()["n"] == 0
-    # Neither is known to the lanes yet: the busy sellers share the claims.
-    assert {r["user_id"] for r in claim(conn, 4)} == {"busy-1", "busy-2"}
-    time.sleep(1.1)
-    assert {"restored", "lost"} <= {r["user_id"] for r in claim(conn, 10)}
+    assert turns(conn, "restored") == [None]
+    assert "restored" in {r["user_id"] for r in claim(conn, 3)}
 
 
-def test_with_nothing_else_due_a_job_the_lanes_never_heard_of_is_claimed_at_once(conn):
-    """With no other lane due (nothing to share), a claim takes jobs in global order, so a row
-    written with triggers off does not even wait for the rebuild."""
-    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+def test_with_nothing_else_due_a_row_written_with_triggers_off_is_claimed_at_once(conn):
     conn.execute("set session_replication_role = replica")
     conn.execute("insert into job_queue (job_type, user_id) values ('ok', 'restored')")
     conn.execute("set session_replication_role = origin")
     assert [r["user_id"] for r in claim(conn, 5)] == ["restored"]
 
 
-def test_the_rebuild_finds_nothing_to_add_when_nothing_is_missing(conn):
+def test_a_group_at_its_cap_is_held_out_of_line_and_back_when_a_job_ends(conn):
+    """Jobs of a group at its cap leave the line (later claims do not step over them) and come
+    back, as many as there is room for, when one of its jobs ends; new jobs of the group wait
+    behind the held ones."""
+    add(conn, 30, "capped")
+    add(conn, 30, "free")
+    conn.execute("select set_concurrency_limit('capped', 2)")
+    assert Counter(r["user_id"] for r in claim(conn, 10)) == {"capped": 2, "free": 8}
+    assert set(turns(conn, "capped")) == {HELD}  # all 28 held
+    add(conn, 1, "capped")
+    assert turns(conn, "capped")[-1] == HELD
+    done = conn.execute(
+        "select id from job_queue where user_id = 'capped' and status = 'processing' limit 1"
+    ).fetchone()["id"]
+    conn.execute("update job_queue set status = 'completed' where id = %s", (done,))
+    back = [t for t in turns(conn, "capped") if t != HELD]
+    assert len(back) == 1  # room for one
+    assert Counter(r["user_id"] for r in claim(conn, 10))["capped"] == 1
+
+
+def test_held_jobs_whose_release_was_missed_go_back_within_the_interval(conn):
+    """The job that freed the slot ended with triggers off, so nothing released the held jobs:
+    a claim puts them back once rebuild_every has passed."""
+    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+    add(conn, 5, "capped")
+    conn.execute("select set_concurrency_limit('capped', 1)")
+    assert len(claim(conn, 5)) == 1
+    conn.execute("set session_replication_role = replica")
+    conn.execute("update job_queue set status = 'completed' where status = 'processing'")
+    conn.execute("set session_replication_role = origin")
+    assert claim(conn, 5) == []  # still held
     conn.execute("update job_queue_settings set rebuild_every = interval '0'")
-    for g in range(50):
-        add(conn, 3, f"g{g}")
-    claim(conn, 1)
-    assert conn.execute("select job_queue_rebuild_lanes() as n").fetchone()["n"] == 0
+    assert [r["user_id"] for r in claim(conn, 5)] == ["capped"]
 
 
 def test_a_claim_of_zero_claims_nothing(conn):
@@ -278,19 +308,21 @@ def test_a_claim_of_zero_claims_nothing(conn):
     assert running(conn) == 0
 
 
-def test_a_paused_type_keeps_no_pile_of_wakes_and_resumes_every_lane(conn):
-    """100 sellers' jobs arrive for a paused type: its wakes are used up by the claims of other
-    types (they grew without bound before), and resume_job_type wakes all 100 lanes from
-    job_queue."""
+def test_a_resumed_type_returns_at_the_frontier_not_ahead_of_everyone(conn):
+    """100 sellers' jobs wait in a paused type while another type is served 40 turns: on
+    resume they come back beside the others, not all ahead by their old turns."""
     conn.execute("select pause_job_type('pack')")
     for g in range(100):
         add(conn, 3, f"seller-{g}", job_type="pack")
-    add(conn, 5, "u", job_type="ok")
-    assert {r["job_type"] for r in claim(conn, 10)} == {"ok"}
-    assert conn.execute("select count(*) as n from job_queue_wakes").fetchone()["n"] == 0
+    add(conn, 200, "u", job_type="ok")
+    assert {r["job_type"] for r in claim(conn, 40)} == {"ok"}
     conn.execute("select resume_job_type('pack')")
+    low = conn.execute(
+        "select min(turn) as t from job_queue where job_type = 'pack' and status = 'pending'"
+    ).fetchone()["t"]
+    assert low >= 39
     taken = [r for _ in range(4) for r in claim(conn, 50)]
-    assert len({r["user_id"] for r in taken}) == 100  # every seller's lane is back
+    assert len({r["user_id"] for r in taken}) == 101  # every seller, and u among them
 
 
 def test_mark_job_processing_never_hangs_behind_a_claim_left_open(conn, database_url):
@@ -312,24 +344,27 @@ def test_mark_job_processing_never_hangs_behind_a_claim_left_open(conn, database
     assert len(conn.execute("select * from mark_job_processing(%s, 'w')", (job,)).fetchall()) == 1
 
 
-def passes(conn) -> float:
-    return conn.execute("select coalesce(sum(pass), 0) as s from job_queue_lanes").fetchone()["s"]
+def frontier(conn) -> float:
+    row = conn.execute("select pass from job_queue_turns where priority = 0").fetchone()
+    return row["pass"] if row else 0
 
 
-def test_get_next_job_moves_its_lane_one_turn(conn):
-    """get_next_job picks once: `where id = (job_queue_pick(…))[1]` made PostgreSQL call the
-    volatile pick for every row of job_queue (7 s a call at 120,000 jobs), moving the lane a
-    turn each time."""
+def test_get_next_job_takes_what_claim_jobs_would_and_calls_the_pick_once(conn):
+    """get_next_job picks once (`where id = (job_queue_pick(…))[1]` made PostgreSQL call the
+    volatile pick for every row of job_queue: 7 s a call at 120,000 jobs) and in claim_jobs'
+    order: groups in turn."""
     add(conn, 20, "early")
     claim(conn, 20)  # rows ahead of the pending ones in a sequential scan
     add(conn, 30, "a")
     add(conn, 30, "b")
-    claim(conn, 2)  # folds the wakes: two lanes, so the fair pick is used
-    before = passes(conn)
-    with conn.transaction():
-        job = conn.execute("select * from get_next_job()").fetchone()
-    assert job["user_id"] in {"a", "b"}
-    assert passes(conn) - before == 1
+    got = []
+    for _ in range(6):
+        with conn.transaction():
+            job = conn.execute("select * from get_next_job()").fetchone()
+            conn.execute("select mark_job_processing(%s, 'w')", (job["id"],))
+            got.append(job["user_id"])
+    assert Counter(got) == {"a": 3, "b": 3}
+    assert frontier(conn) == 21  # early's turns 0-19, then a's and b's 19, 20 and 21
 
 
 def limited(conn) -> bool:
@@ -380,43 +415,3 @@ def test_a_pause_beside_a_resume_leaves_the_pause_in_force(conn, database_url):
     conn.execute("select resume_job_type('new')")
     assert not limited(conn)
     assert len(claim(conn, 5)) == 3
-
-
-def test_a_claim_ends_beside_an_empty_lane_another_transaction_holds(conn, database_url):
-    """A lane whose jobs are all finished, held by another transaction (a claim that locked it
-    and has not committed), cannot be deleted: the claim used to read it again every round,
-    find it empty again, and never end (16 callers spun for minutes, each holding a lane
-    another wanted). It takes what there is and returns."""
-    add(conn, 1, "empty")
-    add(conn, 1, "f")
-    add(conn, 1, "g")
-    conn.execute("select job_queue_fold_wakes()")
-    conn.execute("update job_queue set status = 'completed' where user_id = 'empty'")
-    holder = connect(database_url, autocommit=False)
-    try:
-        holder.execute("select 1 from job_queue_lanes where group_key = 'empty' for update")
-        conn.execute("set statement_timeout = '5s'")
-        assert sorted(r["user_id"] for r in claim(conn, 5)) == ["f", "g"]
-    finally:
-        holder.rollback()
-        holder.close()
-
-
-def test_the_claim_that_takes_a_lanes_last_job_lets_the_lane_go(conn, database_url):
-    """Lanes emptied by a claim go in that claim (one statement a round), except one another
-    transaction holds, which stays until a later claim finds it empty."""
-    for g in range(50):
-        add(conn, 1, f"seller-{g}")
-    conn.execute("select job_queue_fold_wakes()")
-    holder = connect(database_url, autocommit=False)
-    try:
-        holder.execute("select 1 from job_queue_lanes where group_key = 'seller-7' for update")
-        assert len(claim(conn, 50)) == 50
-        left = conn.execute("select array_agg(group_key) as g from job_queue_lanes").fetchone()
-        assert left["g"] == ["seller-7"]
-    finally:
-        holder.rollback()
-        holder.close()
-    add(conn, 2, "other")  # a second lane due: the fair pick runs and meets the empty one
-    assert [r["user_id"] for r in claim(conn, 5)] == ["other", "other"]
-    assert conn.execute("select count(*) as n from job_queue_lanes").fetchone()["n"] == 0
