@@ -663,23 +663,32 @@ CREATE FUNCTION public.job_items_stored(p_job_id uuid) RETURNS integer
 $$;
 
 --
--- Name: job_queue_advance_frontier(integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_advance_frontier(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_advance_frontier(p_priority integer, p_pass double precision) RETURNS void
+CREATE FUNCTION public.job_queue_advance_frontier(p_job_type text, p_priority integer, p_pass double precision) RETURNS void
     LANGUAGE plpgsql
     AS $$
+declare
+    v_pass double precision;
 begin
-    update job_queue_turns t set pass = p_pass
-    where t.ctid = (select ctid from job_queue_turns
-                    where priority = p_priority and pass < p_pass
-                    for update skip locked);
-    if not found
-       and not exists (select 1 from job_queue_turns where priority = p_priority)
-       and pg_try_advisory_xact_lock(hashtextextended('processor:turns:' || p_priority,
-                                                      1886547811)) then
-        insert into job_queue_turns (priority, pass) values (p_priority, p_pass)
-        on conflict (priority) do nothing;
+    select pass into v_pass from job_queue_turns
+    where job_type = p_job_type and priority = p_priority;
+    if v_pass > p_pass - 8 then
+        return;  -- most claims: one read
+    elsif v_pass is not null then
+        update job_queue_turns t set pass = p_pass
+        where t.ctid = (select ctid from job_queue_turns
+                        where job_type = p_job_type and priority = p_priority
+                          and pass <= p_pass - 8
+                        for update skip locked);
+    -- The first row of a type: only the claimer that gets this key inserts it (an insert
+    -- beside another's uncommitted one would wait for that transaction).
+    elsif pg_try_advisory_xact_lock(hashtextextended(
+              'processor:turns:' || p_job_type || ':' || p_priority, 1886547811)) then
+        insert into job_queue_turns (job_type, priority, pass)
+        values (p_job_type, p_priority, p_pass)
+        on conflict do nothing;
     end if;
 end;
 $$;
@@ -859,22 +868,34 @@ end;
 $$;
 
 --
--- Name: job_queue_next_turn(text, integer); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_next_turn(text, text, integer, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_next_turn(p_group text, p_priority integer) RETURNS double precision
+CREATE FUNCTION public.job_queue_next_turn(p_group text, p_job_type text, p_priority integer, p_weight integer DEFAULT NULL::integer) RETURNS double precision
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
     select greatest(
-        coalesce((select pass from job_queue_turns where priority = p_priority), 0),
+        coalesce(
+            greatest((select pass from job_queue_turns
+                      where job_type = p_job_type and priority = p_priority
+                        and h.head is not null),
+                     h.head),
+            (select max(pass) from job_queue_turns where priority = p_priority),
+            0),
         greatest((select max(turn) from job_queue
-                  where status = 'pending' and turn > '-infinity' and priority = p_priority
-                    and coalesce(concurrency_key, user_id, '') = p_group),
+                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
+                    and coalesce(concurrency_key, user_id, '') = p_group
+                    and priority = p_priority),
                  (select max(turn) from job_queue
-                  where status = 'processing' and priority = p_priority
-                    and coalesce(concurrency_key, user_id, '') = p_group))
-        + 1.0 / job_group_weight(p_group))
+                  where status = 'processing' and job_type = p_job_type
+                    and coalesce(concurrency_key, user_id, '') = p_group
+                    and priority = p_priority))
+        + 1.0 / coalesce(p_weight, job_group_weight(p_group)))
+    from (select (select turn from job_queue
+                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
+                    and priority = p_priority
+                  order by priority desc, turn limit 1) as head) h
 $$;
 
 --
@@ -912,6 +933,7 @@ declare
     v_counting boolean := false;
     v_type_caps jsonb := '{}';
     v_ids uuid[] := '{}';
+    v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
     v_due uuid[];
@@ -980,35 +1002,31 @@ begin
     if not coalesce(v_fair, true) then
         return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
                                        v_type_caps);
-    elsif v_limited then
-        select ids, prio, turns into v_ids, v_prio, v_turns
+    elsif v_limited or p_job_types is not null then
+        select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
         from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
-    elsif cardinality(p_job_types) = 1 then
-        -- One type (a processor of its own for it): that type's line.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into v_ids, v_prio, v_turns
-        from (select id, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and run_at <= now()
-                and job_type = p_job_types[1]
-              order by priority desc, turn, id
-              limit p_limit
-              for update skip locked) s;
     else
         -- Nothing to count or leave out: the lowest turns, one statement.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into v_ids, v_prio, v_turns
-        from (select id, priority, turn from job_queue
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+        into v_ids, v_types, v_prio, v_turns
+        from (select id, job_type, priority, turn from job_queue
               where status = 'pending' and turn > '-infinity' and run_at <= now()
-                and (p_job_types is null or job_type = any (p_job_types))
-              order by priority desc, turn, id
+              order by priority desc, turn
               limit p_limit
               for update skip locked) s;
     end if;
-    -- The frontier moves to the highest turn taken (written only when it moves).
-    perform job_queue_advance_frontier(p, max(t))
-    from unnest(v_prio, v_turns) u(p, t) group by p;
+    -- Each type's frontier moves to the highest turn taken of it (one call when the jobs
+    -- taken are of one type and priority, as they mostly are).
+    if cardinality(v_ids) = 0 then
+        return v_ids;
+    elsif v_types[1] = all (v_types) and v_prio[1] = all (v_prio) then
+        perform job_queue_advance_frontier(v_types[1], v_prio[1],
+                                           (select max(t) from unnest(v_turns) t));
+    else
+        perform job_queue_advance_frontier(t, p, max(turn))
+        from unnest(v_types, v_prio, v_turns) u(t, p, turn) group by t, p;
+    end if;
     return v_ids;
 end;
 $$;
@@ -1085,24 +1103,26 @@ $$;
 -- Name: job_queue_pick_limited(integer, text[], text[], boolean, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]) RETURNS record
+CREATE FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]) RETURNS record
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_types text[];
     v_room integer[];  -- per type: what its cap has room for (p_limit without one)
-    v_passed uuid[] := '{}';  -- rows this call left (locked by another, or a type now full)
+    v_passed uuid[] := '{}';  -- rows this call left (locked by another, or moved meanwhile)
     v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
     v_group_caps boolean := exists (select 1 from job_concurrency_limits
                                     where max_running is not null);
     v_row record;
+    v_now record;
     v_cap integer;
     v_moved boolean;
+    v_idle integer := 0;  -- rounds in a row that took nothing
 begin
-    ids := '{}'; prio := '{}'; turns := '{}';
-    -- Types that may run: with jobs in line (one probe per type), not paused, and with a cap
-    -- only for the claimer that counts, and only below it.
+    ids := '{}'; types := '{}'; prio := '{}'; turns := '{}';
+    -- Types that may run: with jobs in line (one probe per type; or the types asked for), not
+    -- paused, and with a cap only for the claimer that counts, and only below it.
     with recursive t as (
         (select job_type from job_queue where status = 'pending' and turn > '-infinity'
          order by job_type limit 1)
@@ -1110,32 +1130,33 @@ begin
         select (select q.job_type from job_queue q
                 where q.status = 'pending' and q.turn > '-infinity' and q.job_type > t.job_type
                 order by q.job_type limit 1)
-        from t where t.job_type is not null
+        from t where t.job_type is not null and p_job_types is null
     )
     select coalesce(array_agg(job_type), '{}'),
            coalesce(array_agg(coalesce((p_type_caps ->> job_type)::integer
                                        - job_type_running(job_type), p_limit)), '{}')
     into v_types, v_room
-    from t
+    from (select job_type from t where p_job_types is null
+          union
+          select unnest(p_job_types)) k
     where job_type is not null
-      and (p_job_types is null or job_type = any (p_job_types))
       and job_type <> all (p_paused)
       and (not p_type_caps ? job_type
            or p_counting and job_type_running(job_type) < (p_type_caps ->> job_type)::integer);
     if not v_group_caps then
         -- No group to count: one statement, each type's line read as far as its room.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into ids, prio, turns
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+        into ids, types, prio, turns
         from (select j.* from unnest(v_types, v_room) t(job_type, room)
               cross join lateral (
-                  select q.id, q.priority, q.turn from job_queue q
-                  where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
-                    and q.run_at <= now()
-                  order by q.priority desc, q.turn, q.id
+                  select q.id, q.job_type, q.priority, q.turn from job_queue q
+                  where q.status = 'pending' and q.turn > '-infinity'
+                    and q.job_type = t.job_type and q.run_at <= now()
+                  order by q.priority desc, q.turn
                   limit least(t.room, p_limit)
                   for update skip locked) j
-              order by j.priority desc, j.turn, j.id
+              order by j.priority desc, j.turn
               limit p_limit) s;
         return;
     end if;
@@ -1149,14 +1170,16 @@ begin
                 from job_queue q
                 where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
                   and q.run_at <= now() and q.id <> all (ids) and q.id <> all (v_passed)
-                order by q.priority desc, q.turn, q.id
+                order by q.priority desc, q.turn
                 limit p_limit - cardinality(ids) + 64) j
-            order by j.priority desc, j.turn, j.id
+            order by j.priority desc, j.turn
         loop
             exit when cardinality(ids) >= p_limit;
-            v_cap := case when v_group_caps then job_group_cap(v_row.g) end;
+            continue when not v_row.job_type = any (v_types);  -- full since the read
+            v_cap := job_group_cap(v_row.g);
             if v_cap is not null and not p_counting then
-                v_passed := v_passed || v_row.id;
+                v_passed := v_passed || v_row.id;  -- capped work is the counting claimer's
+                v_moved := true;
                 continue;
             end if;
             if v_cap is not null then
@@ -1165,11 +1188,12 @@ begin
                                                                job_group_running(v_row.g));
                 end if;
                 if (v_counts ->> ('g:' || v_row.g))::integer >= v_cap then
-                    -- At its cap: its jobs in line are held (those another transaction has
-                    -- locked stay, and are passed over).
+                    -- At its cap: its jobs of this type in line are held (those another
+                    -- transaction has locked stay, and are passed over).
                     update job_queue set turn = '-infinity'
                     where id in (select id from job_queue
                                  where status = 'pending' and turn > '-infinity'
+                                   and job_type = v_row.job_type
                                    and coalesce(concurrency_key, user_id, '') = v_row.g
                                    and id <> all (ids)
                                  for update skip locked);
@@ -1190,35 +1214,44 @@ begin
                     continue;
                 end if;
             end if;
-            perform 1 from job_queue
-            where id = v_row.id and status = 'pending' and turn > '-infinity'
+            -- Locked, and read again: a job moved meanwhile (type, group, priority) is left
+            -- for the next claim, which counts it where it is now.
+            select q.job_type, coalesce(q.concurrency_key, q.user_id, '') as g, q.priority
+            into v_now
+            from job_queue q
+            where q.id = v_row.id and q.status = 'pending' and q.turn > '-infinity'
             for update skip locked;
-            if not found then
+            if not found or (v_now.job_type, v_now.g, v_now.priority)
+                            <> (v_row.job_type, v_row.g, v_row.priority) then
                 v_passed := v_passed || v_row.id;
                 v_moved := true;
                 continue;
             end if;
             ids := ids || v_row.id;
+            types := types || v_row.job_type;
             prio := prio || v_row.priority;
             turns := turns || v_row.turn;
             v_moved := true;
+            v_idle := -1;
             v_counts := v_counts
                 || jsonb_build_object('g:' || v_row.g,
                        coalesce((v_counts ->> ('g:' || v_row.g))::integer, 0) + 1)
                 || jsonb_build_object('t:' || v_row.job_type,
                        coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
         end loop;
-        -- Each round takes a job, holds a group or passes a row for good, or ends the claim.
-        exit when cardinality(ids) >= p_limit or not v_moved;
+        v_idle := v_idle + 1;
+        -- Every round takes a job, holds a group, passes rows or closes a type for good (or
+        -- the claim ends); four rounds in a row without taking one end it too.
+        exit when cardinality(ids) >= p_limit or not v_moved or v_idle >= 4;
     end loop;
 end;
 $$;
 
 --
--- Name: job_queue_place(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_place(uuid[], integer, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_place(p_ids uuid[]) RETURNS integer
+CREATE FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer DEFAULT NULL::integer, p_releasing boolean DEFAULT false) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
@@ -1226,18 +1259,25 @@ declare
     v_count integer;
 begin
     with placed as (
-        select id, coalesce(concurrency_key, user_id, '') as g, priority as p,
-               row_number() over (partition by coalesce(concurrency_key, user_id, ''), priority
+        select id, job_type as t, coalesce(concurrency_key, user_id, '') as g, priority as p,
+               row_number() over (partition by job_type, coalesce(concurrency_key, user_id, ''),
+                                               priority
                                   order by run_at, created_at) as rn
         from job_queue
         where id = any (p_ids) and status = 'pending'
     ), bases as (
-        select g, p, job_queue_next_turn(g, p) as base, job_group_weight(g) as w
-        from (select distinct g, p from placed) d
+        select t, g, p,
+               case when not p_releasing and exists (select 1 from job_queue h
+                                 where h.status = 'pending' and h.turn = '-infinity'
+                                   and coalesce(h.concurrency_key, h.user_id, '') = d.g)
+                    then '-infinity'::double precision
+                    else job_queue_next_turn(g, t, p, p_weight) end as base,
+               coalesce(p_weight, job_group_weight(g)) as w
+        from (select distinct t, g, p from placed) d
     )
     update job_queue j
     set turn = b.base + (r.rn - 1)::double precision / b.w
-    from placed r join bases b using (g, p)
+    from placed r join bases b using (t, g, p)
     where j.id = r.id;
     get diagnostics v_count = row_count;
     return v_count;
@@ -1255,14 +1295,14 @@ CREATE FUNCTION public.job_queue_place_row() RETURNS trigger
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
 begin
-    if new.run_at > now() then
-        new.turn := null;  -- the first claim after run_at places it
+    if new.status <> 'pending' or new.run_at > now() then
+        new.turn := null;  -- (pending: the first claim after run_at places it)
     elsif exists (select 1 from job_queue
                   where status = 'pending' and turn = '-infinity'
                     and coalesce(concurrency_key, user_id, '') = v_group) then
         new.turn := '-infinity';  -- behind its group's held jobs
     else
-        new.turn := job_queue_next_turn(v_group, new.priority);
+        new.turn := job_queue_next_turn(v_group, new.job_type, new.priority);
     end if;
     return new;
 end;
@@ -1309,7 +1349,18 @@ CREATE FUNCTION public.job_queue_release_freed() RETURNS trigger
     AS $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
+    v_timeout text := current_setting('lock_timeout');
 begin
+    if (select limited from job_queue_limited) and job_group_cap(v_group) is not null
+       and not pg_try_advisory_xact_lock_shared(hashtext('processor:caps')) then
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock_shared(hashtext('processor:caps'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            return null;
+        end;
+    end if;
     if exists (select 1 from job_queue
                where status = 'pending' and turn = '-infinity'
                  and coalesce(concurrency_key, user_id, '') = v_group) then
@@ -1336,20 +1387,24 @@ begin
         return 0;
     end if;
     return job_queue_place(array(
-        select id from job_queue
-        where status = 'pending' and turn = '-infinity'
-          and coalesce(concurrency_key, user_id, '') = p_group
-        order by priority desc, run_at, created_at
+        select q.id from job_queue q
+        where q.status = 'pending' and q.turn = '-infinity'
+          and coalesce(q.concurrency_key, q.user_id, '') = p_group
+          and not exists (select 1 from job_type_limits l
+                          where l.job_type = q.job_type
+                            and (l.paused_at is not null
+                                 or l.max_running <= job_type_running(q.job_type)))
+        order by q.priority desc, q.run_at, q.created_at
         limit v_room
-        for update skip locked));
+        for update of q skip locked), p_releasing => true);
 end;
 $$;
 
 --
--- Name: job_queue_replace(text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_replace(text, text, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_replace(p_where_type text, p_where_group text) RETURNS integer
+CREATE FUNCTION public.job_queue_replace(p_where_type text, p_where_group text, p_weight integer DEFAULT NULL::integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
@@ -1370,7 +1425,7 @@ begin
         returning id
     )
     select array_agg(id) into v_ids from moved;
-    return coalesce(job_queue_place(v_ids), 0);
+    return coalesce(job_queue_place(v_ids, p_weight), 0);
 end;
 $$;
 
@@ -2074,14 +2129,18 @@ CREATE FUNCTION public.resume_job_type(p_job_type text) RETURNS boolean
 declare
     v_was timestamptz;
 begin
-    select paused_at into v_was from job_type_limits where job_type = p_job_type for update;
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type;
-    if v_was is not null then
-        perform job_queue_replace(p_job_type, null);
-        perform pg_notify('job_queue_insert', '');  -- running processors look again at once
+    select paused_at into v_was from job_type_limits where job_type = p_job_type;
+    if v_was is null then
+        return false;
     end if;
-    return v_was is not null;
+    perform job_queue_replace(p_job_type, null);
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
+    if not found then
+        return false;  -- resumed meanwhile by another call
+    end if;
+    perform pg_notify('job_queue_insert', '');  -- running processors look again at once
+    return true;
 end;
 $$;
 
@@ -2191,6 +2250,9 @@ begin
     select * into v_old from job_concurrency_limits where key = p_key;
     v_weight := case when p_key = '*' then coalesce(v_old.weight, 1)
                      else job_group_weight(p_key) end;
+    if p_weight <> v_weight then
+        perform job_queue_replace(null, p_key, p_weight);
+    end if;
     if v_old.key is null or v_old.max_running is distinct from p_max_running then
         perform job_queue_lock_limits('set_concurrency_limit');
     end if;
@@ -2198,11 +2260,9 @@ begin
     values (p_key, p_max_running, p_weight)
     on conflict (key) do update
     set max_running = excluded.max_running, weight = excluded.weight, updated_at = now();
-    if p_weight <> v_weight then
-        perform job_queue_replace(null, p_key);
-    end if;
     if p_key = '*' then
-        update job_queue_scheduler set rebuilt_at = '-infinity';
+        update job_queue_scheduler set rebuilt_at = '-infinity'
+        where ctid = (select ctid from job_queue_scheduler for update skip locked);
     else
         perform job_queue_release_held(p_key);
     end if;
@@ -2668,6 +2728,7 @@ COMMENT ON VIEW public.job_queue_table_health IS 'Live and dead tuples, sizes, H
 --
 
 CREATE TABLE public.job_queue_turns (
+    job_type text NOT NULL,
     priority integer NOT NULL,
     pass double precision NOT NULL
 );
@@ -2676,7 +2737,7 @@ CREATE TABLE public.job_queue_turns (
 -- Name: TABLE job_queue_turns; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.job_queue_turns IS 'Per priority: the highest turn claims have taken, where a group''s next job goes when it has none in line (a new or returning group enters where the others are served).';
+COMMENT ON TABLE public.job_queue_turns IS 'Per job type and priority: the highest turn claims have taken, where a group''s next job goes when it has none in line (a new or returning group enters where the others are).';
 
 --
 -- Name: job_type_limits; Type: TABLE; Schema: public; Owner: -
@@ -3035,7 +3096,7 @@ ALTER TABLE ONLY public.job_queue_settings
 --
 
 ALTER TABLE ONLY public.job_queue_turns
-    ADD CONSTRAINT job_queue_turns_pkey PRIMARY KEY (priority);
+    ADD CONSTRAINT job_queue_turns_pkey PRIMARY KEY (job_type, priority);
 
 --
 -- Name: job_type_limits job_type_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -3140,7 +3201,7 @@ CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_a
 -- Name: job_queue_group_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
 
 --
 -- Name: job_queue_held_idx; Type: INDEX; Schema: public; Owner: -
@@ -3176,13 +3237,13 @@ CREATE INDEX job_queue_running_idx ON public.job_queue USING btree (COALESCE(con
 -- Name: job_queue_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_turn_idx ON public.job_queue USING btree (priority DESC, turn, id) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_turn_idx ON public.job_queue USING btree (priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
 
 --
 -- Name: job_queue_type_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_type_turn_idx ON public.job_queue USING btree (job_type, priority DESC, turn, id) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_type_turn_idx ON public.job_queue USING btree (job_type, priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
 
 --
 -- Name: job_queue_unplaced_idx; Type: INDEX; Schema: public; Owner: -
@@ -3288,7 +3349,7 @@ CREATE TRIGGER job_queue_instant_pickup AFTER INSERT ON public.job_queue FOR EAC
 -- Name: job_queue job_queue_placed_on_insert; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER job_queue_placed_on_insert BEFORE INSERT ON public.job_queue FOR EACH ROW WHEN ((new.status = 'pending'::text)) EXECUTE FUNCTION public.job_queue_place_row();
+CREATE TRIGGER job_queue_placed_on_insert BEFORE INSERT ON public.job_queue FOR EACH ROW EXECUTE FUNCTION public.job_queue_place_row();
 
 --
 -- Name: job_queue job_queue_placed_on_update; Type: TRIGGER; Schema: public; Owner: -
@@ -3511,10 +3572,10 @@ REVOKE ALL ON FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb)
 REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_advance_frontier(p_priority integer, p_pass double precision); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_advance_frontier(p_job_type text, p_priority integer, p_pass double precision); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_priority integer, p_pass double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_job_type text, p_priority integer, p_pass double precision) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
@@ -3547,10 +3608,10 @@ REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_lock_limits(p_what text) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_next_turn(p_group text, p_priority integer); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_next_turn(p_group text, p_job_type text, p_priority integer, p_weight integer); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_next_turn(p_group text, p_priority integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_next_turn(p_group text, p_job_type text, p_priority integer, p_weight integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_note_limits(); Type: ACL; Schema: public; Owner: -
@@ -3571,16 +3632,16 @@ REVOKE ALL ON FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]
 REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_types text[], p_paused text[], p_capped boolean, p_counting boolean, p_type_caps jsonb) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT prio integer[], OUT turns double precision[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_place(p_ids uuid[]); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_place_row(); Type: ACL; Schema: public; Owner: -
@@ -3607,10 +3668,10 @@ REVOKE ALL ON FUNCTION public.job_queue_release_freed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_release_held(p_group text) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_replace(p_where_type text, p_where_group text); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_replace(p_where_type text, p_where_group text, p_weight integer); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_replace(p_where_type text, p_where_group text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_replace(p_where_type text, p_where_group text, p_weight integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -

@@ -24,8 +24,10 @@ drop function job_queue_fold_wakes();
 drop function job_queue_rebuild_lanes();
 drop function job_queue_release_lane(text, text, integer, uuid[]);
 drop function job_queue_frontier(integer);
+drop function job_queue_advance_frontier(integer, double precision);
 drop table job_queue_lanes;
 drop table job_queue_wakes;
+drop table job_queue_turns;
 drop index job_queue_lane_idx;
 
 alter table job_queue add column turn double precision;
@@ -36,13 +38,13 @@ comment on column job_queue.turn is
     'claims; never set it by hand.';
 
 -- In line: what claims read, in their order, for every type at once and for one type.
-create index job_queue_turn_idx on job_queue (priority desc, turn, id)
+create index job_queue_turn_idx on job_queue (priority desc, turn)
     where status = 'pending' and turn > '-infinity';
-create index job_queue_type_turn_idx on job_queue (job_type, priority desc, turn, id)
+create index job_queue_type_turn_idx on job_queue (job_type, priority desc, turn)
     where status = 'pending' and turn > '-infinity';
--- A group's last job in line (where its next one goes) and its jobs to hold.
+-- A group's last job of a type in line (where its next one goes) and the jobs to hold.
 create index job_queue_group_turn_idx on job_queue
-    ((coalesce(concurrency_key, user_id, '')), priority, turn)
+    (job_type, (coalesce(concurrency_key, user_id, '')), priority, turn)
     where status = 'pending' and turn > '-infinity';
 -- Not in line yet, by when each is due: a claim's probe reads the first entry only.
 create index job_queue_unplaced_idx on job_queue (run_at)
@@ -52,9 +54,17 @@ create index job_queue_held_idx on job_queue
     ((coalesce(concurrency_key, user_id, '')), priority desc, run_at, created_at)
     where status = 'pending' and turn = '-infinity';
 
+-- Where each job type's claims are, per priority: the highest turn taken. A group's first job
+-- of the type goes there; a type with nothing in line starts at the highest of all types.
+create table job_queue_turns (
+    job_type text not null,
+    priority integer not null,
+    pass double precision not null,
+    primary key (job_type, priority)
+);
 comment on table job_queue_turns is
-    'Per priority: the highest turn claims have taken, where a group''s next job goes when it '
-    'has none in line (a new or returning group enters where the others are served).';
+    'Per job type and priority: the highest turn claims have taken, where a group''s next job '
+    'goes when it has none in line (a new or returning group enters where the others are).';
 comment on table job_queue_scheduler is
     'When a claim last put back in line the held jobs of every group with room under its cap.';
 comment on column job_queue_settings.rebuild_every is
@@ -62,28 +72,82 @@ comment on column job_queue_settings.rebuild_every is
     '(each job that ends does it for its own group): the longest a held job waits after its '
     'group has room, should that be missed.';
 
--- Where a group's next job at a priority goes: 1/weight after the group's last job in line
--- or running, never behind the frontier. Security definer: the placing triggers run as
--- whoever writes job_queue.
-create function job_queue_next_turn(p_group text, p_priority integer)
-returns double precision
+-- Moves a type's frontier up to p_pass once it lags by 8 turns or more, and only with SKIP
+-- LOCKED: a claim that finds the row held leaves it to the holder. Placing reads the type's
+-- first job in line too, which is where claims are unless a stuck transaction holds it: the
+-- frontier only bounds that case, so it may lag a little, and one group taking turn after
+-- turn writes it every 8th claim instead of every claim.
+create function job_queue_advance_frontier(
+    p_job_type text, p_priority integer, p_pass double precision
+) returns void
+language plpgsql as $$
+declare
+    v_pass double precision;
+begin
+    select pass into v_pass from job_queue_turns
+    where job_type = p_job_type and priority = p_priority;
+    if v_pass > p_pass - 8 then
+        return;  -- most claims: one read
+    elsif v_pass is not null then
+        update job_queue_turns t set pass = p_pass
+        where t.ctid = (select ctid from job_queue_turns
+                        where job_type = p_job_type and priority = p_priority
+                          and pass <= p_pass - 8
+                        for update skip locked);
+    -- The first row of a type: only the claimer that gets this key inserts it (an insert
+    -- beside another's uncommitted one would wait for that transaction).
+    elsif pg_try_advisory_xact_lock(hashtextextended(
+              'processor:turns:' || p_job_type || ':' || p_priority, 1886547811)) then
+        insert into job_queue_turns (job_type, priority, pass)
+        values (p_job_type, p_priority, p_pass)
+        on conflict do nothing;
+    end if;
+end;
+$$;
+
+-- Where a group's next job of a type at a priority goes: 1/weight after the group's last job
+-- of the type in line or running, and never behind where the type's claims are: its frontier,
+-- or its first job in line if that is further on (the type drained and filled again). A type
+-- with nothing in line starts at the highest frontier of any type. Each type keeps its own
+-- frontier so that a type held back by its cap lets a new group in beside its backlog, not
+-- behind it. Security definer: the placing triggers run as whoever writes job_queue.
+create function job_queue_next_turn(
+    p_group text, p_job_type text, p_priority integer, p_weight integer default null
+) returns double precision
 language sql stable security definer
 set search_path = pg_catalog, public, pg_temp
 as $$
     select greatest(
-        coalesce((select pass from job_queue_turns where priority = p_priority), 0),
+        coalesce(
+            greatest((select pass from job_queue_turns
+                      where job_type = p_job_type and priority = p_priority
+                        and h.head is not null),
+                     h.head),
+            (select max(pass) from job_queue_turns where priority = p_priority),
+            0),
         greatest((select max(turn) from job_queue
-                  where status = 'pending' and turn > '-infinity' and priority = p_priority
-                    and coalesce(concurrency_key, user_id, '') = p_group),
+                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
+                    and coalesce(concurrency_key, user_id, '') = p_group
+                    and priority = p_priority),
                  (select max(turn) from job_queue
-                  where status = 'processing' and priority = p_priority
-                    and coalesce(concurrency_key, user_id, '') = p_group))
-        + 1.0 / job_group_weight(p_group))
+                  where status = 'processing' and job_type = p_job_type
+                    and coalesce(concurrency_key, user_id, '') = p_group
+                    and priority = p_priority))
+        + 1.0 / coalesce(p_weight, job_group_weight(p_group)))
+    from (select (select turn from job_queue
+                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
+                    and priority = p_priority
+                  order by priority desc, turn limit 1) as head) h
 $$;
 
--- Puts these pending rows in line: each group's after its last job in line (or at the
--- frontier), 1/weight apart, in run_at order. One statement for any number of rows.
-create function job_queue_place(p_ids uuid[]) returns integer
+-- Puts these pending rows in line: each group's jobs of a type after its last one (or at the
+-- type's frontier), 1/weight apart, in run_at order; behind the group's held jobs (held too)
+-- if it has any (unless these are the held jobs being released). One statement for any
+-- number of rows. p_weight: the weight to place with (set_concurrency_limit places with the
+-- new one before writing it).
+create function job_queue_place(
+    p_ids uuid[], p_weight integer default null, p_releasing boolean default false
+) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
 as $$
@@ -91,18 +155,25 @@ declare
     v_count integer;
 begin
     with placed as (
-        select id, coalesce(concurrency_key, user_id, '') as g, priority as p,
-               row_number() over (partition by coalesce(concurrency_key, user_id, ''), priority
+        select id, job_type as t, coalesce(concurrency_key, user_id, '') as g, priority as p,
+               row_number() over (partition by job_type, coalesce(concurrency_key, user_id, ''),
+                                               priority
                                   order by run_at, created_at) as rn
         from job_queue
         where id = any (p_ids) and status = 'pending'
     ), bases as (
-        select g, p, job_queue_next_turn(g, p) as base, job_group_weight(g) as w
-        from (select distinct g, p from placed) d
+        select t, g, p,
+               case when not p_releasing and exists (select 1 from job_queue h
+                                 where h.status = 'pending' and h.turn = '-infinity'
+                                   and coalesce(h.concurrency_key, h.user_id, '') = d.g)
+                    then '-infinity'::double precision
+                    else job_queue_next_turn(g, t, p, p_weight) end as base,
+               coalesce(p_weight, job_group_weight(g)) as w
+        from (select distinct t, g, p from placed) d
     )
     update job_queue j
     set turn = b.base + (r.rn - 1)::double precision / b.w
-    from placed r join bases b using (g, p)
+    from placed r join bases b using (t, g, p)
     where j.id = r.id;
     get diagnostics v_count = row_count;
     return v_count;
@@ -110,7 +181,8 @@ end;
 $$;
 
 -- A row written pending (or put back to pending, or moved) takes its place: in line if due,
--- held if its group already has jobs held at its cap, else out of line until due.
+-- held if its group already has jobs held at its cap, else out of line until due. A row
+-- written in any other status carries no turn.
 -- Within a group, jobs stand in the order they became due. (A job written with a run_at
 -- earlier than its group's waiting jobs still goes after them: putting it before them would
 -- mean renumbering them, or squeezing it between two turns, and a backfill written newest
@@ -122,22 +194,21 @@ as $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
 begin
-    if new.run_at > now() then
-        new.turn := null;  -- the first claim after run_at places it
+    if new.status <> 'pending' or new.run_at > now() then
+        new.turn := null;  -- (pending: the first claim after run_at places it)
     elsif exists (select 1 from job_queue
                   where status = 'pending' and turn = '-infinity'
                     and coalesce(concurrency_key, user_id, '') = v_group) then
         new.turn := '-infinity';  -- behind its group's held jobs
     else
-        new.turn := job_queue_next_turn(v_group, new.priority);
+        new.turn := job_queue_next_turn(v_group, new.job_type, new.priority);
     end if;
     return new;
 end;
 $$;
 
 create trigger job_queue_placed_on_insert before insert on job_queue
-    for each row when (new.status = 'pending')
-    execute function job_queue_place_row();
+    for each row execute function job_queue_place_row();
 create trigger job_queue_placed_on_update before update on job_queue
     for each row
     when (new.status = 'pending'
@@ -148,8 +219,9 @@ create trigger job_queue_placed_on_update before update on job_queue
     execute function job_queue_place_row();
 
 -- Puts a held group's jobs back in line, as many as its cap has room for (all of them
--- without a cap), at the frontier. Rows another transaction holds stay held until the next
--- release. Returns how many went back.
+-- without a cap), at the frontier; only jobs of types that may run (not paused, below their
+-- cap), so a paused type's held jobs never take the room of the group's other work. Rows
+-- another transaction holds stay held until the next release. Returns how many went back.
 create function job_queue_release_held(p_group text) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
@@ -163,12 +235,16 @@ begin
         return 0;
     end if;
     return job_queue_place(array(
-        select id from job_queue
-        where status = 'pending' and turn = '-infinity'
-          and coalesce(concurrency_key, user_id, '') = p_group
-        order by priority desc, run_at, created_at
+        select q.id from job_queue q
+        where q.status = 'pending' and q.turn = '-infinity'
+          and coalesce(q.concurrency_key, q.user_id, '') = p_group
+          and not exists (select 1 from job_type_limits l
+                          where l.job_type = q.job_type
+                            and (l.paused_at is not null
+                                 or l.max_running <= job_type_running(q.job_type)))
+        order by q.priority desc, q.run_at, q.created_at
         limit v_room
-        for update skip locked));
+        for update of q skip locked), p_releasing => true);
 end;
 $$;
 
@@ -202,14 +278,28 @@ end;
 $$;
 
 -- A job that stops running frees a slot of its group: held jobs of the group go back in line.
--- (Missed, with triggers off say, the claims' periodic release catches it.)
+-- With a cap, under the caps lock (shared; the counting claim holds it exclusively): a claim
+-- that counted this job as running and held the group commits first, so its held rows are
+-- seen here. 100 ms at most for that lock; past it (or with triggers off) the claims'
+-- periodic release catches the group.
 create function job_queue_release_freed() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
 as $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
+    v_timeout text := current_setting('lock_timeout');
 begin
+    if (select limited from job_queue_limited) and job_group_cap(v_group) is not null
+       and not pg_try_advisory_xact_lock_shared(hashtext('processor:caps')) then
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock_shared(hashtext('processor:caps'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            return null;
+        end;
+    end if;
     if exists (select 1 from job_queue
                where status = 'pending' and turn = '-infinity'
                  and coalesce(concurrency_key, user_id, '') = v_group) then
@@ -224,10 +314,12 @@ create trigger job_queue_freed after update on job_queue
     execute function job_queue_release_freed();
 
 -- Takes the pending jobs in line of a type, or of a group ('*': every group without a row of
--- its own in job_concurrency_limits), out of line and places them again: a returning group
--- (its type resumed, its type's cap raised) starts at the frontier, and a new weight applies
--- to the jobs already waiting.
-create function job_queue_replace(p_where_type text, p_where_group text) returns integer
+-- its own in job_concurrency_limits), out of line and places them again (with p_weight if
+-- given): a returning group (its type resumed, its type's cap raised) starts at the
+-- frontier, and a new weight applies to the jobs already waiting.
+create function job_queue_replace(
+    p_where_type text, p_where_group text, p_weight integer default null
+) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
 as $$
@@ -248,14 +340,14 @@ begin
         returning id
     )
     select array_agg(id) into v_ids from moved;
-    return coalesce(job_queue_place(v_ids), 0);
+    return coalesce(job_queue_place(v_ids, p_weight), 0);
 end;
 $$;
 
 -- The claim. Invariants (docs/sql.md, "How a claim decides"):
 -- * Nothing blocks it but the rows it takes: every row it reads to take, place or hold is
---   read FOR UPDATE SKIP LOCKED; the frontier row is written only with SKIP LOCKED; the limits
---   lock is shared, and the caps lock is waited for 100 ms at most.
+--   read FOR UPDATE SKIP LOCKED; the frontier rows are written only with SKIP LOCKED; the
+--   limits lock is shared, and the caps lock is waited for 100 ms at most.
 -- * Its cost does not grow with the groups, held jobs, paused types, types at their cap or
 --   jobs not due that it does not serve: each has an index that leaves them out.
 -- * No due job is stranded: a due job is in line, held (released when its group's job ends,
@@ -273,6 +365,7 @@ declare
     v_counting boolean := false;
     v_type_caps jsonb := '{}';
     v_ids uuid[] := '{}';
+    v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
     v_due uuid[];
@@ -341,47 +434,45 @@ begin
     if not coalesce(v_fair, true) then
         return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
                                        v_type_caps);
-    elsif v_limited then
-        select ids, prio, turns into v_ids, v_prio, v_turns
+    elsif v_limited or p_job_types is not null then
+        select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
         from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
-    elsif cardinality(p_job_types) = 1 then
-        -- One type (a processor of its own for it): that type's line.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into v_ids, v_prio, v_turns
-        from (select id, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and run_at <= now()
-                and job_type = p_job_types[1]
-              order by priority desc, turn, id
-              limit p_limit
-              for update skip locked) s;
     else
         -- Nothing to count or leave out: the lowest turns, one statement.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into v_ids, v_prio, v_turns
-        from (select id, priority, turn from job_queue
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+        into v_ids, v_types, v_prio, v_turns
+        from (select id, job_type, priority, turn from job_queue
               where status = 'pending' and turn > '-infinity' and run_at <= now()
-                and (p_job_types is null or job_type = any (p_job_types))
-              order by priority desc, turn, id
+              order by priority desc, turn
               limit p_limit
               for update skip locked) s;
     end if;
-    -- The frontier moves to the highest turn taken (written only when it moves).
-    perform job_queue_advance_frontier(p, max(t))
-    from unnest(v_prio, v_turns) u(p, t) group by p;
+    -- Each type's frontier moves to the highest turn taken of it (one call when the jobs
+    -- taken are of one type and priority, as they mostly are).
+    if cardinality(v_ids) = 0 then
+        return v_ids;
+    elsif v_types[1] = all (v_types) and v_prio[1] = all (v_prio) then
+        perform job_queue_advance_frontier(v_types[1], v_prio[1],
+                                           (select max(t) from unnest(v_turns) t));
+    else
+        perform job_queue_advance_frontier(t, p, max(turn))
+        from unnest(v_types, v_prio, v_turns) u(t, p, turn) group by t, p;
+    end if;
     return v_ids;
 end;
 $$;
 
--- With a cap or pause in force: the same order, read per job type that may run (a paused
--- type, or one at its cap, is not read at all). A group found at its cap is held: its jobs
--- leave the line until one of its jobs ends, so later claims do not step over them.
--- Without group caps it is one statement; its per-type reads may lock a few rows past those
--- taken (at most limit per type), released when the claim's transaction ends.
+-- The claim read per job type: with a cap or pause in force, or for a claim of some types
+-- only. A paused type, or one at its cap, is not read at all; the others' lines are merged in
+-- turn order. Without group caps that is one statement, whose per-type reads may lock a few
+-- rows past those taken (at most limit per type) until the claim's transaction ends. With
+-- group caps, a group found at its cap is held: its jobs of that type leave the line until
+-- one of its jobs ends, so later claims do not step over them.
 create function job_queue_pick_limited(
     p_limit integer, p_job_types text[], p_paused text[], p_counting boolean,
-    p_type_caps jsonb, out ids uuid[], out prio integer[], out turns double precision[]
+    p_type_caps jsonb, out ids uuid[], out types text[], out prio integer[],
+    out turns double precision[]
 )
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -389,17 +480,19 @@ as $$
 declare
     v_types text[];
     v_room integer[];  -- per type: what its cap has room for (p_limit without one)
-    v_passed uuid[] := '{}';  -- rows this call left (locked by another, or a type now full)
+    v_passed uuid[] := '{}';  -- rows this call left (locked by another, or moved meanwhile)
     v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
     v_group_caps boolean := exists (select 1 from job_concurrency_limits
                                     where max_running is not null);
     v_row record;
+    v_now record;
     v_cap integer;
     v_moved boolean;
+    v_idle integer := 0;  -- rounds in a row that took nothing
 begin
-    ids := '{}'; prio := '{}'; turns := '{}';
-    -- Types that may run: with jobs in line (one probe per type), not paused, and with a cap
-    -- only for the claimer that counts, and only below it.
+    ids := '{}'; types := '{}'; prio := '{}'; turns := '{}';
+    -- Types that may run: with jobs in line (one probe per type; or the types asked for), not
+    -- paused, and with a cap only for the claimer that counts, and only below it.
     with recursive t as (
         (select job_type from job_queue where status = 'pending' and turn > '-infinity'
          order by job_type limit 1)
@@ -407,32 +500,33 @@ begin
         select (select q.job_type from job_queue q
                 where q.status = 'pending' and q.turn > '-infinity' and q.job_type > t.job_type
                 order by q.job_type limit 1)
-        from t where t.job_type is not null
+        from t where t.job_type is not null and p_job_types is null
     )
     select coalesce(array_agg(job_type), '{}'),
            coalesce(array_agg(coalesce((p_type_caps ->> job_type)::integer
                                        - job_type_running(job_type), p_limit)), '{}')
     into v_types, v_room
-    from t
+    from (select job_type from t where p_job_types is null
+          union
+          select unnest(p_job_types)) k
     where job_type is not null
-      and (p_job_types is null or job_type = any (p_job_types))
       and job_type <> all (p_paused)
       and (not p_type_caps ? job_type
            or p_counting and job_type_running(job_type) < (p_type_caps ->> job_type)::integer);
     if not v_group_caps then
         -- No group to count: one statement, each type's line read as far as its room.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(priority), '{}'),
-               coalesce(array_agg(turn), '{}')
-        into ids, prio, turns
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+        into ids, types, prio, turns
         from (select j.* from unnest(v_types, v_room) t(job_type, room)
               cross join lateral (
-                  select q.id, q.priority, q.turn from job_queue q
-                  where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
-                    and q.run_at <= now()
-                  order by q.priority desc, q.turn, q.id
+                  select q.id, q.job_type, q.priority, q.turn from job_queue q
+                  where q.status = 'pending' and q.turn > '-infinity'
+                    and q.job_type = t.job_type and q.run_at <= now()
+                  order by q.priority desc, q.turn
                   limit least(t.room, p_limit)
                   for update skip locked) j
-              order by j.priority desc, j.turn, j.id
+              order by j.priority desc, j.turn
               limit p_limit) s;
         return;
     end if;
@@ -446,14 +540,16 @@ begin
                 from job_queue q
                 where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
                   and q.run_at <= now() and q.id <> all (ids) and q.id <> all (v_passed)
-                order by q.priority desc, q.turn, q.id
+                order by q.priority desc, q.turn
                 limit p_limit - cardinality(ids) + 64) j
-            order by j.priority desc, j.turn, j.id
+            order by j.priority desc, j.turn
         loop
             exit when cardinality(ids) >= p_limit;
-            v_cap := case when v_group_caps then job_group_cap(v_row.g) end;
+            continue when not v_row.job_type = any (v_types);  -- full since the read
+            v_cap := job_group_cap(v_row.g);
             if v_cap is not null and not p_counting then
-                v_passed := v_passed || v_row.id;
+                v_passed := v_passed || v_row.id;  -- capped work is the counting claimer's
+                v_moved := true;
                 continue;
             end if;
             if v_cap is not null then
@@ -462,11 +558,12 @@ begin
                                                                job_group_running(v_row.g));
                 end if;
                 if (v_counts ->> ('g:' || v_row.g))::integer >= v_cap then
-                    -- At its cap: its jobs in line are held (those another transaction has
-                    -- locked stay, and are passed over).
+                    -- At its cap: its jobs of this type in line are held (those another
+                    -- transaction has locked stay, and are passed over).
                     update job_queue set turn = '-infinity'
                     where id in (select id from job_queue
                                  where status = 'pending' and turn > '-infinity'
+                                   and job_type = v_row.job_type
                                    and coalesce(concurrency_key, user_id, '') = v_row.g
                                    and id <> all (ids)
                                  for update skip locked);
@@ -487,26 +584,35 @@ begin
                     continue;
                 end if;
             end if;
-            perform 1 from job_queue
-            where id = v_row.id and status = 'pending' and turn > '-infinity'
+            -- Locked, and read again: a job moved meanwhile (type, group, priority) is left
+            -- for the next claim, which counts it where it is now.
+            select q.job_type, coalesce(q.concurrency_key, q.user_id, '') as g, q.priority
+            into v_now
+            from job_queue q
+            where q.id = v_row.id and q.status = 'pending' and q.turn > '-infinity'
             for update skip locked;
-            if not found then
+            if not found or (v_now.job_type, v_now.g, v_now.priority)
+                            <> (v_row.job_type, v_row.g, v_row.priority) then
                 v_passed := v_passed || v_row.id;
                 v_moved := true;
                 continue;
             end if;
             ids := ids || v_row.id;
+            types := types || v_row.job_type;
             prio := prio || v_row.priority;
             turns := turns || v_row.turn;
             v_moved := true;
+            v_idle := -1;
             v_counts := v_counts
                 || jsonb_build_object('g:' || v_row.g,
                        coalesce((v_counts ->> ('g:' || v_row.g))::integer, 0) + 1)
                 || jsonb_build_object('t:' || v_row.job_type,
                        coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
         end loop;
-        -- Each round takes a job, holds a group or passes a row for good, or ends the claim.
-        exit when cardinality(ids) >= p_limit or not v_moved;
+        v_idle := v_idle + 1;
+        -- Every round takes a job, holds a group, passes rows or closes a type for good (or
+        -- the claim ends); four rounds in a row without taking one end it too.
+        exit when cardinality(ids) >= p_limit or not v_moved or v_idle >= 4;
     end loop;
 end;
 $$;
@@ -562,10 +668,11 @@ begin
 end;
 $$;
 
--- A weight change re-places the group's jobs in line (for '*', every group without a row of
--- its own), so it applies to the jobs already waiting. A cap raised or removed puts held jobs
--- back: one group's at once, every group's (for '*') in the next claim. Only a cap change
--- takes the limits lock (see job_queue_lock_limits); a weight changes nothing a claim counts.
+-- A weight change re-places the group's jobs in line with the new weight (for '*', every
+-- group without a row of its own), so it applies to the jobs already waiting; that is done
+-- first, holding no lock a claim takes. A cap raised or removed puts held jobs back: one
+-- group's at once, every group's (for '*') in the next claim. Only a cap change takes the
+-- limits lock (see job_queue_lock_limits).
 create or replace function set_concurrency_limit(
     p_key text,
     p_max_running integer,
@@ -591,6 +698,9 @@ begin
     select * into v_old from job_concurrency_limits where key = p_key;
     v_weight := case when p_key = '*' then coalesce(v_old.weight, 1)
                      else job_group_weight(p_key) end;
+    if p_weight <> v_weight then
+        perform job_queue_replace(null, p_key, p_weight);
+    end if;
     if v_old.key is null or v_old.max_running is distinct from p_max_running then
         perform job_queue_lock_limits('set_concurrency_limit');
     end if;
@@ -598,11 +708,9 @@ begin
     values (p_key, p_max_running, p_weight)
     on conflict (key) do update
     set max_running = excluded.max_running, weight = excluded.weight, updated_at = now();
-    if p_weight <> v_weight then
-        perform job_queue_replace(null, p_key);
-    end if;
     if p_key = '*' then
-        update job_queue_scheduler set rebuilt_at = '-infinity';
+        update job_queue_scheduler set rebuilt_at = '-infinity'
+        where ctid = (select ctid from job_queue_scheduler for update skip locked);
     else
         perform job_queue_release_held(p_key);
     end if;
@@ -651,21 +759,26 @@ begin
 end;
 $$;
 
--- Resuming re-places the type's jobs at the frontier: they return as new groups do, not
--- ahead of everyone by the time they were paused.
+-- Resuming re-places the type's jobs at the frontier (they return as new groups do, not
+-- ahead of everyone by the time they were paused), then lifts the pause: the re-placing
+-- holds no lock a pause or a claim waits for.
 create or replace function resume_job_type(p_job_type text) returns boolean
 language plpgsql as $$
 declare
     v_was timestamptz;
 begin
-    select paused_at into v_was from job_type_limits where job_type = p_job_type for update;
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type;
-    if v_was is not null then
-        perform job_queue_replace(p_job_type, null);
-        perform pg_notify('job_queue_insert', '');  -- running processors look again at once
+    select paused_at into v_was from job_type_limits where job_type = p_job_type;
+    if v_was is null then
+        return false;
     end if;
-    return v_was is not null;
+    perform job_queue_replace(p_job_type, null);
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
+    if not found then
+        return false;  -- resumed meanwhile by another call
+    end if;
+    perform pg_notify('job_queue_insert', '');  -- running processors look again at once
+    return true;
 end;
 $$;
 
@@ -698,19 +811,20 @@ where s.schemaname = current_schema()
   and s.relname in ('job_queue', 'job_queue_turns', 'processor_net_calls', 'provider_calls',
                     'credit_ledger');
 
--- The jobs already pending take their places, from a fresh frontier.
-delete from job_queue_turns;
+-- The jobs already pending take their places.
 select job_queue_place(array(select id from job_queue
                              where status = 'pending' and run_at <= now()));
 
 select processor_keep_private(array[
-    'function job_queue_next_turn(text, integer)',
-    'function job_queue_place(uuid[])',
+    'table job_queue_turns',
+    'function job_queue_advance_frontier(text, integer, double precision)',
+    'function job_queue_next_turn(text, text, integer, integer)',
+    'function job_queue_place(uuid[], integer, boolean)',
     'function job_queue_place_row()',
     'function job_queue_release_held(text)',
     'function job_queue_release_all_held()',
     'function job_queue_release_freed()',
-    'function job_queue_replace(text, text)',
+    'function job_queue_replace(text, text, integer)',
     'function job_queue_pick(integer, text[])',
     'function job_queue_pick_limited(integer, text[], text[], boolean, jsonb)',
     'function get_next_job(text[])',

@@ -126,6 +126,9 @@ def test_caps_hold_with_two_claimers_at_once_and_after_one_is_killed(database_ur
     for g in range(6):
         add(conn, 40, f"g{g}")
     conn.execute("select set_concurrency_limit('*', 2), set_job_type_limit('ok', 5)")
+    # g0's weight makes its share of each claim (5 of 10) larger than its cap, so the group cap
+    # binds as well as the type's (one job per group per turn would never reach it).
+    conn.execute("select set_concurrency_limit('g0', 2, 5)")
     worst = {"group": 0, "type": 0}
     stop = threading.Event()
 
@@ -218,7 +221,8 @@ def turns(conn, group: str) -> list:
 
 def test_each_due_job_has_its_place_in_line_and_a_group_returns_at_the_frontier(conn):
     """A group's jobs stand one turn apart from where claims are; a group that comes back
-    after the others were served 29 turns enters at their position, not at its old one."""
+    after the others were served 29 turns enters at their position (b's next job), not at its
+    old one."""
     add(conn, 3, "a")
     assert turns(conn, "a") == [0, 1, 2]
     add(conn, 40, "b")
@@ -226,11 +230,10 @@ def test_each_due_job_has_its_place_in_line_and_a_group_returns_at_the_frontier(
     assert len(claim(conn, 3)) == 3  # a and b alternate: turns 0, 0, 1
     assert len(claim(conn, 30)) == 30  # the rest of a, and b up to turn 29
     frontier = conn.execute("select pass from job_queue_turns where priority = 0").fetchone()
-    assert frontier["pass"] == 29
+    assert 29 - 8 <= frontier["pass"] <= 29  # it lags by under 8 turns
     add(conn, 2, "a")
-    assert turns(conn, "a") == [29, 30]  # at the frontier, not at turn 3 (behind b's next)
-    assert groups_of(claim(conn, 1)) == ["a"]
-    assert turns(conn, "b")[0] == 30
+    assert turns(conn, "a") == [30, 31]  # beside b's next (turn 30), not at turn 3
+    assert sorted(groups_of(claim(conn, 2))) == ["a", "b"]
 
 
 def test_a_retry_and_a_job_due_later_take_their_place_when_due(conn):
