@@ -11,14 +11,14 @@ took, over --rounds rounds, with 10 claimable jobs inserted (untimed) before eac
 
 - 10 groups: 10,000 due jobs in 10 groups (the baseline);
 - 10,000 groups / 100,000 groups: one job type, each group its own key;
-- 10,000 lanes of a capped type: 20,000 jobs of type `capped` in 10,000 groups, the type at
+- 10,000 groups of a capped type: 20,000 jobs of type `capped` in 10,000 groups, the type at
   its cap (5 running), beside the 10-group baseline's jobs;
 - a paused type with 100,000 jobs waiting: type `paused` paused before its jobs arrive, beside
   the baseline's jobs.
 
 Then the drain: --drain jobs in one group, and --drain jobs each in its own group, claimed 50 at
 a time and completed, in seconds. Then 4 claimer processes for 5 s each, with and without a
-fifth session holding `BEGIN; SELECT claim_jobs('x', 1)` open in a lane that keeps receiving
+fifth session holding `BEGIN; SELECT claim_jobs('x', 1)` open in a group that keeps receiving
 jobs, in jobs per second.
 """
 
@@ -118,7 +118,7 @@ def throughput(url: str, seconds: float, hold: bool) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("insert into job_queue (job_type, user_id) values ('a', 'held')")
     holder = psycopg.connect(url)
-    if hold:  # BEGIN is implicit and never ends: the lane of group 'held' stays locked
+    if hold:  # BEGIN is implicit and never ends: the job it took from group 'held' stays locked
         assert holder.execute("select user_id from claim_jobs('x', 1)").fetchone()[0] == "held"
     with psycopg.connect(url, autocommit=True) as conn:
         fill(conn, 200_000, 50)
@@ -128,7 +128,7 @@ def throughput(url: str, seconds: float, hold: bool) -> float:
         p.start()
     with psycopg.connect(url, autocommit=True) as feeder:
         stop = time.monotonic() + seconds
-        while time.monotonic() < stop:  # a trickle of inserts into the held lane's group
+        while time.monotonic() < stop:  # a trickle of inserts into that group
             feeder.execute("insert into job_queue (job_type, user_id) values ('a', 'held')")
             time.sleep(0.05)
     for p in procs:
@@ -162,7 +162,7 @@ def main() -> None:
             "10 groups": lambda c: fill(c, 10_000, 10),
             "10,000 groups": lambda c: fill(c, 100_000, 10_000),
             "100,000 groups": lambda c: fill(c, 200_000, 100_000),
-            "10,000 lanes of a capped type (at its cap)": capped,
+            "10,000 groups of a capped type (at its cap)": capped,
             "a paused type with 100,000 jobs waiting": paused,
         }
         results = {label: case(cluster, args.rounds, setup) for label, setup in cases.items()}
@@ -185,7 +185,7 @@ def main() -> None:
             rates[hold] = throughput(cluster.url_for(name), 5.0, hold)
             cluster.drop_database(name)
         print(f"\n4 claimers, one job per claim: {rates[False]:,.0f} jobs/s; with a claim "
-              f"transaction held open in a lane receiving jobs: {rates[True]:,.0f} jobs/s "
+              f"transaction held open in a group receiving jobs: {rates[True]:,.0f} jobs/s "
               f"({rates[True] / rates[False]:.2f}x)")  # fmt: skip
 
 

@@ -20,7 +20,7 @@ callers sending {"limit": 50, "drain": true} as fast as they are answered, with 
 no retries, so a lease that runs out shows up as a failed job.
 
 --groups runs every chosen configuration once per group count in each round: the jobs spread
-over that many sellers (user_id), so fair share has that many lanes to share out. Each figure
+over that many sellers (user_id), so fair share has that many groups to share out. Each figure
 is then also given as a ratio to the same configuration's one-group figure.
 
 The peers come from the project's optional `bench` extra, installed on first run. Every run

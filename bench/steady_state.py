@@ -13,7 +13,7 @@ call goes to each processor every 10 s, as pg_cron does. Every 30 s one line: jo
 second since the last sample, the backlog (due pending jobs), job_queue's dead rows, table and
 index size, the WAL written since the start, and the processors' RSS.
 
---groups N spreads the jobs over N sellers (user_id, round robin), so fair share has N lanes to
+--groups N spreads the jobs over N sellers (user_id, round robin), so fair share has N groups to
 share out; with --share above 1 the backlog never empties and each sample is the service's
 capacity at that minute.
 """

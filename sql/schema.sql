@@ -922,7 +922,6 @@ $$;
 
 CREATE FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) RETURNS uuid[]
     LANGUAGE plpgsql
-    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_fair boolean;
@@ -936,7 +935,7 @@ declare
     v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
-    v_due uuid[];
+    v_unplaced boolean;
     v_timeout text := current_setting('lock_timeout');
 begin
     if coalesce(p_limit, 0) <= 0 then
@@ -953,19 +952,23 @@ begin
             return v_ids;  -- (the block's setting is undone with it)
         end;
     end if;
+    -- Read after the lock (a statement of its own: a fresh snapshot), so a cap committed
+    -- before the lock was got is seen. One statement for the settings and the probe for jobs
+    -- not in line yet (one index entry, however many wait for later).
     select st.fair_share, (select limited from job_queue_limited),
-           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc)
-    into v_fair, v_limited, v_release
+           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc),
+           exists (select 1 from job_queue
+                   where status = 'pending' and turn is null and run_at <= now())
+    into v_fair, v_limited, v_release, v_unplaced
     from job_queue_settings st where st.id;
 
-    -- Jobs that became due since they were written go in line first (one index probe when
-    -- there are none, however many wait for later).
-    v_due := array(select id from job_queue
-                   where status = 'pending' and turn is null and run_at <= now()
-                   order by run_at limit 1000
-                   for update skip locked);
-    if cardinality(v_due) > 0 then
-        perform job_queue_place(v_due);
+    -- Jobs that became due since they were written go in line first.
+    if v_unplaced then
+        perform job_queue_place(array(select id from job_queue
+                                      where status = 'pending' and turn is null
+                                        and run_at <= now()
+                                      order by run_at limit 1000
+                                      for update skip locked));
     end if;
     if v_release then
         update job_queue_scheduler set rebuilt_at = now()
@@ -1105,7 +1108,6 @@ $$;
 
 CREATE FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]) RETURNS record
     LANGUAGE plpgsql
-    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_types text[];
@@ -1351,7 +1353,10 @@ declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
     v_timeout text := current_setting('lock_timeout');
 begin
-    if (select limited from job_queue_limited) and job_group_cap(v_group) is not null
+    if not (select limited from job_queue_limited) then
+        return null;
+    end if;
+    if job_group_cap(v_group) is not null
        and not pg_try_advisory_xact_lock_shared(hashtext('processor:caps')) then
         begin
             perform set_config('lock_timeout', '100ms', true);

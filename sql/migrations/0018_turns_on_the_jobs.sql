@@ -281,7 +281,9 @@ $$;
 -- With a cap, under the caps lock (shared; the counting claim holds it exclusively): a claim
 -- that counted this job as running and held the group commits first, so its held rows are
 -- seen here. 100 ms at most for that lock; past it (or with triggers off) the claims'
--- periodic release catches the group.
+-- periodic release catches the group. With no cap or pause in force there is nothing to do
+-- (jobs held when a cap went are released by set_concurrency_limit, or by the periodic
+-- release): every job's end pays one read of job_queue_limited.
 create function job_queue_release_freed() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
@@ -290,7 +292,10 @@ declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
     v_timeout text := current_setting('lock_timeout');
 begin
-    if (select limited from job_queue_limited) and job_group_cap(v_group) is not null
+    if not (select limited from job_queue_limited) then
+        return null;
+    end if;
+    if job_group_cap(v_group) is not null
        and not pg_try_advisory_xact_lock_shared(hashtext('processor:caps')) then
         begin
             perform set_config('lock_timeout', '100ms', true);
@@ -352,9 +357,10 @@ $$;
 --   jobs not due that it does not serve: each has an index that leaves them out.
 -- * No due job is stranded: a due job is in line, held (released when its group's job ends,
 --   and by the periodic release), or not placed yet (placed by the next claim, first thing).
+-- It runs inside claim_jobs or get_next_job, whose plan_cache_mode = force_generic_plan it
+-- inherits (a SET clause of its own would be switched in and out on every call).
 create or replace function job_queue_pick(p_limit integer, p_job_types text[]) returns uuid[]
 language plpgsql
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_fair boolean;
@@ -368,7 +374,7 @@ declare
     v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
-    v_due uuid[];
+    v_unplaced boolean;
     v_timeout text := current_setting('lock_timeout');
 begin
     if coalesce(p_limit, 0) <= 0 then
@@ -385,19 +391,23 @@ begin
             return v_ids;  -- (the block's setting is undone with it)
         end;
     end if;
+    -- Read after the lock (a statement of its own: a fresh snapshot), so a cap committed
+    -- before the lock was got is seen. One statement for the settings and the probe for jobs
+    -- not in line yet (one index entry, however many wait for later).
     select st.fair_share, (select limited from job_queue_limited),
-           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc)
-    into v_fair, v_limited, v_release
+           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc),
+           exists (select 1 from job_queue
+                   where status = 'pending' and turn is null and run_at <= now())
+    into v_fair, v_limited, v_release, v_unplaced
     from job_queue_settings st where st.id;
 
-    -- Jobs that became due since they were written go in line first (one index probe when
-    -- there are none, however many wait for later).
-    v_due := array(select id from job_queue
-                   where status = 'pending' and turn is null and run_at <= now()
-                   order by run_at limit 1000
-                   for update skip locked);
-    if cardinality(v_due) > 0 then
-        perform job_queue_place(v_due);
+    -- Jobs that became due since they were written go in line first.
+    if v_unplaced then
+        perform job_queue_place(array(select id from job_queue
+                                      where status = 'pending' and turn is null
+                                        and run_at <= now()
+                                      order by run_at limit 1000
+                                      for update skip locked));
     end if;
     if v_release then
         update job_queue_scheduler set rebuilt_at = now()
@@ -475,7 +485,6 @@ create function job_queue_pick_limited(
     out turns double precision[]
 )
 language plpgsql
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_types text[];
