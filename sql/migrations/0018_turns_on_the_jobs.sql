@@ -116,13 +116,9 @@ create function job_queue_next_turn(
 ) returns double precision
 language plpgsql stable security definer
 set search_path = pg_catalog, public, pg_temp
-set enable_seqscan = off
-set enable_bitmapscan = off
 as $$
 -- (plpgsql, not sql: a SQL function that cannot be inlined is planned afresh on every call,
--- 88 us a placed job where the reads themselves take 15. Its plans are cached, so they must
--- not depend on the table's size when first planned: planned on a near-empty table, a
--- sequential scan made one INSERT of 100,000 rows quadratic. Every read has its index.)
+-- 88 us a placed job where the reads themselves take 15.)
 declare
     v_head double precision;
 begin
@@ -159,8 +155,6 @@ create function job_queue_place(
 ) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
-set enable_seqscan = off  -- cached plans: see job_queue_next_turn
-set enable_bitmapscan = off
 as $$
 declare
     v_count integer;
@@ -204,8 +198,6 @@ $$;
 create function job_queue_place_row() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
-set enable_seqscan = off  -- cached plans: see job_queue_next_turn
-set enable_bitmapscan = off
 as $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
@@ -243,8 +235,6 @@ create trigger job_queue_placed_on_update before update on job_queue
 create function job_queue_release_held(p_group text) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
-set enable_seqscan = off  -- cached plans: see job_queue_next_turn
-set enable_bitmapscan = off
 as $$
 declare
     v_cap integer := job_group_cap(p_group);
@@ -307,8 +297,6 @@ $$;
 create function job_queue_release_freed() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
-set enable_seqscan = off  -- cached plans: see job_queue_next_turn
-set enable_bitmapscan = off
 as $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
@@ -379,9 +367,8 @@ $$;
 --   jobs not due that it does not serve: each has an index that leaves them out.
 -- * No due job is stranded: a due job is in line, held (released when its group's job ends,
 --   and by the periodic release), or not placed yet (placed by the next claim, first thing).
--- It runs inside claim_jobs or get_next_job, whose settings it inherits (SET clauses of its
--- own would be switched in and out on every call): generic plans, made with sequential and
--- bitmap scans off, so that a plan made on an empty queue still reads the indexes later.
+-- It runs inside claim_jobs or get_next_job, whose plan_cache_mode = force_generic_plan it
+-- inherits (a SET clause of its own would be switched in and out on every call).
 create or replace function job_queue_pick(p_limit integer, p_job_types text[]) returns uuid[]
 language plpgsql
 as $$
