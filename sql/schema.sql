@@ -184,7 +184,7 @@ COMMENT ON COLUMN public.job_queue.traceparent IS 'W3C trace context (00-<trace 
 -- Name: COLUMN job_queue.turn; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.job_queue.turn IS 'A due pending job''s place in the fair-share order of its priority (claims take the lowest first). Null: not in line yet (not due, or written with triggers off: the next claim places it). -Infinity: held while its group is at its cap. Kept by triggers and claims; never set it by hand.';
+COMMENT ON COLUMN public.job_queue.turn IS 'A due pending job''s place in the fair-share order of its priority (claims take the lowest first). Null: not in line yet (not due, or written with triggers off: the next claim places it). -Infinity: held while its group is at its cap. +Infinity: out of line while its type is paused. Kept by triggers and claims; never set it by hand.';
 
 --
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
@@ -872,30 +872,35 @@ $$;
 --
 
 CREATE FUNCTION public.job_queue_next_turn(p_group text, p_job_type text, p_priority integer, p_weight integer DEFAULT NULL::integer) RETURNS double precision
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
-    select greatest(
-        coalesce(
-            greatest((select pass from job_queue_turns
-                      where job_type = p_job_type and priority = p_priority
-                        and h.head is not null),
-                     h.head),
-            (select max(pass) from job_queue_turns where priority = p_priority),
-            0),
-        greatest((select max(turn) from job_queue
-                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
-                    and coalesce(concurrency_key, user_id, '') = p_group
-                    and priority = p_priority),
-                 (select max(turn) from job_queue
-                  where status = 'processing' and job_type = p_job_type
-                    and coalesce(concurrency_key, user_id, '') = p_group
-                    and priority = p_priority))
-        + 1.0 / coalesce(p_weight, job_group_weight(p_group)))
-    from (select (select turn from job_queue
-                  where status = 'pending' and turn > '-infinity' and job_type = p_job_type
-                    and priority = p_priority
-                  order by priority desc, turn limit 1) as head) h
+begin
+    return (
+        select greatest(
+            coalesce(
+                greatest((select pass from job_queue_turns
+                          where job_type = p_job_type and priority = p_priority
+                            and h.head is not null),
+                         h.head),
+                (select max(pass) from job_queue_turns where priority = p_priority),
+                0),
+            greatest((select max(turn) from job_queue
+                      where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+                        and job_type = p_job_type
+                        and coalesce(concurrency_key, user_id, '') = p_group
+                        and priority = p_priority),
+                     (select max(turn) from job_queue
+                      where status = 'processing' and job_type = p_job_type
+                        and coalesce(concurrency_key, user_id, '') = p_group
+                        and priority = p_priority))
+            + 1.0 / coalesce(p_weight, job_group_weight(p_group)))
+        from (select (select turn from job_queue
+                      where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+                        and job_type = p_job_type and priority = p_priority
+                      order by priority desc, turn limit 1) as head) h);
+end;
 $$;
 
 --
@@ -975,6 +980,7 @@ begin
         where ctid = (select ctid from job_queue_scheduler for update skip locked);
         if found then
             perform job_queue_release_all_held();
+            perform job_queue_sweep_paused();
         end if;
     end if;
 
@@ -1005,16 +1011,18 @@ begin
     if not coalesce(v_fair, true) then
         return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
                                        v_type_caps);
-    elsif v_limited or p_job_types is not null then
+    elsif v_capped or p_job_types is not null then
         select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
         from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
     else
-        -- Nothing to count or leave out: the lowest turns, one statement.
+        -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
+        -- line; its name filters those that were not when it paused (until the sweep).
         select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
                coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
         into v_ids, v_types, v_prio, v_turns
         from (select id, job_type, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and run_at <= now()
+              where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+                and run_at <= now() and job_type <> all (v_paused)
               order by priority desc, turn
               limit p_limit
               for update skip locked) s;
@@ -1126,11 +1134,13 @@ begin
     -- Types that may run: with jobs in line (one probe per type; or the types asked for), not
     -- paused, and with a cap only for the claimer that counts, and only below it.
     with recursive t as (
-        (select job_type from job_queue where status = 'pending' and turn > '-infinity'
+        (select job_type from job_queue
+         where status = 'pending' and turn > '-infinity' and turn < 'infinity'
          order by job_type limit 1)
         union all
         select (select q.job_type from job_queue q
-                where q.status = 'pending' and q.turn > '-infinity' and q.job_type > t.job_type
+                where q.status = 'pending' and q.turn > '-infinity' and q.turn < 'infinity'
+                  and q.job_type > t.job_type
                 order by q.job_type limit 1)
         from t where t.job_type is not null and p_job_types is null
     )
@@ -1153,7 +1163,7 @@ begin
         from (select j.* from unnest(v_types, v_room) t(job_type, room)
               cross join lateral (
                   select q.id, q.job_type, q.priority, q.turn from job_queue q
-                  where q.status = 'pending' and q.turn > '-infinity'
+                  where q.status = 'pending' and q.turn > '-infinity' and q.turn < 'infinity'
                     and q.job_type = t.job_type and q.run_at <= now()
                   order by q.priority desc, q.turn
                   limit least(t.room, p_limit)
@@ -1170,7 +1180,8 @@ begin
                 select q.id, q.job_type, coalesce(q.concurrency_key, q.user_id, '') as g,
                        q.priority, q.turn
                 from job_queue q
-                where q.status = 'pending' and q.turn > '-infinity' and q.job_type = t.job_type
+                where q.status = 'pending' and q.turn > '-infinity' and q.turn < 'infinity'
+                  and q.job_type = t.job_type
                   and q.run_at <= now() and q.id <> all (ids) and q.id <> all (v_passed)
                 order by q.priority desc, q.turn
                 limit p_limit - cardinality(ids) + 64) j
@@ -1194,7 +1205,8 @@ begin
                     -- transaction has locked stay, and are passed over).
                     update job_queue set turn = '-infinity'
                     where id in (select id from job_queue
-                                 where status = 'pending' and turn > '-infinity'
+                                 where status = 'pending'
+                                   and turn > '-infinity' and turn < 'infinity'
                                    and job_type = v_row.job_type
                                    and coalesce(concurrency_key, user_id, '') = v_row.g
                                    and id <> all (ids)
@@ -1221,7 +1233,8 @@ begin
             select q.job_type, coalesce(q.concurrency_key, q.user_id, '') as g, q.priority
             into v_now
             from job_queue q
-            where q.id = v_row.id and q.status = 'pending' and q.turn > '-infinity'
+            where q.id = v_row.id and q.status = 'pending'
+              and q.turn > '-infinity' and q.turn < 'infinity'
             for update skip locked;
             if not found or (v_now.job_type, v_now.g, v_now.priority)
                             <> (v_row.job_type, v_row.g, v_row.priority) then
@@ -1256,6 +1269,7 @@ $$;
 CREATE FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer DEFAULT NULL::integer, p_releasing boolean DEFAULT false) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 declare
     v_count integer;
@@ -1269,7 +1283,11 @@ begin
         where id = any (p_ids) and status = 'pending'
     ), bases as (
         select t, g, p,
-               case when not p_releasing and exists (select 1 from job_queue h
+               case when p_releasing then job_queue_next_turn(g, t, p, p_weight)
+                    when exists (select 1 from job_type_limits l
+                                 where l.job_type = d.t and l.paused_at is not null)
+                    then 'infinity'::double precision
+                    when exists (select 1 from job_queue h
                                  where h.status = 'pending' and h.turn = '-infinity'
                                    and coalesce(h.concurrency_key, h.user_id, '') = d.g)
                     then '-infinity'::double precision
@@ -1293,12 +1311,16 @@ $$;
 CREATE FUNCTION public.job_queue_place_row() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
 begin
     if new.status <> 'pending' or new.run_at > now() then
         new.turn := null;  -- (pending: the first claim after run_at places it)
+    elsif exists (select 1 from job_type_limits
+                  where job_type = new.job_type and paused_at is not null) then
+        new.turn := 'infinity';
     elsif exists (select 1 from job_queue
                   where status = 'pending' and turn = '-infinity'
                     and coalesce(concurrency_key, user_id, '') = v_group) then
@@ -1419,7 +1441,7 @@ begin
     with moved as (
         update job_queue set turn = null
         where id in (select id from job_queue
-                     where status = 'pending' and turn > '-infinity'
+                     where status = 'pending' and turn > '-infinity' and turn < 'infinity'
                        and (p_where_type is null or job_type = p_where_type)
                        and (p_where_group is null
                             or coalesce(concurrency_key, user_id, '') = p_where_group
@@ -1486,6 +1508,48 @@ begin
         execute format('alter table job_queue %s trigger job_queue_credits_on_status', v_verb);
     end if;
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_sweep_paused(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_sweep_paused() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_paused text[] := array(select job_type from job_type_limits where paused_at is not null);
+    v_type text;
+    v_count integer;
+begin
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+                   and job_type = any (v_paused)
+                 for update skip locked);
+    get diagnostics v_count = row_count;
+    for v_type in
+        with recursive t as (
+            (select job_type from job_queue
+             where status = 'pending' and turn = 'infinity' order by job_type limit 1)
+            union all
+            select (select q.job_type from job_queue q
+                    where q.status = 'pending' and q.turn = 'infinity'
+                      and q.job_type > t.job_type
+                    order by q.job_type limit 1)
+            from t where t.job_type is not null
+        )
+        select job_type from t where job_type is not null and job_type <> all (v_paused)
+    loop
+        v_count := v_count + job_queue_place(array(
+            select id from job_queue
+            where status = 'pending' and turn = 'infinity' and job_type = v_type
+            for update skip locked), p_releasing => true);
+    end loop;
+    return v_count;
 end;
 $$;
 
@@ -1768,6 +1832,11 @@ begin
         raise exception 'pause_job_type: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+                   and job_type = p_job_type
+                 for update skip locked);
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
@@ -2131,14 +2200,15 @@ $$;
 CREATE FUNCTION public.resume_job_type(p_job_type text) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
-declare
-    v_was timestamptz;
 begin
-    select paused_at into v_was from job_type_limits where job_type = p_job_type;
-    if v_was is null then
+    if not exists (select 1 from job_type_limits
+                   where job_type = p_job_type and paused_at is not null) then
         return false;
     end if;
-    perform job_queue_replace(p_job_type, null);
+    perform job_queue_place(array(select id from job_queue
+                                  where status = 'pending' and turn = 'infinity'
+                                    and job_type = p_job_type
+                                  for update skip locked), p_releasing => true);
     update job_type_limits set paused_at = null, updated_at = now()
     where job_type = p_job_type and paused_at is not null;
     if not found then
@@ -3206,7 +3276,7 @@ CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_a
 -- Name: job_queue_group_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision) AND (turn < 'Infinity'::double precision));
 
 --
 -- Name: job_queue_held_idx; Type: INDEX; Schema: public; Owner: -
@@ -3227,6 +3297,12 @@ CREATE UNIQUE INDEX job_queue_idempotency_key_idx ON public.job_queue USING btre
 CREATE INDEX job_queue_newest_idx ON public.job_queue USING btree (created_at DESC, id DESC);
 
 --
+-- Name: job_queue_paused_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_paused_idx ON public.job_queue USING btree (job_type) WHERE ((status = 'pending'::text) AND (turn = 'Infinity'::double precision));
+
+--
 -- Name: job_queue_project_newest_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3242,13 +3318,13 @@ CREATE INDEX job_queue_running_idx ON public.job_queue USING btree (COALESCE(con
 -- Name: job_queue_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_turn_idx ON public.job_queue USING btree (priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_turn_idx ON public.job_queue USING btree (priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision) AND (turn < 'Infinity'::double precision));
 
 --
 -- Name: job_queue_type_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_type_turn_idx ON public.job_queue USING btree (job_type, priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision));
+CREATE INDEX job_queue_type_turn_idx ON public.job_queue USING btree (job_type, priority DESC, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision) AND (turn < 'Infinity'::double precision));
 
 --
 -- Name: job_queue_unplaced_idx; Type: INDEX; Schema: public; Owner: -
@@ -3689,6 +3765,12 @@ REVOKE ALL ON FUNCTION public.job_queue_select_for_action(p_statuses text[], p_j
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_sweep_paused(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_sweep_paused() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_touch(); Type: ACL; Schema: public; Owner: -

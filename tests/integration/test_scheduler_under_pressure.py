@@ -480,3 +480,70 @@ def test_a_slot_freed_while_a_claim_holds_its_group_is_not_lost(conn, database_u
         holder.close()
     assert ended.is_set()
     assert len(claim(conn, 5)) == 1
+
+
+PAUSED = float("inf")  # job_queue.turn of a job out of line while its type is paused
+
+
+def pick_limited_calls(conn) -> int:
+    """Calls of the per-type pick in the current transaction (track_functions is on)."""
+    return conn.execute(
+        "select coalesce(pg_stat_get_xact_function_calls("
+        "'job_queue_pick_limited(integer, text[], text[], boolean, jsonb)'::regprocedure), 0)"
+        " as n"
+    ).fetchone()["n"]
+
+
+def test_a_paused_types_jobs_wait_out_of_line_and_claims_stay_one_statement(conn, database_url):
+    """Pausing takes the type's jobs out of line, those written while it is paused never enter
+    it, and claims beside the pause do not fall back to reading the line type by type; resume
+    puts them back in line."""
+    add(conn, 3, "shop", job_type="pack")
+    conn.execute("select pause_job_type('pack')")
+    add(conn, 2, "shop", job_type="pack")
+    add(conn, 4, "u", job_type="ok")
+    assert set(turns(conn, "shop")) == {PAUSED}
+    with connect(database_url, autocommit=False) as c:
+        c.execute("set track_functions = 'all'")
+        assert {r["job_type"] for r in claim(c, 10)} == {"ok"}
+        assert pick_limited_calls(c) == 0
+        c.commit()
+    conn.execute("select resume_job_type('pack')")
+    assert PAUSED not in set(turns(conn, "shop"))
+    assert [r["job_type"] for r in claim(conn, 10)] == ["pack"] * 5
+
+
+def test_a_job_written_beside_a_pause_is_left_out_then_taken_out_of_line(conn, database_url):
+    """A job inserted before a pause but committed after it is in line with its type paused:
+    claims leave it out by the type's name, and the periodic sweep takes it out of line."""
+    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+    assert claim(conn, 1) == []  # the periodic sweep has run: the next is an hour away
+    writer = connect(database_url, autocommit=False)
+    add(writer, 1, "shop", job_type="pack")  # placed in line: pack is not paused yet
+    conn.execute("select pause_job_type('pack')")
+    writer.commit()
+    writer.close()
+    [turn] = turns(conn, "shop")
+    assert turn not in (PAUSED, HELD, None)
+    add(conn, 2, "u", job_type="ok")
+    assert [r["job_type"] for r in claim(conn, 5)] == ["ok", "ok"]
+    conn.execute("update job_queue_settings set rebuild_every = interval '0'")
+    assert claim(conn, 5) == []
+    assert turns(conn, "shop") == [PAUSED]
+
+
+def test_a_job_written_beside_a_resume_goes_back_in_line_within_the_interval(conn, database_url):
+    """A job inserted while its type was paused (so out of line) but committed after the
+    resume is out of line with its type running: the periodic sweep puts it in line."""
+    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+    assert claim(conn, 1) == []  # the periodic sweep has run: the next is an hour away
+    conn.execute("select pause_job_type('pack')")
+    writer = connect(database_url, autocommit=False)
+    add(writer, 1, "shop", job_type="pack")
+    conn.execute("select resume_job_type('pack')")
+    writer.commit()
+    writer.close()
+    assert turns(conn, "shop") == [PAUSED]
+    assert claim(conn, 5) == []
+    conn.execute("update job_queue_settings set rebuild_every = interval '0'")
+    assert [r["user_id"] for r in claim(conn, 5)] == ["shop"]
