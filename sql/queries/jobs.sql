@@ -92,11 +92,11 @@ limit %(limit)s;
 -- every job.
 with recursive g as (
     (select coalesce(concurrency_key, user_id, '') as k from job_queue
-     where status = 'pending' and turn > '-infinity' and turn < 'infinity'
+     where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
      order by 1 limit 1)
     union all
     select (select coalesce(q.concurrency_key, q.user_id, '') from job_queue q
-            where q.status = 'pending' and q.turn > '-infinity' and q.turn < 'infinity'
+            where q.status = 'pending' and q.turn > '-infinity' and q.turn <> 'infinity'
               and coalesce(q.concurrency_key, q.user_id, '') > g.k
             order by 1 limit 1)
     from g where g.k is not null
