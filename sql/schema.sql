@@ -912,7 +912,10 @@ begin
                (select max(turn) from job_queue
                 where status = 'processing' and job_type = p_job_type
                   and coalesce(concurrency_key, user_id, '') = p_group
-                  and priority = p_priority))
+                  and priority = p_priority
+                  -- (a job started from out of line or held, by mark_job_processing or
+                  -- with fair share off, keeps that turn: it places nothing after it)
+                  and turn > '-infinity' and turn <> 'infinity'))
            + 1.0 / coalesce(p_weight,
                             (select weight from job_concurrency_limits where key = p_group),
                             (select weight from job_concurrency_limits where key = '*'), 1)
@@ -958,6 +961,12 @@ declare
     v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
+    v_got uuid[];  -- one round of the one-statement claim (see there)
+    v_got_types text[];
+    v_got_prio integer[];
+    v_got_turns double precision[];
+    v_out uuid[];
+    v_rounds integer := 0;
     v_unplaced boolean;
     v_timeout text := current_setting('lock_timeout');
 begin
@@ -1033,29 +1042,41 @@ begin
         select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
         from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
     else
-        -- Nothing to count: the lowest turns, one statement.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
-               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
-        into v_ids, v_types, v_prio, v_turns
-        from (select id, job_type, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                and run_at <= now()
-              order by priority desc, turn
-              limit p_limit
-              for update skip locked) s;
-        -- A paused type's jobs are out of line, but for one written beside the pause: this
-        -- claim, holding its row, takes it out of line and leaves it. (Not a filter in the
-        -- statement: `job_type <> all ($1)` in a generic plan is estimated at about no rows
-        -- when the table holds one or two types, and the plan becomes a sequential scan.)
-        if v_types && v_paused then
-            update job_queue set turn = 'infinity'
-            where id = any (v_ids) and job_type = any (v_paused);
-            select coalesce(array_agg(i), '{}'), coalesce(array_agg(t), '{}'),
-                   coalesce(array_agg(p), '{}'), coalesce(array_agg(u), '{}')
+        -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
+        -- line, but for one written beside the pause: the claim, holding its row, takes it
+        -- out of line instead of taking it (the pause read again in that update's snapshot),
+        -- and reads on for what is left of its limit, four rounds at most. (Not a filter in
+        -- the statement: `job_type <> all ($1)` in a generic plan is estimated at about no
+        -- rows when the table holds one or two types, and the plan became a sequential scan.)
+        loop
+            select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+                   coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+            into v_got, v_got_types, v_got_prio, v_got_turns
+            from (select id, job_type, priority, turn from job_queue
+                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                    and run_at <= now() and id <> all (v_ids)
+                  order by priority desc, turn
+                  limit p_limit - cardinality(v_ids)
+                  for update skip locked) s;
+            v_out := '{}';
+            if v_got_types && v_paused then
+                with taken_out as (
+                    update job_queue set turn = 'infinity'
+                    where id = any (v_got)
+                      and job_type in (select job_type from job_type_limits
+                                       where paused_at is not null)
+                    returning id
+                )
+                select coalesce(array_agg(id), '{}') into v_out from taken_out;
+            end if;
+            select v_ids || coalesce(array_agg(i), '{}'), v_types || coalesce(array_agg(t), '{}'),
+                   v_prio || coalesce(array_agg(p), '{}'), v_turns || coalesce(array_agg(u), '{}')
             into v_ids, v_types, v_prio, v_turns
-            from unnest(v_ids, v_types, v_prio, v_turns) x(i, t, p, u)
-            where t <> all (v_paused);
-        end if;
+            from unnest(v_got, v_got_types, v_got_prio, v_got_turns) x(i, t, p, u)
+            where i <> all (v_out);
+            v_rounds := v_rounds + 1;
+            exit when cardinality(v_out) = 0 or cardinality(v_ids) >= p_limit or v_rounds >= 4;
+        end loop;
     end if;
     -- Each type's frontier moves to the highest turn taken of it (one call when the jobs
     -- taken are of one type and priority, as they mostly are).
@@ -1313,11 +1334,10 @@ begin
         where id = any (p_ids) and status = 'pending'
     ), bases as (
         select t, g, p,
-               case when p_releasing then job_queue_next_turn(g, t, p, p_weight)
-                    when exists (select 1 from job_type_limits l
+               case when exists (select 1 from job_type_limits l
                                  where l.job_type = d.t and l.paused_at is not null)
                     then 'infinity'::double precision
-                    when exists (select 1 from job_queue h
+                    when not p_releasing and exists (select 1 from job_queue h
                                  where h.status = 'pending' and h.turn = '-infinity'
                                    and coalesce(h.concurrency_key, h.user_id, '') = d.g)
                     then '-infinity'::double precision
@@ -1555,12 +1575,10 @@ declare
     v_type text;
     v_count integer;
 begin
-    update job_queue set turn = 'infinity'
-    where id in (select id from job_queue
-                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type = any (v_paused)
-                 for update skip locked);
-    get diagnostics v_count = row_count;
+    v_count := 0;
+    if cardinality(v_paused) > 0 then
+        v_count := job_queue_take_out_paused(null);
+    end if;
     for v_type in
         with recursive t as (
             (select job_type from job_queue
@@ -1577,9 +1595,42 @@ begin
         v_count := v_count + job_queue_place(array(
             select id from job_queue
             where status = 'pending' and turn = 'infinity' and job_type = v_type
-            for update skip locked), p_releasing => true);
+            for update skip locked));
     end loop;
     return v_count;
+end;
+$$;
+
+--
+-- Name: job_queue_take_out_paused(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_take_out_paused(p_job_type text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_count integer;
+    v_held integer;
+begin
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                   and job_type in (select job_type from job_type_limits
+                                    where paused_at is not null
+                                      and (p_job_type is null or job_type = p_job_type))
+                 for update skip locked);
+    get diagnostics v_count = row_count;
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn = '-infinity'
+                   and job_type in (select job_type from job_type_limits
+                                    where paused_at is not null
+                                      and (p_job_type is null or job_type = p_job_type))
+                 for update skip locked);
+    get diagnostics v_held = row_count;
+    return v_count + v_held;
 end;
 $$;
 
@@ -1865,14 +1916,10 @@ begin
         raise exception 'pause_job_type: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
-    update job_queue set turn = 'infinity'
-    where id in (select id from job_queue
-                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type = p_job_type
-                 for update skip locked);
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
+    perform job_queue_take_out_paused(p_job_type);
     return true;
 end;
 $$;
@@ -2234,19 +2281,15 @@ CREATE FUNCTION public.resume_job_type(p_job_type text) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
 begin
-    if not exists (select 1 from job_type_limits
-                   where job_type = p_job_type and paused_at is not null) then
-        return false;
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
+    if not found then
+        return false;  -- not paused, or resumed meanwhile by another call
     end if;
     perform job_queue_place(array(select id from job_queue
                                   where status = 'pending' and turn = 'infinity'
                                     and job_type = p_job_type
-                                  for update skip locked), p_releasing => true);
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type and paused_at is not null;
-    if not found then
-        return false;  -- resumed meanwhile by another call
-    end if;
+                                  for update skip locked));
     perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     return true;
 end;
@@ -3309,7 +3352,7 @@ CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_a
 -- Name: job_queue_group_turn_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (job_type, COALESCE(concurrency_key, user_id, ''::text), priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision) AND (turn <> 'Infinity'::double precision));
+CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), job_type, priority, turn) WHERE ((status = 'pending'::text) AND (turn > '-Infinity'::double precision) AND (turn <> 'Infinity'::double precision));
 
 --
 -- Name: job_queue_held_idx; Type: INDEX; Schema: public; Owner: -
@@ -3804,6 +3847,12 @@ REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_sweep_paused() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_take_out_paused(p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_take_out_paused(p_job_type text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_touch(); Type: ACL; Schema: public; Owner: -

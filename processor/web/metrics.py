@@ -108,7 +108,7 @@ class _Snapshot(Collector):
             yield family
         yield GaugeMetricFamily(
             "processor_groups_waiting",
-            "Fairness groups with a due pending job.",
+            "Fairness groups with a job in line (due, not held at a cap, type not paused).",
             value=self.groups["groups"] if self.groups else 0,
         )
         yield GaugeMetricFamily(

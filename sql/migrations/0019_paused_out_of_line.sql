@@ -22,8 +22,10 @@ create index job_queue_turn_idx on job_queue (priority desc, turn)
     where status = 'pending' and turn > '-infinity' and turn <> 'infinity';
 create index job_queue_type_turn_idx on job_queue (job_type, priority desc, turn)
     where status = 'pending' and turn > '-infinity' and turn <> 'infinity';
+-- (Led by the group, so that groups_waiting can step from group to group; the placing and
+-- holding reads give all of group, type and priority.)
 create index job_queue_group_turn_idx on job_queue
-    (job_type, (coalesce(concurrency_key, user_id, '')), priority, turn)
+    ((coalesce(concurrency_key, user_id, '')), job_type, priority, turn)
     where status = 'pending' and turn > '-infinity' and turn <> 'infinity';
 create index job_queue_paused_idx on job_queue (job_type)
     where status = 'pending' and turn = 'infinity';
@@ -124,7 +126,10 @@ begin
                (select max(turn) from job_queue
                 where status = 'processing' and job_type = p_job_type
                   and coalesce(concurrency_key, user_id, '') = p_group
-                  and priority = p_priority))
+                  and priority = p_priority
+                  -- (a job started from out of line or held, by mark_job_processing or
+                  -- with fair share off, keeps that turn: it places nothing after it)
+                  and turn > '-infinity' and turn <> 'infinity'))
            + 1.0 / coalesce(p_weight,
                             (select weight from job_concurrency_limits where key = p_group),
                             (select weight from job_concurrency_limits where key = '*'), 1)
@@ -135,11 +140,9 @@ $$;
 
 -- Puts these pending rows where they belong: out of line if their type is paused; else each
 -- group's jobs of a type after its last one (or at the type's frontier), 1/weight apart, in
--- run_at order; behind the group's held jobs (held too) if it has any. p_releasing: the
--- caller has checked that these rows may go in line (held jobs with room under their cap, a
--- type being resumed), so neither a hold nor the pause keeps them out. One statement for any
--- number of rows. p_weight: the weight to place with (set_concurrency_limit places with the
--- new one before writing it).
+-- run_at order; behind the group's held jobs (held too) if it has any, unless these are the
+-- held jobs being released (p_releasing). One statement for any number of rows. p_weight:
+-- the weight to place with (set_concurrency_limit places with the new one before writing it).
 create or replace function job_queue_place(
     p_ids uuid[], p_weight integer default null, p_releasing boolean default false
 ) returns integer
@@ -159,11 +162,10 @@ begin
         where id = any (p_ids) and status = 'pending'
     ), bases as (
         select t, g, p,
-               case when p_releasing then job_queue_next_turn(g, t, p, p_weight)
-                    when exists (select 1 from job_type_limits l
+               case when exists (select 1 from job_type_limits l
                                  where l.job_type = d.t and l.paused_at is not null)
                     then 'infinity'::double precision
-                    when exists (select 1 from job_queue h
+                    when not p_releasing and exists (select 1 from job_queue h
                                  where h.status = 'pending' and h.turn = '-infinity'
                                    and coalesce(h.concurrency_key, h.user_id, '') = d.g)
                     then '-infinity'::double precision
@@ -208,6 +210,39 @@ begin
 end;
 $$;
 
+-- Takes the pending jobs of paused types (of p_job_type only, if given) out of line, in line
+-- or held: held ones too, so that a paused type's held jobs never keep their group's other
+-- work held once its running jobs end. Reads the pause in its own snapshot. Rows another
+-- transaction holds are left to the next sweep (or to the claim that reaches them).
+create function job_queue_take_out_paused(p_job_type text) returns integer
+language plpgsql security definer
+set search_path = pg_catalog, public, pg_temp
+set enable_seqscan = off
+as $$
+declare
+    v_count integer;
+    v_held integer;
+begin
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                   and job_type in (select job_type from job_type_limits
+                                    where paused_at is not null
+                                      and (p_job_type is null or job_type = p_job_type))
+                 for update skip locked);
+    get diagnostics v_count = row_count;
+    update job_queue set turn = 'infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn = '-infinity'
+                   and job_type in (select job_type from job_type_limits
+                                    where paused_at is not null
+                                      and (p_job_type is null or job_type = p_job_type))
+                 for update skip locked);
+    get diagnostics v_held = row_count;
+    return v_count + v_held;
+end;
+$$;
+
 -- Keeps the pause and the line in step where a write beside a pause or resume left them
 -- apart: jobs of a paused type still in line (written, or locked by another transaction,
 -- while the pause ran) leave it, and jobs out of line whose type is no longer paused
@@ -225,12 +260,10 @@ declare
     v_type text;
     v_count integer;
 begin
-    update job_queue set turn = 'infinity'
-    where id in (select id from job_queue
-                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type = any (v_paused)
-                 for update skip locked);
-    get diagnostics v_count = row_count;
+    v_count := 0;
+    if cardinality(v_paused) > 0 then
+        v_count := job_queue_take_out_paused(null);
+    end if;
     for v_type in
         with recursive t as (
             (select job_type from job_queue
@@ -247,7 +280,7 @@ begin
         v_count := v_count + job_queue_place(array(
             select id from job_queue
             where status = 'pending' and turn = 'infinity' and job_type = v_type
-            for update skip locked), p_releasing => true);
+            for update skip locked));
     end loop;
     return v_count;
 end;
@@ -305,6 +338,12 @@ declare
     v_types text[] := '{}';
     v_prio integer[] := '{}';
     v_turns double precision[] := '{}';
+    v_got uuid[];  -- one round of the one-statement claim (see there)
+    v_got_types text[];
+    v_got_prio integer[];
+    v_got_turns double precision[];
+    v_out uuid[];
+    v_rounds integer := 0;
     v_unplaced boolean;
     v_timeout text := current_setting('lock_timeout');
 begin
@@ -380,29 +419,41 @@ begin
         select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
         from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
     else
-        -- Nothing to count: the lowest turns, one statement.
-        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
-               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
-        into v_ids, v_types, v_prio, v_turns
-        from (select id, job_type, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                and run_at <= now()
-              order by priority desc, turn
-              limit p_limit
-              for update skip locked) s;
-        -- A paused type's jobs are out of line, but for one written beside the pause: this
-        -- claim, holding its row, takes it out of line and leaves it. (Not a filter in the
-        -- statement: `job_type <> all ($1)` in a generic plan is estimated at about no rows
-        -- when the table holds one or two types, and the plan becomes a sequential scan.)
-        if v_types && v_paused then
-            update job_queue set turn = 'infinity'
-            where id = any (v_ids) and job_type = any (v_paused);
-            select coalesce(array_agg(i), '{}'), coalesce(array_agg(t), '{}'),
-                   coalesce(array_agg(p), '{}'), coalesce(array_agg(u), '{}')
+        -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
+        -- line, but for one written beside the pause: the claim, holding its row, takes it
+        -- out of line instead of taking it (the pause read again in that update's snapshot),
+        -- and reads on for what is left of its limit, four rounds at most. (Not a filter in
+        -- the statement: `job_type <> all ($1)` in a generic plan is estimated at about no
+        -- rows when the table holds one or two types, and the plan became a sequential scan.)
+        loop
+            select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+                   coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+            into v_got, v_got_types, v_got_prio, v_got_turns
+            from (select id, job_type, priority, turn from job_queue
+                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                    and run_at <= now() and id <> all (v_ids)
+                  order by priority desc, turn
+                  limit p_limit - cardinality(v_ids)
+                  for update skip locked) s;
+            v_out := '{}';
+            if v_got_types && v_paused then
+                with taken_out as (
+                    update job_queue set turn = 'infinity'
+                    where id = any (v_got)
+                      and job_type in (select job_type from job_type_limits
+                                       where paused_at is not null)
+                    returning id
+                )
+                select coalesce(array_agg(id), '{}') into v_out from taken_out;
+            end if;
+            select v_ids || coalesce(array_agg(i), '{}'), v_types || coalesce(array_agg(t), '{}'),
+                   v_prio || coalesce(array_agg(p), '{}'), v_turns || coalesce(array_agg(u), '{}')
             into v_ids, v_types, v_prio, v_turns
-            from unnest(v_ids, v_types, v_prio, v_turns) x(i, t, p, u)
-            where t <> all (v_paused);
-        end if;
+            from unnest(v_got, v_got_types, v_got_prio, v_got_turns) x(i, t, p, u)
+            where i <> all (v_out);
+            v_rounds := v_rounds + 1;
+            exit when cardinality(v_out) = 0 or cardinality(v_ids) >= p_limit or v_rounds >= 4;
+        end loop;
     end if;
     -- Each type's frontier moves to the highest turn taken of it (one call when the jobs
     -- taken are of one type and priority, as they mostly are).
@@ -572,10 +623,11 @@ begin
 end;
 $$;
 
--- Pausing takes the type's jobs out of line (a row another transaction holds is taken out
--- by the first claim that reaches it, or by the sweep), then writes the pause. Nothing in it
--- waits for a claim: the rows are taken with SKIP LOCKED, and the limits row is written last,
--- so another pause or resume of the type waits only for this one's commit.
+-- Pausing writes the pause, then takes the type's jobs out of line, held ones included (a row
+-- another transaction holds is taken out by the first claim that reaches it, or by the
+-- sweep). Nothing in it waits for a claim: rows are taken with SKIP LOCKED. The limits row
+-- is written first so that a pause and a resume of one type run one after the other: the
+-- second waits for the first's commit, then reads the rows as the first left them.
 create or replace function pause_job_type(p_job_type text) returns boolean
 language plpgsql as $$
 begin
@@ -583,38 +635,30 @@ begin
         raise exception 'pause_job_type: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
-    update job_queue set turn = 'infinity'
-    where id in (select id from job_queue
-                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type = p_job_type
-                 for update skip locked);
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
+    perform job_queue_take_out_paused(p_job_type);
     return true;
 end;
 $$;
 
--- Resuming puts the type's jobs back in line at the frontier (they return as new groups do,
--- not ahead of everyone by the time they were paused), then lifts the pause: one transaction,
--- so claims see both at its commit. Jobs written while it ran, or held by another
--- transaction, are placed by the sweep.
+-- Resuming lifts the pause, then puts the type's jobs back at the frontier (they return as
+-- new groups do, not ahead of everyone by the time they were paused), behind their group's
+-- held jobs if it has any: one transaction, so claims see both at its commit. Jobs written
+-- while it ran, or held by another transaction, are placed by the sweep.
 create or replace function resume_job_type(p_job_type text) returns boolean
 language plpgsql as $$
 begin
-    if not exists (select 1 from job_type_limits
-                   where job_type = p_job_type and paused_at is not null) then
-        return false;
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
+    if not found then
+        return false;  -- not paused, or resumed meanwhile by another call
     end if;
     perform job_queue_place(array(select id from job_queue
                                   where status = 'pending' and turn = 'infinity'
                                     and job_type = p_job_type
-                                  for update skip locked), p_releasing => true);
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type and paused_at is not null;
-    if not found then
-        return false;  -- resumed meanwhile by another call
-    end if;
+                                  for update skip locked));
     perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     return true;
 end;
@@ -624,5 +668,6 @@ $$;
 select job_queue_sweep_paused();
 
 select processor_keep_private(array[
+    'function job_queue_take_out_paused(text)',
     'function job_queue_sweep_paused()'
 ]);

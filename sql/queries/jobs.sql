@@ -88,8 +88,8 @@ order by waiting + running desc, group_key
 limit %(limit)s;
 
 -- groups_waiting --
--- Groups with a job in line: one probe of job_queue_group_turn_idx per group, not a read of
--- every job.
+-- Groups with a job in line (not held, type not paused): one probe of job_queue_group_turn_idx
+-- per group (it leads with the group), not a read of every job.
 with recursive g as (
     (select coalesce(concurrency_key, user_id, '') as k from job_queue
      where status = 'pending' and turn > '-infinity' and turn <> 'infinity'

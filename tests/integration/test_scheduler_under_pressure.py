@@ -526,9 +526,9 @@ def test_a_job_written_beside_a_pause_is_left_out_then_taken_out_of_line(conn, d
     [turn] = turns(conn, "shop")
     assert turn not in (PAUSED, HELD, None)
     add(conn, 2, "u", job_type="ok")
-    assert [r["job_type"] for r in claim(conn, 5)] == ["ok", "ok"]
+    assert [r["job_type"] for r in claim(conn, 1)] == ["ok"]  # reads on past it
     assert turns(conn, "shop") == [PAUSED]
-    assert claim(conn, 5) == []
+    assert [r["job_type"] for r in claim(conn, 5)] == ["ok"]
 
 
 def test_a_job_written_beside_a_resume_goes_back_in_line_within_the_interval(conn, database_url):
@@ -569,3 +569,85 @@ def test_placing_a_big_insert_reads_a_few_entries_a_row_on_a_new_connection(conn
         assert rows_read(c) < 20 * 3000
         c.commit()
     assert len(set(turns(conn, "importer"))) == 3001  # one turn each, in order
+
+
+def test_a_job_started_from_out_of_line_places_nothing_after_it(conn, database_url):
+    """A job committed out of line just after its type resumed, and started by
+    mark_job_processing before the sweep put it back: its turn (+Infinity) is not where its
+    group's next job goes."""
+    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+    assert claim(conn, 1) == []  # the periodic sweep has run
+    conn.execute("select pause_job_type('pack')")
+    writer = connect(database_url, autocommit=False)
+    add(writer, 1, "shop", job_type="pack")
+    conn.execute("select resume_job_type('pack')")
+    writer.commit()
+    writer.close()
+    [job] = conn.execute("select id from job_queue where user_id = 'shop'").fetchall()
+    assert conn.execute("select mark_job_processing(%s, 'w') is not null as ok", (job["id"],))
+    assert running(conn, "shop") == 1
+    add(conn, 1, "shop", job_type="pack")
+    [turn] = turns(conn, "shop")
+    assert turn not in (PAUSED, HELD, None)
+    assert [r["user_id"] for r in claim(conn, 5)] == ["shop"]
+
+
+def test_a_paused_types_held_jobs_never_hold_their_groups_other_work(conn):
+    """Group g (cap 1) has a job of type a running and the rest held; a is paused, so its held
+    jobs leave the hold too. When the running job ends, g's next job of another type goes in
+    line at once (not held behind a paused type's jobs until the periodic release)."""
+    conn.execute("update job_queue_settings set rebuild_every = interval '1 hour'")
+    conn.execute("select set_concurrency_limit('g', 1)")
+    add(conn, 3, "g", job_type="a")
+    assert len(claim(conn, 5)) == 1
+    assert set(turns(conn, "g")) == {HELD}
+    conn.execute("select pause_job_type('a')")
+    assert set(turns(conn, "g")) == {PAUSED}
+    finish_running(conn)
+    add(conn, 1, "g", job_type="b")
+    assert [r["job_type"] for r in claim(conn, 5)] == ["b"]
+
+
+def test_resumed_jobs_go_behind_their_groups_held_jobs_in_order(conn):
+    """g (cap 1): a1 runs, a2 and a3 are held; a is paused and a4 written; a1 ends; on resume
+    g's jobs come back in the order they became due: a2 first, not a4 ahead of the rest."""
+    conn.execute("select set_concurrency_limit('g', 1)")
+    add(conn, 3, "g", job_type="a")
+    [first] = claim(conn, 5)
+    conn.execute("select pause_job_type('a')")
+    add(conn, 1, "g", job_type="a")
+    finish_running(conn)
+    conn.execute("select resume_job_type('a')")
+    order = [
+        r["id"]
+        for r in conn.execute(
+            "select id from job_queue where user_id = 'g' and status = 'pending' "
+            "order by run_at, created_at"
+        )
+    ]
+    assert [r["id"] for r in claim(conn, 5)] == order[:1]
+    assert first["id"] not in order
+
+
+def test_a_pause_beside_a_resume_of_the_same_type_leaves_its_jobs_out_of_line(conn, database_url):
+    """A resume has put the type's jobs back in line but not committed; a pause of the same
+    type waits for it, then takes them out again: paused, and none of them in line."""
+    add(conn, 5, "shop", job_type="pack")
+    conn.execute("select pause_job_type('pack')")
+    resuming = connect(database_url, autocommit=False)
+    resuming.execute("select resume_job_type('pack')")  # not committed yet
+
+    def pause() -> None:
+        with connect(database_url) as other:
+            other.execute("select pause_job_type('pack')")
+
+    pausing = threading.Thread(target=pause)
+    pausing.start()
+    time.sleep(0.3)
+    assert pausing.is_alive()  # waits for the resume to commit
+    resuming.commit()
+    resuming.close()
+    pausing.join(5)
+    assert not pausing.is_alive()
+    assert set(turns(conn, "shop")) == {PAUSED}
+    assert claim(conn, 5) == []
