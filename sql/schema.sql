@@ -877,6 +877,16 @@ end;
 $$;
 
 --
+-- Name: job_queue_lock_type(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_lock_type(p_job_type text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    select pg_advisory_xact_lock(hashtextextended('processor:pause:' || p_job_type, 1886547811))
+$$;
+
+--
 -- Name: job_queue_next_turn(text, text, integer, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1045,7 +1055,8 @@ begin
         -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
         -- line, but for one written beside the pause: the claim, holding its row, takes it
         -- out of line instead of taking it (the pause read again in that update's snapshot),
-        -- and reads on for what is left of its limit, four rounds at most. (Not a filter in
+        -- with every other such job, and reads on for what is left of its limit (four rounds
+        -- at most). (Not a filter in
         -- the statement: `job_type <> all ($1)` in a generic plan is estimated at about no
         -- rows when the table holds one or two types, and the plan became a sequential scan.)
         loop
@@ -1068,6 +1079,9 @@ begin
                     returning id
                 )
                 select coalesce(array_agg(id), '{}') into v_out from taken_out;
+                if cardinality(v_out) > 0 then
+                    perform job_queue_take_out_paused(null);  -- the others like them too
+                end if;
             end if;
             select v_ids || coalesce(array_agg(i), '{}'), v_types || coalesce(array_agg(t), '{}'),
                    v_prio || coalesce(array_agg(p), '{}'), v_turns || coalesce(array_agg(u), '{}')
@@ -1314,10 +1328,10 @@ end;
 $$;
 
 --
--- Name: job_queue_place(uuid[], integer, boolean); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_place(uuid[], integer, boolean, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer DEFAULT NULL::integer, p_releasing boolean DEFAULT false) RETURNS integer
+CREATE FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer DEFAULT NULL::integer, p_releasing boolean DEFAULT false, p_resuming text DEFAULT NULL::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     SET enable_seqscan TO 'off'
@@ -1335,7 +1349,8 @@ begin
     ), bases as (
         select t, g, p,
                case when exists (select 1 from job_type_limits l
-                                 where l.job_type = d.t and l.paused_at is not null)
+                                 where l.job_type = d.t and l.paused_at is not null
+                                   and l.job_type is distinct from p_resuming)
                     then 'infinity'::double precision
                     when not p_releasing and exists (select 1 from job_queue h
                                  where h.status = 'pending' and h.turn = '-infinity'
@@ -1617,17 +1632,19 @@ begin
     update job_queue set turn = 'infinity'
     where id in (select id from job_queue
                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type in (select job_type from job_type_limits
-                                    where paused_at is not null
-                                      and (p_job_type is null or job_type = p_job_type))
+                   and job_type in (select p_job_type where p_job_type is not null
+                                    union all
+                                    select job_type from job_type_limits
+                                    where paused_at is not null and p_job_type is null)
                  for update skip locked);
     get diagnostics v_count = row_count;
     update job_queue set turn = 'infinity'
     where id in (select id from job_queue
                  where status = 'pending' and turn = '-infinity'
-                   and job_type in (select job_type from job_type_limits
-                                    where paused_at is not null
-                                      and (p_job_type is null or job_type = p_job_type))
+                   and job_type in (select p_job_type where p_job_type is not null
+                                    union all
+                                    select job_type from job_type_limits
+                                    where paused_at is not null and p_job_type is null)
                  for update skip locked);
     get diagnostics v_held = row_count;
     return v_count + v_held;
@@ -1916,10 +1933,11 @@ begin
         raise exception 'pause_job_type: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
+    perform job_queue_lock_type(p_job_type);
+    perform job_queue_take_out_paused(p_job_type);
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
-    perform job_queue_take_out_paused(p_job_type);
     return true;
 end;
 $$;
@@ -2281,15 +2299,17 @@ CREATE FUNCTION public.resume_job_type(p_job_type text) RETURNS boolean
     LANGUAGE plpgsql
     AS $$
 begin
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type and paused_at is not null;
-    if not found then
-        return false;  -- not paused, or resumed meanwhile by another call
+    perform job_queue_lock_type(p_job_type);
+    if not exists (select 1 from job_type_limits
+                   where job_type = p_job_type and paused_at is not null) then
+        return false;  -- not paused (or resumed meanwhile by another call)
     end if;
     perform job_queue_place(array(select id from job_queue
                                   where status = 'pending' and turn = 'infinity'
                                     and job_type = p_job_type
-                                  for update skip locked));
+                                  for update skip locked), p_resuming => p_job_type);
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
     perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     return true;
 end;
@@ -3361,6 +3381,12 @@ CREATE INDEX job_queue_group_turn_idx ON public.job_queue USING btree (COALESCE(
 CREATE INDEX job_queue_held_idx ON public.job_queue USING btree (COALESCE(concurrency_key, user_id, ''::text), priority DESC, run_at, created_at) WHERE ((status = 'pending'::text) AND (turn = '-Infinity'::double precision));
 
 --
+-- Name: job_queue_held_type_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_held_type_idx ON public.job_queue USING btree (job_type) WHERE ((status = 'pending'::text) AND (turn = '-Infinity'::double precision));
+
+--
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3765,6 +3791,12 @@ REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_lock_limits(p_what text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_lock_type(p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_lock_type(p_job_type text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_next_turn(p_group text, p_job_type text, p_priority integer, p_weight integer); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3795,10 +3827,10 @@ REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_typ
 REVOKE ALL ON FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean, p_resuming text); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean, p_resuming text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_place_row(); Type: ACL; Schema: public; Owner: -

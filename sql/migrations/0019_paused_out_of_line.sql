@@ -29,6 +29,10 @@ create index job_queue_group_turn_idx on job_queue
     where status = 'pending' and turn > '-infinity' and turn <> 'infinity';
 create index job_queue_paused_idx on job_queue (job_type)
     where status = 'pending' and turn = 'infinity';
+-- Held jobs by type: what a pause takes out of the hold (maintained only where groups have
+-- caps; job_queue_held_idx serves the release, by group).
+create index job_queue_held_type_idx on job_queue (job_type)
+    where status = 'pending' and turn = '-infinity';
 
 comment on column job_queue.turn is
     'A due pending job''s place in the fair-share order of its priority (claims take the '
@@ -143,8 +147,12 @@ $$;
 -- run_at order; behind the group's held jobs (held too) if it has any, unless these are the
 -- held jobs being released (p_releasing). One statement for any number of rows. p_weight:
 -- the weight to place with (set_concurrency_limit places with the new one before writing it).
-create or replace function job_queue_place(
-    p_ids uuid[], p_weight integer default null, p_releasing boolean default false
+-- p_resuming: a type being resumed, placed as if its pause were lifted already (resume lifts
+-- it last, so that the limits row is written, and processor:limited held, only at the end).
+drop function job_queue_place(uuid[], integer, boolean);
+create function job_queue_place(
+    p_ids uuid[], p_weight integer default null, p_releasing boolean default false,
+    p_resuming text default null
 ) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
@@ -163,7 +171,8 @@ begin
     ), bases as (
         select t, g, p,
                case when exists (select 1 from job_type_limits l
-                                 where l.job_type = d.t and l.paused_at is not null)
+                                 where l.job_type = d.t and l.paused_at is not null
+                                   and l.job_type is distinct from p_resuming)
                     then 'infinity'::double precision
                     when not p_releasing and exists (select 1 from job_queue h
                                  where h.status = 'pending' and h.turn = '-infinity'
@@ -210,10 +219,12 @@ begin
 end;
 $$;
 
--- Takes the pending jobs of paused types (of p_job_type only, if given) out of line, in line
--- or held: held ones too, so that a paused type's held jobs never keep their group's other
--- work held once its running jobs end. Reads the pause in its own snapshot. Rows another
--- transaction holds are left to the next sweep (or to the claim that reaches them).
+-- Takes the pending jobs of a type being paused (p_job_type), or of every type paused now
+-- (null: the pause read in this statement's snapshot), out of line, in line or held: held
+-- ones too, so that a paused type's held jobs do not keep their group's other work held once
+-- its running jobs end. An index probe per type (job_queue_type_turn_idx,
+-- job_queue_held_type_idx). Rows another transaction holds are left to the next sweep (or to
+-- the claim that reaches them).
 create function job_queue_take_out_paused(p_job_type text) returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
@@ -226,17 +237,19 @@ begin
     update job_queue set turn = 'infinity'
     where id in (select id from job_queue
                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                   and job_type in (select job_type from job_type_limits
-                                    where paused_at is not null
-                                      and (p_job_type is null or job_type = p_job_type))
+                   and job_type in (select p_job_type where p_job_type is not null
+                                    union all
+                                    select job_type from job_type_limits
+                                    where paused_at is not null and p_job_type is null)
                  for update skip locked);
     get diagnostics v_count = row_count;
     update job_queue set turn = 'infinity'
     where id in (select id from job_queue
                  where status = 'pending' and turn = '-infinity'
-                   and job_type in (select job_type from job_type_limits
-                                    where paused_at is not null
-                                      and (p_job_type is null or job_type = p_job_type))
+                   and job_type in (select p_job_type where p_job_type is not null
+                                    union all
+                                    select job_type from job_type_limits
+                                    where paused_at is not null and p_job_type is null)
                  for update skip locked);
     get diagnostics v_held = row_count;
     return v_count + v_held;
@@ -247,9 +260,8 @@ $$;
 -- apart: jobs of a paused type still in line (written, or locked by another transaction,
 -- while the pause ran) leave it, and jobs out of line whose type is no longer paused
 -- (written while a resume ran) go back in at the frontier. Claims call it once per
--- rebuild_every; pause and resume call it for their own work. Rows another transaction
--- holds wait for the next call. Cost when nothing is out of step: one index probe per paused
--- type, and one per type with jobs out of line.
+-- rebuild_every. Rows another transaction holds wait for the next call. Cost when nothing
+-- is out of step: two index probes per paused type, and one per type with jobs out of line.
 create function job_queue_sweep_paused() returns integer
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
@@ -422,7 +434,8 @@ begin
         -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
         -- line, but for one written beside the pause: the claim, holding its row, takes it
         -- out of line instead of taking it (the pause read again in that update's snapshot),
-        -- and reads on for what is left of its limit, four rounds at most. (Not a filter in
+        -- with every other such job, and reads on for what is left of its limit (four rounds
+        -- at most). (Not a filter in
         -- the statement: `job_type <> all ($1)` in a generic plan is estimated at about no
         -- rows when the table holds one or two types, and the plan became a sequential scan.)
         loop
@@ -445,6 +458,9 @@ begin
                     returning id
                 )
                 select coalesce(array_agg(id), '{}') into v_out from taken_out;
+                if cardinality(v_out) > 0 then
+                    perform job_queue_take_out_paused(null);  -- the others like them too
+                end if;
             end if;
             select v_ids || coalesce(array_agg(i), '{}'), v_types || coalesce(array_agg(t), '{}'),
                    v_prio || coalesce(array_agg(p), '{}'), v_turns || coalesce(array_agg(u), '{}')
@@ -623,11 +639,19 @@ begin
 end;
 $$;
 
--- Pausing writes the pause, then takes the type's jobs out of line, held ones included (a row
--- another transaction holds is taken out by the first claim that reaches it, or by the
--- sweep). Nothing in it waits for a claim: rows are taken with SKIP LOCKED. The limits row
--- is written first so that a pause and a resume of one type run one after the other: the
--- second waits for the first's commit, then reads the rows as the first left them.
+-- A pause and a resume of one type run one after the other: each takes the type's own lock
+-- (held to commit) first, and reads the rows only after it, so the second sees what the
+-- first left. Each writes the limits row last: that write takes processor:limited, which
+-- limit changes wait for, so it is held only from there to the commit, never while the
+-- type's rows are rewritten. Rows are taken with SKIP LOCKED: nothing here waits for a claim.
+create function job_queue_lock_type(p_job_type text) returns void
+language sql as $$
+    select pg_advisory_xact_lock(hashtextextended('processor:pause:' || p_job_type, 1886547811))
+$$;
+
+-- Pausing takes the type's jobs out of line, held ones included (a row another transaction
+-- holds is taken out by the first claim that reaches it, or by the sweep), then writes the
+-- pause.
 create or replace function pause_job_type(p_job_type text) returns boolean
 language plpgsql as $$
 begin
@@ -635,30 +659,33 @@ begin
         raise exception 'pause_job_type: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
+    perform job_queue_lock_type(p_job_type);
+    perform job_queue_take_out_paused(p_job_type);
     insert into job_type_limits (job_type, paused_at) values (p_job_type, now())
     on conflict (job_type) do update
     set paused_at = coalesce(job_type_limits.paused_at, now()), updated_at = now();
-    perform job_queue_take_out_paused(p_job_type);
     return true;
 end;
 $$;
 
--- Resuming lifts the pause, then puts the type's jobs back at the frontier (they return as
--- new groups do, not ahead of everyone by the time they were paused), behind their group's
--- held jobs if it has any: one transaction, so claims see both at its commit. Jobs written
--- while it ran, or held by another transaction, are placed by the sweep.
+-- Resuming puts the type's jobs back in line at the frontier (they return as new groups do,
+-- not ahead of everyone by the time they were paused), behind their group's held jobs if it
+-- has any, then lifts the pause: one transaction, so claims see both at its commit. Jobs
+-- written while it ran, or held by another transaction, are placed by the sweep.
 create or replace function resume_job_type(p_job_type text) returns boolean
 language plpgsql as $$
 begin
-    update job_type_limits set paused_at = null, updated_at = now()
-    where job_type = p_job_type and paused_at is not null;
-    if not found then
-        return false;  -- not paused, or resumed meanwhile by another call
+    perform job_queue_lock_type(p_job_type);
+    if not exists (select 1 from job_type_limits
+                   where job_type = p_job_type and paused_at is not null) then
+        return false;  -- not paused (or resumed meanwhile by another call)
     end if;
     perform job_queue_place(array(select id from job_queue
                                   where status = 'pending' and turn = 'infinity'
                                     and job_type = p_job_type
-                                  for update skip locked));
+                                  for update skip locked), p_resuming => p_job_type);
+    update job_type_limits set paused_at = null, updated_at = now()
+    where job_type = p_job_type and paused_at is not null;
     perform pg_notify('job_queue_insert', '');  -- running processors look again at once
     return true;
 end;
@@ -668,6 +695,8 @@ $$;
 select job_queue_sweep_paused();
 
 select processor_keep_private(array[
+    'function job_queue_place(uuid[], integer, boolean, text)',
+    'function job_queue_lock_type(text)',
     'function job_queue_take_out_paused(text)',
     'function job_queue_sweep_paused()'
 ]);
