@@ -391,6 +391,24 @@ def test_the_limited_flag_follows_every_cap_and_pause(conn):
     assert not limited(conn)
 
 
+def waits_for_commit(open_txn, database_url: str, statement: str) -> None:
+    """Runs statement in another session while open_txn has not committed: it waits (still
+    running after 0.3 s), then ends once open_txn commits (which closes it)."""
+
+    def run() -> None:
+        with connect(database_url) as other:
+            other.execute(statement)
+
+    other = threading.Thread(target=run)
+    other.start()
+    time.sleep(0.3)
+    assert other.is_alive()
+    open_txn.commit()
+    open_txn.close()
+    other.join(5)
+    assert not other.is_alive()
+
+
 def test_a_pause_beside_a_resume_leaves_the_pause_in_force(conn, database_url):
     """A resume of one type committed beside a pause of another: each writer reads both tables
     only after the other commits, so the flag stays set and the one lane of the paused type is
@@ -399,19 +417,7 @@ def test_a_pause_beside_a_resume_leaves_the_pause_in_force(conn, database_url):
     add(conn, 3, "shop", job_type="new")
     pausing = connect(database_url, autocommit=False)
     pausing.execute("select pause_job_type('new')")  # not committed yet
-
-    def resume_old() -> None:
-        with connect(database_url) as other:
-            other.execute("select resume_job_type('old')")
-
-    resumed = threading.Thread(target=resume_old)
-    resumed.start()
-    time.sleep(0.3)
-    assert resumed.is_alive()  # waits for the pause to commit, then reads it
-    pausing.commit()
-    pausing.close()
-    resumed.join(5)
-    assert not resumed.is_alive()
+    waits_for_commit(pausing, database_url, "select resume_job_type('old')")
     assert limited(conn)
     assert claim(conn, 5) == []
     conn.execute("select resume_job_type('new')")
@@ -638,18 +644,6 @@ def test_a_pause_beside_a_resume_of_the_same_type_leaves_its_jobs_out_of_line(co
     conn.execute("select pause_job_type('pack')")
     resuming = connect(database_url, autocommit=False)
     resuming.execute("select resume_job_type('pack')")  # not committed yet
-
-    def pause() -> None:
-        with connect(database_url) as other:
-            other.execute("select pause_job_type('pack')")
-
-    pausing = threading.Thread(target=pause)
-    pausing.start()
-    time.sleep(0.3)
-    assert pausing.is_alive()  # waits for the resume to commit
-    resuming.commit()
-    resuming.close()
-    pausing.join(5)
-    assert not pausing.is_alive()
+    waits_for_commit(resuming, database_url, "select pause_job_type('pack')")
     assert set(turns(conn, "shop")) == {PAUSED}
     assert claim(conn, 5) == []
