@@ -364,9 +364,9 @@ def test_get_next_job_takes_what_claim_jobs_would_and_calls_the_pick_once(conn):
             conn.execute("select mark_job_processing(%s, 'w')", (job["id"],))
             got.append(job["user_id"])
     assert Counter(got) == {"a": 3, "b": 3}
-    # early's turns 0-19, then a's and b's 19, 20 and 21: the frontier is at most 8 turns
+    # early's turns 0-19, then a's and b's 19, 20 and 21: the frontier is less than 16 turns
     # behind that, and never past it (a pick per row scanned would have taken far more).
-    assert 21 - 8 <= frontier(conn) <= 21
+    assert 21 - 16 < frontier(conn) <= 21
 
 
 def limited(conn) -> bool:
@@ -647,3 +647,93 @@ def test_a_pause_beside_a_resume_of_the_same_type_leaves_its_jobs_out_of_line(co
     waits_for_commit(resuming, database_url, "select pause_job_type('pack')")
     assert set(turns(conn, "shop")) == {PAUSED}
     assert claim(conn, 5) == []
+
+
+def test_pausing_a_type_reads_its_own_jobs_not_the_whole_line(conn):
+    """Taking a paused type out of line reads that type's entries. (It read every job in line,
+    and every row by its key, to find them: 370 ms at 60,000 jobs with nothing to take.)"""
+    add(conn, 3, "shop", job_type="pack")
+    add(conn, 5000, "importer")
+    for statement in ("select pause_job_type('pack')", "select job_queue_take_out_paused(null)"):
+        conn.execute("begin")
+        before = rows_read(conn)  # (counts not yet reported from earlier statements)
+        conn.execute(statement)
+        assert rows_read(conn) - before < 100
+        conn.execute("commit")
+        assert set(turns(conn, "shop")) == {PAUSED}
+
+
+def test_no_scheduler_statement_is_compiled_with_jit(conn):
+    """A function planned with sequential scans off gives a table with no usable index a cost
+    of 1e10, and a generic plan costs a LIMIT given as a parameter as a tenth of the table:
+    either goes past jit_above_cost, and PostgreSQL would compile the statement with LLVM on
+    every call (tens to hundreds of ms). Every such function turns JIT off, and with JIT's
+    default thresholds none of these calls compiles a statement."""
+    compiled_on_every_call = conn.execute(
+        "select coalesce(array_agg(proname::text order by proname), '{}') as names "
+        "from pg_proc where pronamespace = 'public'::regnamespace "
+        "and proconfig && array['enable_seqscan=off', 'plan_cache_mode=force_generic_plan'] "
+        "and not 'jit=off' = any (proconfig)"
+    ).fetchone()["names"]
+    assert compiled_on_every_call == []
+    if not conn.execute("select pg_jit_available() as a").fetchone()["a"]:
+        pytest.skip("this server has no JIT provider: the compile itself cannot be observed")
+    add(conn, 3, "shop", job_type="pack")
+    add(conn, 20, "importer")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    for setting in (
+        "load 'auto_explain'",
+        "set auto_explain.log_min_duration = 0",
+        "set auto_explain.log_nested_statements = on",
+        "set auto_explain.log_level = notice",
+    ):
+        conn.execute(setting)
+    conn.execute("select pause_job_type('pack')")
+    conn.execute("select job_queue_sweep_paused()")
+    conn.execute("select job_queue_take_out_paused(null)")
+    add(conn, 2, "late")
+    conn.execute("select resume_job_type('pack')")
+    compiled = [n.split("\n", 2)[1] for n in notices if "JIT:" in n]
+    assert notices and compiled == []
+
+
+def test_placing_many_jobs_at_once_reads_a_few_entries_a_job(conn):
+    """Resuming a type and lifting a cap place the type's jobs again in one go. Each group's
+    place was read while the same statement wrote, once per row, and each read walked the
+    entries just written: a resume of 40,000 jobs over 2,000 groups took 172 s. Counted, not
+    timed: 3,000 jobs over 300 groups read a few entries each, both ways."""
+    conn.execute("select pause_job_type('pack')")
+    for g in range(300):
+        add(conn, 10, f"shop-{g}", job_type="pack")
+    for statement in ("select resume_job_type('pack')", "select set_job_type_limit('pack', 1)"):
+        conn.execute("begin")
+        before = rows_read(conn)
+        conn.execute(statement)
+        assert rows_read(conn) - before < 20 * 3000, statement
+        conn.execute("commit")
+    claim(conn, 1)  # the cap of 1 holds the type's other groups
+    conn.execute("begin")
+    before = rows_read(conn)
+    conn.execute("select set_job_type_limit('pack', null)")
+    assert rows_read(conn) - before < 20 * 3000
+    conn.execute("commit")
+    # back in line, each group's jobs in order, the groups in turns
+    got = claim(conn, 600)
+    assert len(got) == 600 and Counter(r["user_id"] for r in got) == {
+        f"shop-{g}": 2 for g in range(300)
+    }
+
+
+def test_the_frontier_keeps_up_with_claims_of_any_size(conn):
+    """Claims look at the frontier only when their turns touch a window [8k, 8k + 1): one-job
+    claims one time in eight, and batches of 2, 4 or 8 that start on a multiple of 8 too (a
+    draft tested only the highest turn, and batches of 4 from turn 0 never moved it)."""
+    for size in (1, 2, 3, 4, 8, 50):
+        conn.execute("truncate job_queue_turns")
+        add(conn, 200, f"importer-{size}")
+        served = 0
+        while served < 200:
+            served += len(claim(conn, size))
+            assert frontier(conn) >= max(0, served - 1 - 16), (size, served)
+        finish_running(conn)
