@@ -1087,11 +1087,21 @@ begin
                     perform job_queue_take_out_paused(null);  -- the others like them too
                 end if;
             end if;
-            select v_ids || coalesce(array_agg(i), '{}'), v_types || coalesce(array_agg(t), '{}'),
-                   v_prio || coalesce(array_agg(p), '{}'), v_turns || coalesce(array_agg(u), '{}')
-            into v_ids, v_types, v_prio, v_turns
-            from unnest(v_got, v_got_types, v_got_prio, v_got_turns) x(i, t, p, u)
-            where i <> all (v_out);
+            if cardinality(v_out) = 0 and cardinality(v_ids) = 0 then
+                -- The usual round, first and last: assignments, not a statement.
+                v_ids := v_got;
+                v_types := v_got_types;
+                v_prio := v_got_prio;
+                v_turns := v_got_turns;
+            else
+                select v_ids || coalesce(array_agg(i), '{}'),
+                       v_types || coalesce(array_agg(t), '{}'),
+                       v_prio || coalesce(array_agg(p), '{}'),
+                       v_turns || coalesce(array_agg(u), '{}')
+                into v_ids, v_types, v_prio, v_turns
+                from unnest(v_got, v_got_types, v_got_prio, v_got_turns) x(i, t, p, u)
+                where i <> all (v_out);
+            end if;
             v_rounds := v_rounds + 1;
             exit when cardinality(v_out) = 0 or cardinality(v_ids) >= p_limit or v_rounds >= 4;
         end loop;
@@ -1100,16 +1110,21 @@ begin
     -- whose turns touch a window [8k, 8k + 1): when each claim takes one job, one claim in
     -- eight reads the frontier row (and writes it when it has moved 8 turns), and once
     -- claims are past a jump it stays less than 16 turns behind. (Every claim read it: a row
-    -- every claimer touched, about a tenth of the one-job claim's throughput with 16
-    -- claimers.) A batch touches a window if it crosses a multiple of 8 or starts in one.
+    -- every claimer touched.) A batch touches a window if it crosses a multiple of 8 or
+    -- starts in one; a one-job claim decides without a statement.
     if cardinality(v_ids) = 0 then
         return v_ids;
+    elsif cardinality(v_ids) = 1 then
+        if v_turns[1] - 8 * floor(v_turns[1] / 8) < 1 then
+            perform job_queue_advance_frontier(v_types[1], v_prio[1], v_turns[1]);
+        end if;
+    else
+        perform job_queue_advance_frontier(t, p, max(turn))
+        from unnest(v_types, v_prio, v_turns) u(t, p, turn)
+        group by t, p
+        having floor(max(turn) / 8) > floor(min(turn) / 8)
+            or min(turn) - 8 * floor(min(turn) / 8) < 1;
     end if;
-    perform job_queue_advance_frontier(t, p, max(turn))
-    from unnest(v_types, v_prio, v_turns) u(t, p, turn)
-    group by t, p
-    having floor(max(turn) / 8) > floor(min(turn) / 8)
-        or min(turn) - 8 * floor(min(turn) / 8) < 1;
     return v_ids;
 end;
 $_$;
