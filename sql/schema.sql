@@ -1421,6 +1421,8 @@ CREATE FUNCTION public.job_queue_place_row() RETURNS trigger
     AS $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
+    v_key text;
+    v_base double precision;
 begin
     if new.status <> 'pending' or new.run_at > now() then
         new.turn := null;  -- (pending: the first claim after run_at places it)
@@ -1432,7 +1434,16 @@ begin
                     and coalesce(concurrency_key, user_id, '') = v_group) then
         new.turn := '-infinity';  -- behind its group's held jobs
     else
-        new.turn := job_queue_next_turn(v_group, new.job_type, new.priority);
+        v_key := statement_timestamp()::text || ' ' || new.priority || ' ' || new.job_type;
+        if current_setting('processor.placing', true) = v_key then
+            v_base := current_setting('processor.placing_base')::double precision;
+        else
+            v_base := job_queue_type_base(new.job_type, new.priority);
+            perform set_config('processor.placing', v_key, true),
+                    set_config('processor.placing_base', v_base::text, true);
+        end if;
+        new.turn := greatest(v_base,
+                             job_queue_group_next(v_group, new.job_type, new.priority));
     end if;
     return new;
 end;
@@ -1726,21 +1737,21 @@ CREATE FUNCTION public.job_queue_type_base(p_job_type text, p_priority integer) 
     SET jit TO 'off'
     AS $$
 declare
-    v_head double precision;  -- the type's first job in line
-    v_base double precision;
+    v_frontier double precision;
+    v_head double precision;  -- the type's first job in line at or past its frontier
 begin
+    select pass into v_frontier from job_queue_turns
+    where job_type = p_job_type and priority = p_priority;
     select turn into v_head from job_queue
     where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
       and job_type = p_job_type and priority = p_priority
+      and turn >= coalesce(v_frontier, '-infinity')
     order by priority desc, turn limit 1;
-    if v_head is null then
-        select pass into v_base from job_queue_turns where priority = p_priority
-        order by pass desc limit 1;
-    else
-        select greatest(v_head, pass) into v_base from job_queue_turns
-        where job_type = p_job_type and priority = p_priority;
+    if v_head is not null then
+        return greatest(v_head, v_frontier);
     end if;
-    return coalesce(v_base, v_head, 0);
+    return coalesce((select pass from job_queue_turns where priority = p_priority
+                     order by pass desc limit 1), 0);
 end;
 $$;
 
