@@ -194,6 +194,7 @@ CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_jo
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     SET jit TO 'off'
+    SET enable_sort TO 'off'
     AS $$
 declare
     v_ids uuid[];
@@ -203,6 +204,7 @@ begin
         return;
     end if;
     v_ids := job_queue_pick(p_limit, p_job_types);
+    -- (v_ids: rows the pick locked while pending; by key alone, see above)
     return query
     with claimed as (
         update job_queue j
@@ -211,7 +213,7 @@ begin
             locked_until = now() + p_lease,
             lease_token = gen_random_uuid(),
             processed_at = now()
-        where j.id = any (v_ids) and j.status = 'pending'
+        where j.id = any (v_ids)
         returning j.*
     )
     select * from claimed order by priority desc, run_at, created_at;
@@ -461,6 +463,7 @@ CREATE FUNCTION public.get_next_job(p_job_types text[] DEFAULT NULL::text[]) RET
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     SET jit TO 'off'
+    SET enable_sort TO 'off'
     AS $$
 declare
     v_id uuid;
@@ -841,6 +844,7 @@ CREATE FUNCTION public.job_queue_group_next(p_group text, p_job_type text, p_pri
     SET enable_seqscan TO 'off'
     SET enable_bitmapscan TO 'off'
     SET jit TO 'off'
+    SET enable_sort TO 'off'
     AS $$
 begin
     return greatest(
@@ -1450,6 +1454,36 @@ end;
 $$;
 
 --
+-- Name: job_queue_refresh_statistics(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_refresh_statistics() RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET lock_timeout TO '100ms'
+    AS $$
+declare
+    v_changed bigint;
+    v_rows double precision;
+begin
+    select s.n_mod_since_analyze, greatest(c.reltuples, s.n_live_tup, 0)
+    into v_changed, v_rows
+    from pg_stat_user_tables s join pg_class c on c.oid = s.relid
+    where s.relid = 'public.job_queue'::regclass;
+    if v_changed is null or v_changed < 1000 + 0.01 * v_rows
+       or not pg_try_advisory_xact_lock(hashtext('processor:analyze')) then
+        return false;
+    end if;
+    begin
+        analyze public.job_queue;
+    exception when lock_not_available then
+        return false;  -- autovacuum has the table
+    end;
+    return true;
+end;
+$$;
+
+--
 -- Name: job_queue_release_all_held(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1735,6 +1769,7 @@ CREATE FUNCTION public.job_queue_type_base(p_job_type text, p_priority integer) 
     SET enable_seqscan TO 'off'
     SET enable_bitmapscan TO 'off'
     SET jit TO 'off'
+    SET enable_sort TO 'off'
     AS $$
 declare
     v_frontier double precision;
@@ -3936,6 +3971,12 @@ REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_place_row() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_refresh_statistics(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_refresh_statistics() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_release_all_held(); Type: ACL; Schema: public; Owner: -

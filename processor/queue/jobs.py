@@ -53,6 +53,11 @@ class JobQueue:
         row = await self.db.fetch_one("requeue_expired_jobs")
         return int(row["requeued"]) if row else 0
 
+    async def refresh_statistics(self) -> bool:
+        """Analyzes job_queue if enough of it changed since it was last analyzed."""
+        row = await self.db.fetch_one("refresh_statistics")
+        return bool(row and row["analyzed"])
+
     async def claim_jobs(
         self, worker: str, limit: int, job_types: list[str] | None, lease_seconds: float
     ) -> list[ClaimedJob]:

@@ -38,6 +38,7 @@ from processor.queue.drain import Drainer
 from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.listen import Listener, why_not_listen
 from processor.queue.recorder import Recorder
+from processor.queue.statistics import StatisticsKeeper
 from processor.settings import Settings
 from processor.web.body_limit import BodyLimit
 from processor.web.metrics import metrics
@@ -298,7 +299,10 @@ def create_app(settings: Settings, http_client: httpx.AsyncClient | None = None)
             log.info("processor_stopping", running=dispatcher.running)
             await drainer.stop()
 
-        background = [asyncio.create_task(stop_claiming(), name="stop-claiming")]
+        background = [
+            asyncio.create_task(stop_claiming(), name="stop-claiming"),
+            asyncio.create_task(StatisticsKeeper(queue).run(), name="statistics"),
+        ]
         if settings.run_relay:
             background.append(asyncio.create_task(Relay(settings.database_url, client).run()))
         reason = why_not_listen(settings.listen_for_jobs)

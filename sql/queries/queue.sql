@@ -4,6 +4,9 @@
 -- requeue_expired_jobs --
 select requeue_expired_jobs() as requeued;
 
+-- refresh_statistics --
+select job_queue_refresh_statistics() as analyzed;
+
 -- claim_jobs --
 -- The payload comes back as text: the processor passes it on without decoding it, so a payload
 -- it could not decode cannot spoil the claim of the jobs beside it.

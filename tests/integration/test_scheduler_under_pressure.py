@@ -5,6 +5,7 @@ sessions on a real database; each case is forced with explicit connections rathe
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -13,6 +14,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from processor.db import Database
+from processor.queue.jobs import JobQueue
+from processor.queue.statistics import StatisticsKeeper
 from tests.support import add_jobs as add
 
 
@@ -773,3 +777,80 @@ def test_placing_skips_the_entries_of_claimed_jobs_that_no_one_may_clean_yet(con
         " where user_id like 'single-%%' or user_id like 'shop-%%'"
     ).fetchone()
     assert newcomers["lo"] >= head and newcomers["n"] == 1
+
+
+def test_claims_keep_their_plans_on_statistics_from_an_empty_line(conn, database_url):
+    """Analyzed while every job was finished, `status = 'pending'` is estimated at one row and
+    the index of all pending jobs looked cheapest: on a backlog, the pick read and sorted every
+    pending job and the claim's update read them all again to find its own rows, until
+    autovacuum analyzed the table again (a minute at best); placing read them all for each row
+    written. Counted, not timed: with such statistics a claim reads a few entries, not the
+    3,000 pending jobs; once job_queue_refresh_statistics has analyzed the table (the
+    processors ask every 10 s), an insert of 100 new groups reads a few entries a row."""
+    conn.execute("alter table job_queue set (autovacuum_enabled = false)")
+    add(conn, 200, "importer")
+    claim(conn, 200)
+    finish_running(conn)
+    conn.execute("vacuum analyze job_queue")  # every job finished
+    conn.execute(
+        "insert into job_queue (job_type, user_id)"
+        " select 'ok', 'shop-' || g % 300 from generate_series(1, 3000) g"
+    )
+    status = conn.execute(
+        "select most_common_vals::text as v from pg_stats"
+        " where tablename = 'job_queue' and attname = 'status'"
+    ).fetchone()
+    assert status["v"] == "{completed}"
+    with connect(database_url, autocommit=False) as c:  # plans made now, on those statistics
+        before = rows_read(c)
+        assert len(claim(c, 5)) == 5
+        assert rows_read(c) - before < 100
+        c.commit()
+    conn.execute("select pg_stat_force_next_flush()")  # (counts reach the table's statistics)
+    assert conn.execute("select job_queue_refresh_statistics() as a").fetchone()["a"] is True
+    assert conn.execute("select job_queue_refresh_statistics() as a").fetchone()["a"] is False
+    with connect(database_url, autocommit=False) as c:
+        before = rows_read(c)
+        c.execute(
+            "insert into job_queue (job_type, user_id)"
+            " select 'ok', 'newcomer-' || g from generate_series(1, 100) g"
+        )
+        assert rows_read(c) - before < 20 * 100
+        c.commit()
+
+
+def test_each_processor_refreshes_the_statistics_after_a_burst(conn, database_url):
+    """The processors' keeper calls job_queue_refresh_statistics on its interval: after a burst
+    of inserts the table is analyzed without autovacuum."""
+    conn.execute("alter table job_queue set (autovacuum_enabled = false)")
+    conn.execute("vacuum analyze job_queue")
+    add(conn, 3000, "importer")
+    conn.execute("select pg_stat_force_next_flush()")
+
+    def analyzed() -> int:
+        return conn.execute(
+            "select analyze_count + autoanalyze_count as n from pg_stat_user_tables"
+            " where relname = 'job_queue'"
+        ).fetchone()["n"]
+
+    first = analyzed()
+
+    async def run() -> int:
+        db = Database(database_url)
+        await db.open()
+        keeper = StatisticsKeeper(JobQueue(db), every=0.05)
+        task = asyncio.create_task(keeper.run())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if keeper.analyzed:
+                    break
+            await asyncio.sleep(0.3)  # more checks, nothing more to do
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await db.close()
+        return keeper.analyzed
+
+    assert asyncio.run(run()) == 1
+    assert analyzed() == first + 1
