@@ -96,11 +96,13 @@ $$;
 --
 
 CREATE FUNCTION public.processor_valid_traceparent(p_value text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $_$
-    select p_value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+begin
+    return p_value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
        and substr(p_value, 4, 32) <> repeat('0', 32)
-       and substr(p_value, 37, 16) <> repeat('0', 16)
+       and substr(p_value, 37, 16) <> repeat('0', 16);
+end;
 $_$;
 
 SET default_tablespace = '';
@@ -199,12 +201,11 @@ CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_jo
 declare
     v_ids uuid[];
 begin
-    -- A limit of 0 (or null, or less) claims nothing: it is how a caller says it has no room.
-    if coalesce(p_limit, 0) <= 0 then
-        return;
-    end if;
+    -- A limit of 0 (or null, or less) claims nothing (the pick returns no id): it is how a
+    -- caller says it has no room. (Into a variable: called in the WHERE clause, a volatile
+    -- function cannot be an index condition and runs once per row scanned.)
     v_ids := job_queue_pick(p_limit, p_job_types);
-    -- (v_ids: rows the pick locked while pending; by key alone, see above)
+    -- (v_ids: rows the pick locked while pending; by key alone, 0022)
     return query
     with claimed as (
         update job_queue j
@@ -968,38 +969,40 @@ CREATE FUNCTION public.job_queue_pick(p_limit integer, p_job_types text[]) RETUR
     LANGUAGE plpgsql
     AS $_$
 declare
+    -- (no defaults: each would be a step on every call; the general path sets its own)
     v_fair boolean;
     v_limited boolean;
     v_release boolean;
-    v_paused text[] := '{}';
-    v_capped boolean := false;
-    v_counting boolean := false;
-    v_type_caps jsonb := '{}';
-    v_ids uuid[] := '{}';
-    v_types text[] := '{}';
-    v_prio integer[] := '{}';
-    v_turns double precision[] := '{}';
+    v_unplaced boolean;
+    v_paused text[];
+    v_capped boolean;
+    v_counting boolean;
+    v_type_caps jsonb;
+    v_ids uuid[];
+    v_types text[];
+    v_prio integer[];
+    v_turns double precision[];
     v_got uuid[];  -- one round of the one-statement claim (see there)
     v_got_types text[];
     v_got_prio integer[];
     v_got_turns double precision[];
     v_out uuid[];
-    v_rounds integer := 0;
-    v_unplaced boolean;
-    v_timeout text := current_setting('lock_timeout');
+    v_rounds integer;
+    v_timeout text;
 begin
     if coalesce(p_limit, 0) <= 0 then
-        return v_ids;
+        return '{}';
     end if;
     -- Limit changes take processor:limits exclusively for a statement: a claim waits 100 ms
     -- at most for one, else takes nothing now.
     if not pg_try_advisory_xact_lock_shared(hashtext('processor:limits')) then
+        v_timeout := current_setting('lock_timeout');
         begin
             perform set_config('lock_timeout', '100ms', true);
             perform pg_advisory_xact_lock_shared(hashtext('processor:limits'));
             perform set_config('lock_timeout', v_timeout, true);
         exception when lock_not_available then
-            return v_ids;  -- (the block's setting is undone with it)
+            return '{}';  -- (the block's setting is undone with it)
         end;
     end if;
     -- Read after the lock (a statement of its own: a fresh snapshot), so a cap committed
@@ -1012,92 +1015,108 @@ begin
     into v_fair, v_limited, v_release, v_unplaced
     from job_queue_settings st where st.id;
 
-    -- Jobs that became due since they were written go in line first.
-    if v_unplaced then
-        perform job_queue_place(array(select id from job_queue
-                                      where status = 'pending' and turn is null
-                                        and run_at <= now()
-                                      order by run_at limit 1000
-                                      for update skip locked));
-    end if;
-    if v_release then
-        update job_queue_scheduler set rebuilt_at = now()
-        where ctid = (select ctid from job_queue_scheduler for update skip locked);
-        if found then
-            perform job_queue_release_all_held();
-            perform job_queue_sweep_paused();
-        end if;
-    end if;
-
-    if v_limited then
-        select coalesce((select array_agg(job_type) from job_type_limits
-                         where paused_at is not null), '{}'),
-               exists (select 1 from job_concurrency_limits where max_running is not null)
-               or exists (select 1 from job_type_limits where max_running is not null)
-        into v_paused, v_capped;
-        -- Caps are counted by one claimer at a time; one that cannot take the lock within
-        -- 100 ms (another sits in an open transaction) takes only work without a cap.
-        v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
-        if v_capped and not v_counting then
-            begin
-                perform set_config('lock_timeout', '100ms', true);
-                perform pg_advisory_xact_lock(hashtext('processor:caps'));
-                perform set_config('lock_timeout', v_timeout, true);
-                v_counting := true;
-            exception when lock_not_available then
-                v_counting := false;
-            end;
-        end if;
-        -- Read after the lock that counts them: a cap lowered meanwhile is the cap it holds.
-        select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
-        from job_type_limits where max_running is not null;
-    end if;
-
-    if not coalesce(v_fair, true) then
-        return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped, v_counting,
-                                       v_type_caps);
-    elsif v_capped or p_job_types is not null then
-        select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
-        from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting, v_type_caps);
+    if p_job_types is null and v_fair and not (v_limited or v_release or v_unplaced) then
+        -- The common case: nothing to place, count, release or skip (with no cap and no pause
+        -- in force no type is out of line). The lowest turns, one statement.
+        select array_agg(id), array_agg(job_type), array_agg(priority), array_agg(turn)
+        into v_ids, v_types, v_prio, v_turns
+        from (select id, job_type, priority, turn from job_queue
+              where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                and run_at <= now()
+              order by priority desc, turn
+              limit p_limit
+              for update skip locked) s;
     else
-        -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out of
-        -- line, but for one written beside the pause: the claim, holding its row, takes it
-        -- out of line instead of taking it (the pause read again in that update's snapshot),
-        -- with every other such job, and reads on for what is left of its limit (four rounds
-        -- at most). (Not a filter in
-        -- the statement: `job_type <> all ($1)` in a generic plan is estimated at about no
-        -- rows when the table holds one or two types, and the plan became a sequential scan.)
-        loop
-            select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
-                   coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
-            into v_got, v_got_types, v_got_prio, v_got_turns
-            from (select id, job_type, priority, turn from job_queue
-                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                    and run_at <= now() and id <> all (v_ids)
-                  order by priority desc, turn
-                  limit p_limit - cardinality(v_ids)
-                  for update skip locked) s;
-            v_out := '{}';
-            if v_got_types && v_paused then
-                with taken_out as (
-                    update job_queue set turn = 'infinity'
-                    where id = any (v_got)
-                      and job_type in (select job_type from job_type_limits
-                                       where paused_at is not null)
-                    returning id
-                )
-                select coalesce(array_agg(id), '{}') into v_out from taken_out;
-                if cardinality(v_out) > 0 then
-                    perform job_queue_take_out_paused(null);  -- the others like them too
-                end if;
+        v_paused := '{}';
+        v_capped := false;
+        v_counting := false;
+        v_type_caps := '{}';
+        v_ids := '{}';
+        v_types := '{}';
+        v_prio := '{}';
+        v_turns := '{}';
+        v_rounds := 0;
+        -- Jobs that became due since they were written go in line first.
+        if v_unplaced then
+            perform job_queue_place(array(select id from job_queue
+                                          where status = 'pending' and turn is null
+                                            and run_at <= now()
+                                          order by run_at limit 1000
+                                          for update skip locked));
+        end if;
+        if v_release then
+            update job_queue_scheduler set rebuilt_at = now()
+            where ctid = (select ctid from job_queue_scheduler for update skip locked);
+            if found then
+                perform job_queue_release_all_held();
+                perform job_queue_sweep_paused();
             end if;
-            if cardinality(v_out) = 0 and cardinality(v_ids) = 0 then
-                -- The usual round, first and last: assignments, not a statement.
-                v_ids := v_got;
-                v_types := v_got_types;
-                v_prio := v_got_prio;
-                v_turns := v_got_turns;
-            else
+        end if;
+
+        if v_limited then
+            select coalesce((select array_agg(job_type) from job_type_limits
+                             where paused_at is not null), '{}'),
+                   exists (select 1 from job_concurrency_limits where max_running is not null)
+                   or exists (select 1 from job_type_limits where max_running is not null)
+            into v_paused, v_capped;
+            -- Caps are counted by one claimer at a time; one that cannot take the lock within
+            -- 100 ms (another sits in an open transaction) takes only work without a cap.
+            v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
+            if v_capped and not v_counting then
+                v_timeout := current_setting('lock_timeout');
+                begin
+                    perform set_config('lock_timeout', '100ms', true);
+                    perform pg_advisory_xact_lock(hashtext('processor:caps'));
+                    perform set_config('lock_timeout', v_timeout, true);
+                    v_counting := true;
+                exception when lock_not_available then
+                    v_counting := false;
+                end;
+            end if;
+            -- Read after the lock that counts them: a cap lowered meanwhile is the cap it holds.
+            select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
+            from job_type_limits where max_running is not null;
+        end if;
+
+        if not coalesce(v_fair, true) then
+            return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped,
+                                           v_counting, v_type_caps);
+        elsif v_capped or p_job_types is not null then
+            select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
+            from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting,
+                                        v_type_caps);
+        else
+            -- Nothing to count: the lowest turns, one statement. A paused type's jobs are out
+            -- of line, but for one written beside the pause: the claim, holding its row, takes
+            -- it out of line instead of taking it (the pause read again in that update's
+            -- snapshot), with every other such job, and reads on for what is left of its limit
+            -- (four rounds at most). (Not a filter in the statement: `job_type <> all ($1)` in
+            -- a generic plan is estimated at about no rows when the table holds one or two
+            -- types, and the plan became a sequential scan.)
+            loop
+                select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+                       coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
+                into v_got, v_got_types, v_got_prio, v_got_turns
+                from (select id, job_type, priority, turn from job_queue
+                      where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                        and run_at <= now() and id <> all (v_ids)
+                      order by priority desc, turn
+                      limit p_limit - cardinality(v_ids)
+                      for update skip locked) s;
+                v_out := '{}';
+                if v_got_types && v_paused then
+                    with taken_out as (
+                        update job_queue set turn = 'infinity'
+                        where id = any (v_got)
+                          and job_type in (select job_type from job_type_limits
+                                           where paused_at is not null)
+                        returning id
+                    )
+                    select coalesce(array_agg(id), '{}') into v_out from taken_out;
+                    if cardinality(v_out) > 0 then
+                        perform job_queue_take_out_paused(null);  -- the others like them too
+                    end if;
+                end if;
                 select v_ids || coalesce(array_agg(i), '{}'),
                        v_types || coalesce(array_agg(t), '{}'),
                        v_prio || coalesce(array_agg(p), '{}'),
@@ -1105,19 +1124,20 @@ begin
                 into v_ids, v_types, v_prio, v_turns
                 from unnest(v_got, v_got_types, v_got_prio, v_got_turns) x(i, t, p, u)
                 where i <> all (v_out);
-            end if;
-            v_rounds := v_rounds + 1;
-            exit when cardinality(v_out) = 0 or cardinality(v_ids) >= p_limit or v_rounds >= 4;
-        end loop;
+                v_rounds := v_rounds + 1;
+                exit when cardinality(v_out) = 0 or cardinality(v_ids) >= p_limit
+                          or v_rounds >= 4;
+            end loop;
+        end if;
     end if;
     -- Each type's frontier moves to the highest turn taken of it, looked at only by a claim
     -- whose turns touch a window [8k, 8k + 1): when each claim takes one job, one claim in
     -- eight reads the frontier row (and writes it when it has moved 8 turns), and once
-    -- claims are past a jump it stays less than 16 turns behind. (Every claim read it: a row
-    -- every claimer touched.) A batch touches a window if it crosses a multiple of 8 or
-    -- starts in one; a one-job claim decides without a statement.
-    if cardinality(v_ids) = 0 then
-        return v_ids;
+    -- claims are past a jump it stays less than 16 turns behind. A batch touches a window if
+    -- it crosses a multiple of 8 or starts in one; a one-job claim decides without a
+    -- statement.
+    if v_ids is null or cardinality(v_ids) = 0 then
+        return '{}';
     elsif cardinality(v_ids) = 1 then
         if v_turns[1] - 8 * floor(v_turns[1] / 8) < 1 then
             perform job_queue_advance_frontier(v_types[1], v_prio[1], v_turns[1]);
