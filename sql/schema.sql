@@ -201,11 +201,12 @@ CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_jo
 declare
     v_ids uuid[];
 begin
-    -- A limit of 0 (or null, or less) claims nothing (the pick returns no id): it is how a
-    -- caller says it has no room. (Into a variable: called in the WHERE clause, a volatile
-    -- function cannot be an index condition and runs once per row scanned.)
+    -- A limit of 0 (or null, or less) claims nothing: it is how a caller says it has no room.
+    if coalesce(p_limit, 0) <= 0 then
+        return;
+    end if;
     v_ids := job_queue_pick(p_limit, p_job_types);
-    -- (v_ids: rows the pick locked while pending; by key alone, 0022)
+    -- (v_ids: rows the pick locked while pending; by key alone, see above)
     return query
     with claimed as (
         update job_queue j
@@ -1442,9 +1443,11 @@ CREATE FUNCTION public.job_queue_place_row() RETURNS trigger
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
+    SET extra_float_digits TO '3'
     AS $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
+    v_frontier double precision;
     v_key text;
     v_base double precision;
 begin
@@ -1458,10 +1461,15 @@ begin
                     and coalesce(concurrency_key, user_id, '') = v_group) then
         new.turn := '-infinity';  -- behind its group's held jobs
     else
-        v_key := statement_timestamp()::text || ' ' || new.priority || ' ' || new.job_type;
+        select pass into v_frontier from job_queue_turns
+        where job_type = new.job_type and priority = new.priority;
+        v_key := statement_timestamp()::text || ' ' || new.priority || ' '
+                 || coalesce(v_frontier::text, '-') || ' ' || new.job_type;
         if current_setting('processor.placing', true) = v_key then
-            v_base := current_setting('processor.placing_base')::double precision;
-        else
+            v_base := current_setting('processor.placing_base', true)::double precision;
+        end if;
+        -- (a value found there is used only if finite and not behind the frontier)
+        if v_base is null or v_base < v_frontier or v_base in ('infinity', '-infinity', 'NaN') then
             v_base := job_queue_type_base(new.job_type, new.priority);
             perform set_config('processor.placing', v_key, true),
                     set_config('processor.placing_base', v_base::text, true);
@@ -1474,10 +1482,10 @@ end;
 $$;
 
 --
--- Name: job_queue_refresh_statistics(); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_refresh_statistics(interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_refresh_statistics() RETURNS boolean
+CREATE FUNCTION public.job_queue_refresh_statistics(p_min_interval interval DEFAULT '00:00:10'::interval) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     SET lock_timeout TO '100ms'
@@ -1485,12 +1493,16 @@ CREATE FUNCTION public.job_queue_refresh_statistics() RETURNS boolean
 declare
     v_changed bigint;
     v_rows double precision;
+    v_last timestamptz;
 begin
-    select s.n_mod_since_analyze, greatest(c.reltuples, s.n_live_tup, 0)
-    into v_changed, v_rows
+    select s.n_mod_since_analyze, greatest(c.reltuples, s.n_live_tup, 0),
+           greatest(s.last_analyze, s.last_autoanalyze)
+    into v_changed, v_rows, v_last
     from pg_stat_user_tables s join pg_class c on c.oid = s.relid
     where s.relid = 'public.job_queue'::regclass;
     if v_changed is null or v_changed < 1000 + 0.01 * v_rows
+       or v_last > now() - p_min_interval
+       or transaction_timestamp() <> statement_timestamp()
        or not pg_try_advisory_xact_lock(hashtext('processor:analyze')) then
         return false;
     end if;
@@ -3993,10 +4005,10 @@ REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_
 REVOKE ALL ON FUNCTION public.job_queue_place_row() FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_refresh_statistics(); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_refresh_statistics(p_min_interval interval); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_refresh_statistics() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_refresh_statistics(p_min_interval interval) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_release_all_held(); Type: ACL; Schema: public; Owner: -

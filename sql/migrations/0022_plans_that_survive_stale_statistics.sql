@@ -17,8 +17,8 @@
 -- 3. Everything else that reads job_queue (placing a new group's job, the status page, job_wait_
 --    reason) plans on statistics too, so they are kept fresh: each processor asks every
 --    10 s, and job_queue_refresh_statistics analyzes the table once 1,000 rows and 1 % of it
---    have changed since the last analyze (autovacuum's own rule for this table is 5 %, looked
---    at once a minute).
+--    have changed since the last analyze, at most once in 10 s whatever the number of
+--    processors (autovacuum's own rule for this table is 5 %, looked at once a minute).
 alter function claim_jobs(text, integer, text[], interval) set enable_sort = off;
 alter function get_next_job(text[]) set enable_sort = off;
 alter function job_queue_type_base(text, integer) set enable_sort = off;
@@ -60,10 +60,12 @@ end;
 $$;
 
 -- Analyzes job_queue when 1,000 rows and 1 % of the table have changed since it was last
--- analyzed; true if it did. One caller at a time (the others return at once), and never
--- waiting: with autovacuum working on the table it leaves it for later. Run as the table's
--- owner (ANALYZE needs it), called by the processors in a transaction of its own.
-create function job_queue_refresh_statistics() returns boolean
+-- analyzed, and not within p_min_interval of the last analyze; true if it did. One caller at a time
+-- (the others return at once), only in a transaction of its own (ANALYZE holds its lock to
+-- commit), and never waiting: with autovacuum working on the table it leaves it for later.
+-- Run as the table's owner (ANALYZE needs it).
+create function job_queue_refresh_statistics(p_min_interval interval default '10 seconds')
+returns boolean
 language plpgsql security definer
 set search_path = pg_catalog, public, pg_temp
 set lock_timeout = '100ms'
@@ -71,12 +73,16 @@ as $$
 declare
     v_changed bigint;
     v_rows double precision;
+    v_last timestamptz;
 begin
-    select s.n_mod_since_analyze, greatest(c.reltuples, s.n_live_tup, 0)
-    into v_changed, v_rows
+    select s.n_mod_since_analyze, greatest(c.reltuples, s.n_live_tup, 0),
+           greatest(s.last_analyze, s.last_autoanalyze)
+    into v_changed, v_rows, v_last
     from pg_stat_user_tables s join pg_class c on c.oid = s.relid
     where s.relid = 'public.job_queue'::regclass;
     if v_changed is null or v_changed < 1000 + 0.01 * v_rows
+       or v_last > now() - p_min_interval
+       or transaction_timestamp() <> statement_timestamp()
        or not pg_try_advisory_xact_lock(hashtext('processor:analyze')) then
         return false;
     end if;
@@ -89,4 +95,4 @@ begin
 end;
 $$;
 
-select processor_keep_private(array['function job_queue_refresh_statistics()']);
+select processor_keep_private(array['function job_queue_refresh_statistics(interval)']);

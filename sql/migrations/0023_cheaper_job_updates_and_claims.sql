@@ -211,38 +211,3 @@ begin
     return v_ids;
 end;
 $$;
-
--- As in 0022, without its own check of the limit (the pick's is the first thing it does).
-create or replace function claim_jobs(
-    p_worker text,
-    p_limit integer default 1,
-    p_job_types text[] default null,
-    p_lease interval default '1 minute'
-) returns setof job_queue
-language plpgsql
-set plan_cache_mode = force_generic_plan
-set jit = off
-set enable_sort = off
-as $$
-declare
-    v_ids uuid[];
-begin
-    -- A limit of 0 (or null, or less) claims nothing (the pick returns no id): it is how a
-    -- caller says it has no room. (Into a variable: called in the WHERE clause, a volatile
-    -- function cannot be an index condition and runs once per row scanned.)
-    v_ids := job_queue_pick(p_limit, p_job_types);
-    -- (v_ids: rows the pick locked while pending; by key alone, 0022)
-    return query
-    with claimed as (
-        update job_queue j
-        set status = 'processing',
-            locked_by = p_worker,
-            locked_until = now() + p_lease,
-            lease_token = gen_random_uuid(),
-            processed_at = now()
-        where j.id = any (v_ids)
-        returning j.*
-    )
-    select * from claimed order by priority desc, run_at, created_at;
-end;
-$$;
