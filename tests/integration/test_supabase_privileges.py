@@ -229,3 +229,14 @@ def test_the_new_objects_are_closed_to_the_api_roles(db):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 db.execute(statement)
             db.execute("rollback to savepoint s")
+
+
+def test_refreshing_the_queues_statistics_is_closed_to_the_api_roles(db):
+    """0022's job_queue_refresh_statistics runs ANALYZE as the table's owner: the processors
+    call it, no API role may."""
+    for role in ("anon", "authenticated", "service_role"):
+        db.execute("savepoint s")
+        db.execute(f"set local role {role}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db.execute("select job_queue_refresh_statistics()")
+        db.execute("rollback to savepoint s")
