@@ -5,16 +5,22 @@ retry, what the jobs already paid and the most their missing images can cost."""
 from __future__ import annotations
 
 import argparse
+import sys
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
-from rich.console import Console
 from rich.table import Table
 
 from processor import db
 from processor.cli import console
-from processor.cli.common import add_command, bounded_int, database_url, moment
+from processor.cli.common import (
+    add_command,
+    bounded_int,
+    database_url,
+    job_ref,
+    moment,
+    resolve_job_id,
+)
 
 FILTERS = ("status", "type", "user", "since", "until", "error")
 
@@ -35,7 +41,13 @@ def add_commands(sub: Any) -> None:
         ),
     ):
         p = add_command(sub, name, help_text)
-        p.add_argument("job_id", metavar="ID", type=UUID, nargs="?", help="one job's id")
+        p.add_argument(
+            "job_id",
+            metavar="ID",
+            type=job_ref,
+            nargs="?",
+            help="one job, by its id or first 8 or more characters",
+        )
         p.add_argument(
             "--status",
             choices=statuses,
@@ -92,8 +104,12 @@ def _command(name: str, verb: str, default_status: str) -> Any:
     return run
 
 
-def _one(query: str, verb: str, job_id: UUID) -> int:
+def _one(query: str, verb: str, ref: str) -> int:
     with db.connect(database_url()) as conn:
+        job_id = resolve_job_id(conn, ref)
+        if job_id is None:
+            print(f"no job {ref}", file=sys.stderr)
+            return 1
         ok = db.run(conn, query, {"id": job_id})[0]["ok"]
     print(
         f"{verb} {job_id}"
@@ -107,7 +123,7 @@ def _report(rows: list[dict[str, Any]], verb: str, *, dry_run: bool, costs: bool
     if not rows:
         print("no jobs match")
         return 0
-    out = Console()
+    out = console.output()
     table = Table(box=None, header_style="bold")
     for column in ("id", "type", "user", "result"):
         table.add_column(column, overflow="fold")
@@ -133,7 +149,7 @@ def _report(rows: list[dict[str, Any]], verb: str, *, dry_run: bool, costs: bool
                 console.inert(_usd(r["max_retry_usd"])),
             ]
         table.add_row(*cells)
-    out.print(table)
+    console.emit(out, table)
     done = sum(1 for r in rows if r["done"])
     skipped = len(rows) - done
     if dry_run:

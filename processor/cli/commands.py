@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from processor import __version__
 from processor.cli import jobs, operate, scheduling
+from processor.cli.common import HelpFormatter
 from processor.errors import ProcessorError
 
 
@@ -15,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processor",
         description=__doc__,
-        epilog="Every command reads its settings from the environment; see the README's "
-        "Configuration table. `processor COMMAND --help` lists a command's options.",
+        epilog="Every command reads its settings from the environment (docs/configuration.md "
+        "lists them). `processor COMMAND --help` lists a command's options.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"processor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -6,10 +6,14 @@ import argparse
 import json
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+from processor import db
+from processor.errors import ProcessorError
 from processor.settings import BUILTIN_ROUTES, CommandSettings, parse_job_routes
 
 DB_ENV = "Reads DATABASE_URL from the environment."
@@ -37,6 +41,26 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the defaults that say something (never `(default: None)` or `(default:
+    False)`), and lines never broken inside a hyphenated word or a path such as
+    /process-jobs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line for line in self._split_lines(text, max(width - len(indent), 20))
+        )
+
+
 def add_command(
     sub: Any, name: str, help_text: str, env: str = DB_ENV, **kw: Any
 ) -> argparse.ArgumentParser:
@@ -46,7 +70,7 @@ def add_command(
         help=help_text,
         description=help_text[0].upper() + help_text[1:] + ".",
         epilog=env,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         **kw,
     )
     return parser
@@ -67,16 +91,62 @@ def days(text: str) -> float:
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """A whole number in [low, high]; a refusal in the HTTP API's words ("must be an integer
+    from 1 to 50, got -1"), after argparse's "argument --limit:"."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {low} to {high}, "
+                f"got {text if value is not None else repr(text)}"
+            )
         return value
 
     return parse
+
+
+ID_PREFIX_MIN = 8  # hex digits, as the status page shows ids
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _digits(text: str) -> str:
+    return text.strip().lower().replace("-", "")
+
+
+def job_ref(text: str) -> str:
+    """A job id, or its first ID_PREFIX_MIN or more hex digits (hyphens anywhere or nowhere,
+    any case), as given; resolve_job_id looks it up."""
+    digits = _digits(text)
+    if not _HEX.fullmatch(digits) or not ID_PREFIX_MIN <= len(digits) <= 32:
+        raise argparse.ArgumentTypeError(
+            f"must be a job id or its first {ID_PREFIX_MIN} or more characters "
+            f"(0-9, a-f), got {text!r}"
+        )
+    return text.strip()
+
+
+class AmbiguousJobId(ProcessorError):
+    """Some digits of an id that match more than one job."""
+
+
+def resolve_job_id(conn: Any, ref: str) -> UUID | None:
+    """The job whose id is or starts with `ref` (from job_ref); None if there is none."""
+    digits = _digits(ref)
+    if len(digits) == 32:
+        return UUID(digits)
+    rows = db.run(
+        conn,
+        "jobs_by_id_prefix",
+        {"low": UUID(digits.ljust(32, "0")), "high": UUID(digits.ljust(32, "f"))},
+    )
+    if len(rows) > 1:
+        shown = ", ".join(str(r["id"]) for r in rows[:2]) + (", …" if len(rows) > 2 else "")
+        raise AmbiguousJobId(f"{ref} matches more than one job ({shown}): give more of the id")
+    return rows[0]["id"] if rows else None
 
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

@@ -3,6 +3,7 @@ Rendering only (rich); the commands in processor.cli.jobs fetch the rows."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -62,20 +63,28 @@ def progress_text(progress: Any) -> str:
     return ""
 
 
-# What `processor jobs` shows, most useful first: narrower terminals drop columns from the end
-# of this list before any of the first five is cut.
-JOB_COLUMNS = ("id", "type", "status", "attempt", "progress", "error", "created")
-# Widths the columns never go below (a status, an attempt count and a progress stay whole;
-# ids are copied from here, so never cut).
-MIN_WIDTH = {"id": 36, "status": 10, "attempt": 7, "progress": 8, "created": 8}
-OPTIONAL_FROM = {"error": 100, "created": 120}  # the terminal width each optional column needs
+# What `processor jobs` shows, most useful first: a narrower terminal drops columns from the end
+# of this list, never cuts the first five.
+JOB_COLUMNS = ("id", "type", "status", "attempt", "progress", "created", "error")
+WIDTH = {"status": 10, "attempt": 7, "progress": 8, "created": 8}
+SHORT_ID = 8  # characters of an id below FULL_IDS_FROM columns: as the page shows, and every
+FULL_IDS_FROM = 140  # command takes them
+MIN_ERROR = 20
 
 
 def jobs_table(rows: list[Row], width: int = 120) -> Table:
-    shown = [c for c in JOB_COLUMNS if width >= OPTIONAL_FROM.get(c, 0)]
-    fixed = sum(MIN_WIDTH.get(c, 0) for c in shown)
-    free = max(width - fixed - 2 * (len(shown) - 1), 8)  # for type and error
-    type_width = min(24, free) if "error" not in shown else min(24, max(12, free // 3))
+    """Job types whole (the column is as wide as the longest), ids whole from FULL_IDS_FROM
+    columns and their first 8 characters below, then as many other columns as fit."""
+    id_width = 36 if width >= FULL_IDS_FROM else SHORT_ID
+    type_width = max([4] + [len(inert(r["job_type"]).plain) for r in rows])
+    shown = ["id", "type"]
+    used = id_width + 2 + type_width
+    for name in JOB_COLUMNS[2:]:
+        need = MIN_ERROR if name == "error" else WIDTH[name]
+        if used + 2 + need > width:
+            break
+        shown.append(name)
+        used += 2 + need
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in shown:
         table.add_column(
@@ -83,12 +92,12 @@ def jobs_table(rows: list[Row], width: int = 120) -> Table:
             justify="right" if name in ("attempt", "progress", "created") else "left",
             overflow="ellipsis",
             no_wrap=True,
-            min_width=MIN_WIDTH.get(name),
-            max_width={"type": type_width, "error": free - type_width}.get(name),
+            min_width={"id": id_width, "type": type_width}.get(name, WIDTH.get(name)),
+            max_width={"id": id_width, "error": max(MIN_ERROR, width - used + MIN_ERROR)}.get(name),
         )
     for r in rows:
         cells: dict[str, str | Text] = {
-            "id": str(r["id"]),
+            "id": str(r["id"])[:id_width],
             "type": inert(r["job_type"]),
             "status": Text("paused", style=STYLE["paused"])
             if r.get("paused")
@@ -100,6 +109,30 @@ def jobs_table(rows: list[Row], width: int = 120) -> Table:
         }
         table.add_row(*(cells[name] for name in shown))
     return table
+
+
+PIPE_WIDTH = 400  # into a pipe or a file nothing is cut: whole ids, types, URLs
+
+
+def output(*, stderr: bool = False) -> Console:
+    """The console a command prints to: the terminal's width; into a pipe or a file,
+    PIPE_WIDTH unless COLUMNS says otherwise (`COLUMNS=80 processor jobs | less`)."""
+    out = Console(stderr=stderr)
+    if out.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return out
+    return Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+def emit(out: Console, renderable: Any) -> None:
+    """Prints to a terminal as laid out, lines never cropped (a URL longer than the terminal
+    stays one line); into a pipe or a file, the same lines without the spaces that pad them to
+    the table's width."""
+    if out.is_terminal:
+        out.print(renderable, crop=False)
+        return
+    with out.capture() as captured:
+        out.print(renderable, crop=False)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def stats_table(rows: list[Row]) -> Table:

@@ -22,8 +22,10 @@ from processor.cli.common import (
     bounded_int,
     database_url,
     env,
+    job_ref,
     print_json,
     public_url,
+    resolve_job_id,
     routed_types,
 )
 from processor.errors import ConfigError
@@ -102,7 +104,7 @@ def _fetch_job(job_id: UUID) -> Callable[[], dict[str, Any] | None]:
 
 def _follow(job_id: UUID, timeout: float) -> int:
     """Shows the job's progress until it ends; 0 when it completed, 1 otherwise."""
-    err = Console(stderr=True)
+    err = console.output(stderr=True)
     fetch = _fetch_job(job_id)
     if timeout > 0:
         deadline = time.monotonic() + timeout
@@ -121,7 +123,7 @@ def _follow(job_id: UUID, timeout: float) -> int:
     if job is None:
         err.print(f"no job {job_id}")
         return 1
-    err.print(console.summary(_with_fresh_urls(job), err.width), crop=False)
+    console.emit(err, console.summary(_with_fresh_urls(job), err.width))
     return 0 if job["status"] == "completed" else 1
 
 
@@ -145,17 +147,28 @@ def _with_fresh_urls(job: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(sign())
 
 
+def _find(ref: str) -> UUID | None:
+    """The job an id or its first characters name (None, said on stderr, if none)."""
+    with db.connect(database_url()) as conn:
+        job_id = resolve_job_id(conn, ref)
+    if job_id is None:
+        print(f"no job {ref}", file=sys.stderr)
+    return job_id
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    job = _fetch_job(args.job_id)()
+    job_id = _find(args.job_id)
+    job = _fetch_job(job_id)() if job_id else None
     if job is None:
-        print(f"no job {args.job_id}", file=sys.stderr)
+        if job_id:
+            print(f"no job {args.job_id}", file=sys.stderr)
         return 1
     job = _with_fresh_urls(job)
     if args.json:
         print_json(job)
     else:
-        out = Console()
-        out.print(console.summary(job, out.width), crop=False)
+        out = console.output()
+        console.emit(out, console.summary(job, out.width))
     return 0
 
 
@@ -180,14 +193,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not rows:
         print("no jobs" + (" matching" if args.status or args.type else ""))
         return 0
-    out = Console()
-    out.print(console.jobs_table(rows, out.width))
+    out = console.output()
+    console.emit(out, console.jobs_table(rows, out.width))
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.job_id is not None:
-        return _follow(args.job_id, 0)
+        job_id = _find(args.job_id)
+        return _follow(job_id, 0) if job_id else 1
     url = database_url()
 
     def stats() -> list[dict[str, Any]]:
@@ -204,14 +218,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         with db.connect(database_url()) as conn:
             rows = db.run(conn, "spend_by_provider")
             total = db.run(conn, "spend_total")[0]
-        Console().print(console.spend_table(rows, total))
+        console.emit(console.output(), console.spend_table(rows, total))
         return 0
     with db.connect(database_url()) as conn:
         rows = db.run(conn, "dashboard_stats")
     if not rows:
         print("the queue is empty")
         return 0
-    Console().print(console.stats_table(rows))
+    console.emit(console.output(), console.stats_table(rows))
     return 0
 
 
@@ -261,11 +275,13 @@ def add_commands(sub: Any) -> None:
     p = add_command(sub, "jobs", "list jobs, newest first")
     p.add_argument("--status", choices=STATUSES, help="only jobs in this status")
     p.add_argument("--type", help="only jobs of this type")
-    p.add_argument("--limit", type=int, default=20, help="how many")
+    p.add_argument("--limit", type=bounded_int(1, 1000), default=20, help="how many")
     p.set_defaults(func=cmd_jobs)
 
     p = add_command(sub, "status", "show one job: state, attempts and errors, progress, image URLs")
-    p.add_argument("job_id", metavar="ID", type=UUID, help="the job's id")
+    p.add_argument(
+        "job_id", metavar="ID", type=job_ref, help="the job's id, or its first 8 or more characters"
+    )
     p.add_argument("--json", action="store_true", help="print the raw job as JSON")
     p.set_defaults(func=cmd_status)
 
@@ -275,9 +291,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "job_id",
         metavar="ID",
-        type=UUID,
+        type=job_ref,
         nargs="?",
-        help="the job to follow (default: the whole queue)",
+        help="the job to follow, by its id or first 8 or more characters "
+        "(default: the whole queue)",
     )
     p.set_defaults(func=cmd_watch)
 

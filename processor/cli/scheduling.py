@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.console import Console
-
 from processor import db
 from processor.cli import console
 from processor.cli.common import add_command, bounded_int, database_url, routed_types
@@ -28,7 +26,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
         types = db.run(conn, "job_type_states")
         groups = db.run(conn, "busiest_groups", {"limit": args.groups})
         limits = db.run(conn, "concurrency_limits")
-    Console().print(console.limits_view(types, groups, limits))
+    console.emit(console.output(), console.limits_view(types, groups, limits))
     return 0
 
 

@@ -9,6 +9,15 @@ select id, job_type, status, priority, payload, user_id, concurrency_key, tracep
 from job_queue
 where id = %(id)s;
 
+-- jobs_by_id_prefix --
+-- The jobs whose id starts with some hex digits: the range of ids they cover (the digits padded
+-- with 0s, and with fs), read off the primary key. Three at most: one is the job, more mean the
+-- digits do not say which.
+select id from job_queue
+where id between %(low)s::uuid and %(high)s::uuid
+order by id
+limit 3;
+
 -- list_jobs --
 -- Newest first, a page at a time (keyset: before_at/before_id are the last row of the previous
 -- page). Every filter is optional; run unprepared, so each call is planned with its own values

@@ -1,11 +1,19 @@
-"""The command line in an 80-column terminal: `processor jobs` keeps status, attempt and
-progress whole (it drops less useful columns first), and `processor status` never cuts a URL."""
+"""The command line in an 80-column terminal and in a pipe: `processor jobs` keeps types,
+status, attempt and progress whole (it drops less useful columns first), `processor status`
+never cuts a URL, piped output is not padded, ids are taken by their first characters, and
+--help shows only defaults that mean something."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
 from psycopg.types.json import Jsonb
 
 from processor.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LONG_URL = "http://127.0.0.1:8000/files/p1/97cd07e1-2ecf-4d32-bc00-a3e37c0c5d11/main-white.png"
 
@@ -49,3 +57,111 @@ def test_status_at_80_columns_prints_every_url_whole(conn, database_url, monkeyp
     lines = capsys.readouterr().out.splitlines()
     assert LONG_URL in lines  # whole, on a line of its own
     assert any("http://h/short.png" in line and "x" in line for line in lines)
+
+
+def test_jobs_at_80_columns_shows_every_type_whole_and_ids_the_commands_take(
+    conn, database_url, monkeypatch, capsys
+):
+    ids = [
+        conn.execute(
+            "insert into job_queue (job_type) values (%s) returning id", (job_type,)
+        ).fetchone()["id"]
+        for job_type in ("generate-image", "generate-images", "generate-complete-pack")
+    ]
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["jobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [line.split()[:2] for line in lines[1:]]
+    assert sorted(t for _, t in cells) == [
+        "generate-complete-pack", "generate-image", "generate-images"
+    ]  # fmt: skip
+    # The ids shown are their first 8 characters, and `status` takes them.
+    assert sorted(i for i, _ in cells) == sorted(str(i)[:8] for i in ids)
+    assert main(["status", str(ids[2])[:8]]) == 0
+    assert str(ids[2]) in capsys.readouterr().out
+
+
+def test_piped_output_is_not_padded_and_cuts_nothing(conn, database_url, monkeypatch, capsys):
+    job_id = conn.execute(
+        "insert into job_queue (job_type, status, result, error_message, completed_at) values"
+        " ('generate-complete-pack', 'completed', %s, %s, now()) returning id",
+        (Jsonb({"images": [{"slot": "main_white", "url": LONG_URL}]}), "e" * 90),
+    ).fetchone()["id"]
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("COLUMNS", raising=False)  # a pipe, as from a shell: no COLUMNS
+    for args in (["jobs"], ["status", str(job_id)], ["stats"], ["limits"]):
+        assert main(args) == 0, args
+        out = capsys.readouterr().out
+        assert out.strip(), args
+        assert all(line == line.rstrip() for line in out.splitlines()), args
+        if args[0] == "jobs":
+            assert str(job_id) in out and "generate-complete-pack" in out and "e" * 90 in out
+        if args[0] == "status":
+            lines = out.splitlines()
+            assert any(line.endswith(LONG_URL) and "main_white" in line for line in lines)
+
+
+def test_every_command_that_takes_an_id_takes_its_first_characters(
+    conn, database_url, monkeypatch, capsys
+):
+    twins = ["9af8b747-0000-4000-8000-000000000001", "9af8b747-1111-4000-8000-000000000002"]
+    for job_id in twins:
+        conn.execute(
+            "insert into job_queue (id, job_type, status, error_message, completed_at)"
+            " values (%s, 'generate-image', 'failed', 'boom', now())",
+            (job_id,),
+        )
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "120")
+    # Ambiguous: said, with the matches, and nothing changed.
+    assert main(["retry", "9af8b747"]) == 2
+    err = capsys.readouterr().err
+    assert "9af8b747 matches more than one job" in err and twins[0] in err and twins[1] in err
+    assert conn.execute(
+        "select count(*) as n from job_queue where status = 'failed'"
+    ).fetchone()["n"] == 2  # fmt: skip
+    # Enough characters (hyphens or not, any case) name one.
+    assert main(["retry", "9AF8B747-0"]) == 0
+    assert "retried " + twins[0] in capsys.readouterr().out
+    assert main(["cancel", twins[0][:-1]]) == 0
+    assert "cancelled " + twins[0] in capsys.readouterr().out
+    assert main(["status", twins[1][:13]]) == 0
+    assert twins[1] in capsys.readouterr().out
+    # None, and too short or not an id: clear refusals.
+    assert main(["status", "0123abcd"]) == 1
+    assert "no job 0123abcd" in capsys.readouterr().err
+    for bad in ("9af8b74", "not-an-id"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["status", bad])
+        assert exit_.value.code == 2
+        assert "must be a job id or its first 8 or more characters" in capsys.readouterr().err
+
+
+def test_help_at_80_columns_says_only_defaults_that_mean_something(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "docs/configuration.md" in top and "Configuration table" not in top
+    assert (ROOT / "docs" / "configuration.md").is_file()
+    commands = re.findall(r"^    ([a-z][a-z-]+)  ", top, re.M)
+    assert {"jobs", "status", "schedule", "verify"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+        assert max(len(line) for line in text.splitlines()) <= 80, command
+        # No word broken at its hyphen or a path at its slash: /process-jobs stays whole.
+        assert not re.search(r"[a-z]-$", text, re.M), command
+    assert "(calls /process-jobs)" in " ".join(top.split())
+
+
+def test_a_limit_out_of_range_is_refused_in_the_http_apis_words(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        main(["jobs", "--limit", "-1"])
+    assert "argument --limit: must be an integer from 1 to 1000, got -1" in (
+        capsys.readouterr().err
+    )
