@@ -211,6 +211,8 @@ class Verifier:
         )
 
     def cron_runs(self) -> Check:
+        if not run(self.conn, "cron_version"):
+            return Check(False, "cron runs: none can be recorded without pg_cron", "enable pg_cron")
         runs = run(self.conn, "cron_recent_runs", {"name": JOB_NAME})
         if not runs:
             return Check(True, "cron runs: none recorded yet (the first tick is due)")
@@ -436,7 +438,12 @@ def _links(
             try:
                 result = check()
             except (psycopg.Error, ProcessorError) as exc:
-                result = Check(False, f"{check.__name__}: {exc}", "run `processor migrate`")
+                result = Check(
+                    False,
+                    f"{check.__name__}: {exc}",
+                    "if it names a missing function, run `processor migrate`; a missing "
+                    "extension: enable it",
+                )
             ok &= result.ok
             out(result.line())
     return ok

@@ -400,3 +400,13 @@ def test_verify_judges_pg_net_by_the_processors_own_calls_only(make_service, cro
     assert verify(cron_db, lines.append) is True, lines
     net_line = next(line for line in lines if "stand-in" in line)
     assert net_line.startswith("✓") and "answered 2xx" in net_line
+
+
+def test_verify_without_pg_cron_says_to_enable_it_not_to_migrate(database_url):
+    """A database without pg_cron (each test's own: the extension lives in one database per
+    cluster) is migrated; verify must not send its user to `processor migrate`."""
+    lines: list[str] = []
+    assert verify(database_url, lines.append) is False
+    cron = [line for line in lines if "cron" in line]
+    assert cron and all("processor migrate" not in line for line in cron), lines
+    assert any("pg_cron is not installed" in line and "enable pg_cron" in line for line in cron)
