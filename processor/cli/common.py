@@ -14,6 +14,7 @@ from uuid import UUID
 
 from processor import db
 from processor.errors import ProcessorError
+from processor.ids import PREFIX_MIN, id_digits, id_range
 from processor.settings import BUILTIN_ROUTES, CommandSettings, parse_job_routes
 
 DB_ENV = "Reads DATABASE_URL from the environment."
@@ -109,21 +110,12 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-ID_PREFIX_MIN = 8  # hex digits, as the status page shows ids
-_HEX = re.compile(r"[0-9a-f]+")
-
-
-def _digits(text: str) -> str:
-    return text.strip().lower().replace("-", "")
-
-
 def job_ref(text: str) -> str:
-    """A job id, or its first ID_PREFIX_MIN or more hex digits (hyphens anywhere or nowhere,
-    any case), as given; resolve_job_id looks it up."""
-    digits = _digits(text)
-    if not _HEX.fullmatch(digits) or not ID_PREFIX_MIN <= len(digits) <= 32:
+    """A job id, or its first 8 or more hex digits (hyphens anywhere or nowhere, any case), as
+    given; resolve_job_id looks it up."""
+    if id_digits(text) is None:
         raise argparse.ArgumentTypeError(
-            f"must be a job id or its first {ID_PREFIX_MIN} or more characters "
+            f"must be a job id or its first {PREFIX_MIN} or more characters "
             f"(0-9, a-f), got {text!r}"
         )
     return text.strip()
@@ -135,14 +127,11 @@ class AmbiguousJobId(ProcessorError):
 
 def resolve_job_id(conn: Any, ref: str) -> UUID | None:
     """The job whose id is or starts with `ref` (from job_ref); None if there is none."""
-    digits = _digits(ref)
+    digits = id_digits(ref)
+    assert digits is not None  # job_ref checked it
     if len(digits) == 32:
         return UUID(digits)
-    rows = db.run(
-        conn,
-        "jobs_by_id_prefix",
-        {"low": UUID(digits.ljust(32, "0")), "high": UUID(digits.ljust(32, "f"))},
-    )
+    rows = db.run(conn, "jobs_by_id_prefix", id_range(digits))
     if len(rows) > 1:
         shown = ", ".join(str(r["id"]) for r in rows[:2]) + (", …" if len(rows) > 2 else "")
         raise AmbiguousJobId(f"{ref} matches more than one job ({shown}): give more of the id")

@@ -129,6 +129,15 @@ def test_the_list_filters_pages_and_finds_a_job_by_id(make_service, conn):
     found = client.get("/ui/jobs", params={"q": str(some)})
     assert found.status_code == 303 and found.headers["location"] == f"/ui/jobs/{some}"
     assert client.get(f"/ui/jobs/{some}").status_code == 200
+    # The first 8 characters, as the list shows them, find it too; a prefix of two jobs says so.
+    found = client.get("/ui/jobs", params={"q": str(some)[:8].upper()})
+    assert found.status_code == 303 and found.headers["location"] == f"/ui/jobs/{some}"
+    for twin in ("0badcafe-0000-4000-8000-000000000001", "0badcafe-0000-4000-8000-000000000002"):
+        conn.execute("insert into job_queue (id, job_type) values (%s, 'odd')", (twin,))
+    page = client.get("/ui/jobs", params={"q": "0badcafe"})
+    assert page.status_code == 200 and "More than one job id starts with “0badcafe”" in page.text
+    page = client.get("/ui/jobs", params={"q": "0badcafe1"})
+    assert "No job id starts with “0badcafe1”" in page.text
 
 
 @pytest.mark.parametrize(

@@ -112,3 +112,74 @@ def test_sign_in_see_a_pack_cancel_a_pending_job_retry_a_failed_one(make_service
         f"() => !document.querySelector('a[href=\"/ui/jobs/{failed}\"]')", timeout=10_000
     )
     assert page.evaluate("() => window.__kept") == 1  # the same page: no reload happened
+
+
+# Every page at a phone's width and a desktop's. A phone shows nothing wider than its screen
+# (no sideways scroll), and type names and "Sign out" stay on one line.
+WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
+ONE_LINE = """(selector) => [...document.querySelectorAll(selector)].filter(e => {
+    const r = document.createRange(); r.selectNodeContents(e);
+    return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1;
+}).map(e => e.textContent.trim())"""
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_phone_and_type_names_stay_whole(make_service, conn, browser):
+    server = make_service()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pack = conn.execute(
+        "select enqueue_job('generate-complete-pack', %s) as id",
+        (Jsonb({"project_id": "p1", "product": {"name": "Ceramic Mug"}}),),
+    ).fetchone()["id"]
+    httpx.post(
+        f"{server.url}/process-jobs",
+        json={"wait": True},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    ).raise_for_status()
+    failed = conn.execute(
+        "insert into job_queue (job_type, status, error_message, errors, completed_at, user_id)"
+        " values ('generate-complete-pack', 'failed', %s, %s, now(), 'seller-with-a-long-name')"
+        " returning id",
+        ("handler answered 422 Unprocessable Entity: " + "a long reason " * 12,
+         Jsonb([{"attempt": 1, "at": "2026-12-06T10:00:00Z", "error": "x" * 200}])),
+    ).fetchone()["id"]  # fmt: skip
+    conn.execute(
+        "insert into job_queue (job_type, run_at) select 'generate-aplus', now() + interval '1 h'"
+        " from generate_series(1, 3)"
+    )
+    pages = {
+        "overview": "/ui",
+        "jobs": "/ui/jobs",
+        "failed": "/ui/jobs?status=failed",
+        "pack": f"/ui/jobs/{pack}",
+        "failed-job": f"/ui/jobs/{failed}",
+    }
+    for name, (width, height) in WIDTHS.items():
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(f"{server.url}/ui/login")
+        page.fill("input[name=token]", TOKEN)
+        too_wide = "() => document.documentElement.scrollWidth - window.innerWidth"
+        assert page.evaluate(too_wide) <= 0, (name, "sign-in")
+        page.screenshot(path=str(SHOTS / f"{name}-sign-in.png"))
+        page.click("form.login button")
+        page.wait_for_url(f"{server.url}/ui")
+        for label, path in pages.items():
+            page.goto(f"{server.url}{path}")
+            assert page.evaluate(too_wide) <= 0, (name, label)
+            broken = page.evaluate(ONE_LINE, "td, header a, header button, .facts dd")
+            assert not [t for t in broken if t.startswith("generate-") or t == "Sign out"], (
+                name,
+                label,
+                broken,
+            )
+            page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=True)
+        # A table wider than the phone scrolls inside its own box.
+        page.goto(f"{server.url}/ui/jobs")
+        box = page.evaluate(
+            "() => { const t = document.querySelector('table.jobs');"
+            " return [t.scrollWidth, t.clientWidth, getComputedStyle(t).overflowX]; }"
+        )
+        if name == "phone":
+            assert box[0] > box[1] and box[2] == "auto", box
+        page.close()

@@ -26,6 +26,7 @@ from processor.auth import FailureGuard, client_address, retry_after, token_matc
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.humanize import ago
+from processor.ids import id_digits, id_range
 from processor.ops.schedule import JOB_NAME
 from processor.providers.storage import fresh_urls
 from processor.status import STATUSES
@@ -202,11 +203,17 @@ async def jobs(request: Request) -> Response:
         return _to_login(request)
     q = request.query_params
     search = (q.get("q") or "").strip()
-    if search:
-        try:
-            return RedirectResponse(f"/ui/jobs/{uuid.UUID(search)}", 303)
-        except ValueError:
-            pass
+    digits = id_digits(search) if search else None
+    matches = 0
+    if digits:  # a whole id, or its first 8 or more characters as the list shows them
+        found = (
+            [{"id": uuid.UUID(digits)}]
+            if len(digits) == 32
+            else await _db(request).fetch_all("jobs_by_id_prefix", id_range(digits))
+        )
+        matches = len(found)
+        if matches == 1:
+            return RedirectResponse(f"/ui/jobs/{found[0]['id']}", 303)
     filters = {
         "status": q.get("status") if q.get("status") in STATUSES else None,
         "job_type": q.get("type") or None,
@@ -249,7 +256,8 @@ async def jobs(request: Request) -> Response:
         rows=rows,
         filters=shown,
         search=search,
-        not_found=bool(search),
+        not_found=bool(search) and matches == 0,
+        ambiguous=matches > 1,
         next_page=next_page,
         first_page="/ui/jobs?" + urlencode(kept) if q.get("before") else None,
     )

@@ -1,0 +1,24 @@
+"""Job ids by their first characters, as the status page and `processor jobs` show them (8):
+the CLI and the page's search box take any unambiguous prefix of 8 or more hex digits."""
+
+from __future__ import annotations
+
+import re
+from uuid import UUID
+
+PREFIX_MIN = 8
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def id_digits(text: str) -> str | None:
+    """The hex digits of an id or of its first PREFIX_MIN or more characters (hyphens
+    anywhere or nowhere, any case); None if it is neither."""
+    digits = text.strip().lower().replace("-", "")
+    if _HEX.fullmatch(digits) and PREFIX_MIN <= len(digits) <= 32:
+        return digits
+    return None
+
+
+def id_range(digits: str) -> dict[str, UUID]:
+    """The ids that start with `digits`, as the bounds of jobs_by_id_prefix (an index range)."""
+    return {"low": UUID(digits.ljust(32, "0")), "high": UUID(digits.ljust(32, "f"))}
