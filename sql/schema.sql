@@ -334,11 +334,12 @@ begin
         raise exception 'enqueue_job: payload must be a JSON object, got %',
             coalesce(jsonb_typeof(p_payload), 'null') using errcode = '22023';
     end if;
-    if p_max_retries is null or p_max_retries < 0 then
-        raise exception 'enqueue_job: max_retries must be >= 0' using errcode = '22023';
+    if p_max_retries is null or p_max_retries not between 0 and 25 then
+        raise exception 'enqueue_job: max_retries must be an integer from 0 to 25, got %',
+            coalesce(p_max_retries::text, 'null') using errcode = '22023';
     end if;
     if p_priority not between -2147483648 and 2147483647 then
-        raise exception 'enqueue_job: priority must be from -2147483648 to 2147483647, got %',
+        raise exception 'enqueue_job: priority must be an integer from -2147483648 to 2147483647, got %',
             p_priority using errcode = '22003';
     end if;
     if p_run_at is not null and (not isfinite(p_run_at)
@@ -777,7 +778,7 @@ begin
             using errcode = '54000';
     end if;
     if new.max_retries is null or new.max_retries not between 0 and 25 then
-        raise exception 'job_queue: max_retries must be from 0 to 25, got %', new.max_retries
+        raise exception 'job_queue: max_retries must be an integer from 0 to 25, got %', new.max_retries
             using errcode = '22023';
     end if;
     return new;
@@ -1651,7 +1652,7 @@ CREATE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type
     AS $$
 begin
     if p_limit is null or p_limit not between 1 and 10000 then
-        raise exception 'limit must be from 1 to 10000, got %', p_limit using errcode = '22023';
+        raise exception 'limit must be an integer from 1 to 10000, got %', p_limit using errcode = '22023';
     end if;
     if p_since is not null and p_until is not null and p_since > p_until then
         raise exception 'since (%) is after until (%)', p_since, p_until using errcode = '22023';
@@ -2575,7 +2576,7 @@ begin
             p_max_running using errcode = '22023';
     end if;
     if p_weight is null or p_weight not between 1 and 1000 then
-        raise exception 'set_concurrency_limit: weight must be from 1 to 1000, got %', p_weight
+        raise exception 'set_concurrency_limit: weight must be an integer from 1 to 1000, got %', p_weight
             using errcode = '22023';
     end if;
     select * into v_old from job_concurrency_limits where key = p_key;

@@ -246,7 +246,7 @@ def add_commands(sub: Any) -> None:
         help="higher runs first",
     )
     p.add_argument(
-        "--max-retries", type=int, default=3, help="retries after the first attempt, 0-25"
+        "--max-retries", type=bounded_int(0, 25), default=3, help="retries after the first attempt"
     )
     p.add_argument("--idempotency-key", help="a repeated key returns the existing job's id")
     p.add_argument(

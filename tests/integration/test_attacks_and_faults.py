@@ -116,7 +116,9 @@ def test_rows_with_an_unreadable_run_at_are_repaired_and_read(cluster, tmp_path)
 
 
 def test_priority_and_lengths_out_of_range_are_named(conn):
-    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="priority must be from"):
+    with pytest.raises(
+        psycopg.errors.NumericValueOutOfRange, match="priority must be an integer from"
+    ):
         conn.execute("select enqueue_job('ok', '{}', null, 2147483648)")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="user_id is 1000000 char"):
         conn.execute("select enqueue_job('ok', '{}', repeat('u', 1000000))")

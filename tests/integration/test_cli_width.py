@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
 from processor.cli import main
+from tests.support import TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,9 +162,39 @@ def test_help_at_80_columns_says_only_defaults_that_mean_something(monkeypatch, 
     assert "(calls /process-jobs)" in " ".join(top.split())
 
 
-def test_a_limit_out_of_range_is_refused_in_the_http_apis_words(monkeypatch, capsys):
+def test_a_number_out_of_range_is_refused_in_one_wording_by_http_cli_and_sql(
+    conn, make_service, monkeypatch, capsys
+):
     with pytest.raises(SystemExit):
         main(["jobs", "--limit", "-1"])
     assert "argument --limit: must be an integer from 1 to 1000, got -1" in (
         capsys.readouterr().err
     )
+    # The same refusal, the same words, whoever says it.
+    with pytest.raises(SystemExit):
+        main(["retry", "--status", "failed", "--limit", "0"])
+    assert "argument --limit: must be an integer from 1 to 10000, got 0" in capsys.readouterr().err
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as sql:
+        conn.execute("select * from retry_jobs(p_limit => 0)")
+    assert "limit must be an integer from 1 to 10000, got 0" in str(sql.value)
+    server = make_service()
+    answer = httpx.post(
+        f"{server.url}/process-jobs",
+        json={"limit": 0},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 400
+    assert "limit must be an integer from 1 to 50, got 0" in answer.text
+    for args, words in (
+        (["enqueue", "ok", "--max-retries", "26"], "must be an integer from 0 to 25, got 26"),
+        (["set-limit", "a", "--weight", "0"], "must be an integer from 1 to 1000, got 0"),
+    ):
+        with pytest.raises(SystemExit):
+            main(args)
+        assert words in capsys.readouterr().err, args
+    for call, words in (
+        ("enqueue_job('ok', p_max_retries => 26)", "max_retries must be an integer from 0 to 25"),
+        ("set_concurrency_limit('a', 1, 0)", "weight must be an integer from 1 to 1000, got 0"),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=words):
+            conn.execute(f"select {call}")

@@ -281,7 +281,7 @@ def test_limits_refuse_bad_values_with_a_reason(conn):
     for call, message in (
         ("set_concurrency_limit('', 1)", "key must be 1 to 200 characters"),
         ("set_concurrency_limit('a', -1)", "max_running must be >= 0 or null, got -1"),
-        ("set_concurrency_limit('a', 1, 0)", "weight must be from 1 to 1000, got 0"),
+        ("set_concurrency_limit('a', 1, 0)", "weight must be an integer from 1 to 1000, got 0"),
         ("set_job_type_limit('t', -2)", "max_running must be >= 0 or null, got -2"),
         ("enqueue_job('ok', p_concurrency_key => '')", "concurrency_key must be 1 to 200"),
     ):

@@ -56,7 +56,8 @@ def test_jsonb_depth_counts_levels_and_stops_early(conn):
 
 def test_max_retries_is_bounded_by_the_table(conn):
     with pytest.raises(
-        psycopg.errors.InvalidParameterValue, match="max_retries must be from 0 to 25, got 100"
+        psycopg.errors.InvalidParameterValue,
+        match="max_retries must be an integer from 0 to 25, got 100",
     ):
         add_job(conn, max_retries=100)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="got 1000000"):
