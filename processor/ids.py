@@ -12,8 +12,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 def id_digits(text: str) -> str | None:
     """The hex digits of an id or of its first PREFIX_MIN or more characters (hyphens
-    anywhere or nowhere, any case); None if it is neither."""
-    digits = text.strip().lower().replace("-", "")
+    anywhere or nowhere, any case, in braces or as urn:uuid: as Python's UUID takes them);
+    None if it is neither."""
+    digits = text.strip().lower().removeprefix("urn:uuid:").strip("{}").replace("-", "")
     if _HEX.fullmatch(digits) and PREFIX_MIN <= len(digits) <= 32:
         return digits
     return None

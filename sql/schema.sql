@@ -2571,8 +2571,8 @@ begin
         raise exception 'set_concurrency_limit: key must be 1 to 200 characters (''*'': every group)'
             using errcode = '22023';
     end if;
-    if p_max_running < 0 then
-        raise exception 'set_concurrency_limit: max_running must be >= 0 or null, got %',
+    if p_max_running not between 0 and 1000000 then
+        raise exception 'set_concurrency_limit: max_running must be an integer from 0 to 1000000, or null for no cap, got %',
             p_max_running using errcode = '22023';
     end if;
     if p_weight is null or p_weight not between 1 and 1000 then
@@ -2644,8 +2644,8 @@ begin
         raise exception 'set_job_type_limit: job_type must be 1 to 200 characters'
             using errcode = '22023';
     end if;
-    if p_max_running < 0 then
-        raise exception 'set_job_type_limit: max_running must be >= 0 or null, got %',
+    if p_max_running not between 0 and 1000000 then
+        raise exception 'set_job_type_limit: max_running must be an integer from 0 to 1000000, or null for no cap, got %',
             p_max_running using errcode = '22023';
     end if;
     select max_running into v_old from job_type_limits where job_type = p_job_type;

@@ -64,7 +64,7 @@ def progress_text(progress: Any) -> str:
 
 
 # What `processor jobs` shows, most useful first: a narrower terminal drops columns from the end
-# of this list, never cuts the first five.
+# of this list, never the first five.
 JOB_COLUMNS = ("id", "type", "status", "attempt", "progress", "created", "error")
 WIDTH = {"status": 10, "attempt": 7, "progress": 8, "created": 8}
 SHORT_ID = 8  # characters of an id below FULL_IDS_FROM columns: as the page shows, and every
@@ -73,10 +73,13 @@ MIN_ERROR = 20
 
 
 def jobs_table(rows: list[Row], width: int = 120) -> Table:
-    """Job types whole (the column is as wide as the longest), ids whole from FULL_IDS_FROM
-    columns and their first 8 characters below, then as many other columns as fit."""
+    """Ids whole from FULL_IDS_FROM columns and their first 8 characters below; job types whole
+    (the column as wide as the longest) unless a type is longer than what id, status, attempt
+    and progress leave (39 characters at 80 columns); then as many other columns as fit."""
     id_width = 36 if width >= FULL_IDS_FROM else SHORT_ID
-    type_width = max([4] + [len(inert(r["job_type"]).plain) for r in rows])
+    left = width - id_width - sum(WIDTH[c] + 2 for c in ("status", "attempt", "progress")) - 2
+    longest = max([4] + [len(inert(r["job_type"]).plain) for r in rows])
+    type_width = min(longest, max(left, 12))
     shown = ["id", "type"]
     used = id_width + 2 + type_width
     for name in JOB_COLUMNS[2:]:
@@ -93,7 +96,11 @@ def jobs_table(rows: list[Row], width: int = 120) -> Table:
             overflow="ellipsis",
             no_wrap=True,
             min_width={"id": id_width, "type": type_width}.get(name, WIDTH.get(name)),
-            max_width={"id": id_width, "error": max(MIN_ERROR, width - used + MIN_ERROR)}.get(name),
+            max_width={
+                "id": id_width,
+                "type": type_width,
+                "error": max(MIN_ERROR, width - used + MIN_ERROR),
+            }.get(name),
         )
     for r in rows:
         cells: dict[str, str | Text] = {

@@ -246,7 +246,10 @@ def add_commands(sub: Any) -> None:
         help="higher runs first",
     )
     p.add_argument(
-        "--max-retries", type=bounded_int(0, 25), default=3, help="retries after the first attempt"
+        "--max-retries",
+        type=bounded_int(0, 25),
+        default=3,
+        help="retries after the first attempt, 0 to 25",
     )
     p.add_argument("--idempotency-key", help="a repeated key returns the existing job's id")
     p.add_argument(

@@ -15,10 +15,16 @@ FORCE_HELP = "use a job type no route, job or limit knows yet"
 
 
 def _cap(text: str) -> int | None:
-    """A running cap: a whole number from 0, or `none` for no cap."""
+    """A running cap: a whole number from 0 to 1,000,000, or `none` for no cap (as SQL says
+    it: null)."""
     if text.lower() == "none":
         return None
-    return bounded_int(0, 1_000_000)(text)
+    try:
+        return bounded_int(0, 1_000_000)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            str(exc).replace(", got", ", or none for no cap, got")
+        ) from None
 
 
 def cmd_limits(args: argparse.Namespace) -> int:

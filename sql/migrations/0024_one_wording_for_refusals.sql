@@ -1,7 +1,8 @@
 -- One wording for a number out of its range (issue 25): "NAME must be an integer from LOW to
 -- HIGH, got VALUE", as the HTTP API and the command line say it. The functions below are
--- unchanged but for their messages; enqueue_job now refuses max_retries over 25 itself, in
--- those words, where it left the table's check to say it in others.
+-- unchanged but for their messages and two bounds: enqueue_job refuses max_retries over 25
+-- itself, in those words, where it left the table's check to say it in others, and a cap
+-- (max_running) is at most 1,000,000, as the command line has always required.
 
 CREATE OR REPLACE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) RETURNS SETOF uuid
     LANGUAGE plpgsql STABLE
@@ -158,8 +159,8 @@ begin
         raise exception 'set_concurrency_limit: key must be 1 to 200 characters (''*'': every group)'
             using errcode = '22023';
     end if;
-    if p_max_running < 0 then
-        raise exception 'set_concurrency_limit: max_running must be >= 0 or null, got %',
+    if p_max_running not between 0 and 1000000 then
+        raise exception 'set_concurrency_limit: max_running must be an integer from 0 to 1000000, or null for no cap, got %',
             p_max_running using errcode = '22023';
     end if;
     if p_weight is null or p_weight not between 1 and 1000 then
@@ -185,5 +186,30 @@ begin
     else
         perform job_queue_release_held(p_key);
     end if;
+end;
+$$;
+
+CREATE OR REPLACE FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_old integer;
+begin
+    if p_job_type is null or length(p_job_type) not between 1 and 200 then
+        raise exception 'set_job_type_limit: job_type must be 1 to 200 characters'
+            using errcode = '22023';
+    end if;
+    if p_max_running not between 0 and 1000000 then
+        raise exception 'set_job_type_limit: max_running must be an integer from 0 to 1000000, or null for no cap, got %',
+            p_max_running using errcode = '22023';
+    end if;
+    select max_running into v_old from job_type_limits where job_type = p_job_type;
+    if v_old is not null and (p_max_running is null or p_max_running > v_old) then
+        perform job_queue_replace(p_job_type, null);
+    end if;
+    perform job_queue_lock_limits('set_job_type_limit');
+    insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
+    on conflict (job_type) do update
+    set max_running = excluded.max_running, updated_at = now();
 end;
 $$;

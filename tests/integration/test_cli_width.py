@@ -5,7 +5,10 @@ never cuts a URL, piped output is not padded, ids are taken by their first chara
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -84,6 +87,20 @@ def test_jobs_at_80_columns_shows_every_type_whole_and_ids_the_commands_take(
     assert sorted(i for i, _ in cells) == sorted(str(i)[:8] for i in ids)
     assert main(["status", str(ids[2])[:8]]) == 0
     assert str(ids[2]) in capsys.readouterr().out
+    # A type longer than the row has room for is cut, not the id, status, attempt or progress.
+    conn.execute("insert into job_queue (job_type) values (%s)", ("t" * 200,))
+    assert main(["jobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split()[:5] == ["id", "type", "status", "attempt", "progress"]
+    long_row = next(line for line in lines if "ttttt" in line)
+    assert (
+        long_row.split()[0]
+        in {str(i)[:8] for i in ids}
+        | {str(r["id"])[:8] for r in conn.execute("select id from job_queue")}
+        and "pending" in long_row
+        and "1/4" in long_row
+    )
 
 
 def test_piped_output_is_not_padded_and_cuts_nothing(conn, database_url, monkeypatch, capsys):
@@ -188,6 +205,10 @@ def test_a_number_out_of_range_is_refused_in_one_wording_by_http_cli_and_sql(
     for args, words in (
         (["enqueue", "ok", "--max-retries", "26"], "must be an integer from 0 to 25, got 26"),
         (["set-limit", "a", "--weight", "0"], "must be an integer from 1 to 1000, got 0"),
+        (
+            ["set-type-limit", "t", "--max-running", "-1"],
+            "must be an integer from 0 to 1000000, or none for no cap, got -1",
+        ),
     ):
         with pytest.raises(SystemExit):
             main(args)
@@ -195,6 +216,29 @@ def test_a_number_out_of_range_is_refused_in_one_wording_by_http_cli_and_sql(
     for call, words in (
         ("enqueue_job('ok', p_max_retries => 26)", "max_retries must be an integer from 0 to 25"),
         ("set_concurrency_limit('a', 1, 0)", "weight must be an integer from 1 to 1000, got 0"),
+        (
+            "set_job_type_limit('t', -1)",
+            "max_running must be an integer from 0 to 1000000, or null for no cap, got -1",
+        ),
     ):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=words):
             conn.execute(f"select {call}")
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(conn, database_url):
+    """`processor jobs | head -1` when head has gone before the rows are written: the write
+    fails (EPIPE). No traceback; SIGPIPE's status, as other tools end."""
+    conn.execute("insert into job_queue (job_type) select 'ok' from generate_series(1, 50)")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "processor", "jobs"],
+        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()  # the reader goes away before the command has written anything
+    assert command.wait(timeout=60) == 141
+    errors = command.stderr.read()
+    command.stderr.close()
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors

@@ -280,9 +280,15 @@ def test_wait_reasons_and_the_groups_view_agree(conn):
 def test_limits_refuse_bad_values_with_a_reason(conn):
     for call, message in (
         ("set_concurrency_limit('', 1)", "key must be 1 to 200 characters"),
-        ("set_concurrency_limit('a', -1)", "max_running must be >= 0 or null, got -1"),
+        (
+            "set_concurrency_limit('a', -1)",
+            "max_running must be an integer from 0 to 1000000, or null for no cap, got -1",
+        ),
         ("set_concurrency_limit('a', 1, 0)", "weight must be an integer from 1 to 1000, got 0"),
-        ("set_job_type_limit('t', -2)", "max_running must be >= 0 or null, got -2"),
+        (
+            "set_job_type_limit('t', 1000001)",
+            "max_running must be an integer from 0 to 1000000, or null for no cap, got 1000001",
+        ),
         ("enqueue_job('ok', p_concurrency_key => '')", "concurrency_key must be 1 to 200"),
     ):
         try:

@@ -138,6 +138,10 @@ def test_the_list_filters_pages_and_finds_a_job_by_id(make_service, conn):
     assert page.status_code == 200 and "More than one job id starts with “0badcafe”" in page.text
     page = client.get("/ui/jobs", params={"q": "0badcafe1"})
     assert "No job id starts with “0badcafe1”" in page.text
+    for short in ("0badcaf", "generate-image"):  # too short, or not an id at all
+        page = client.get("/ui/jobs", params={"q": short}).text
+        assert f"“{short}” is not a job id: give an id or its first 8" in page
+        assert "No job id starts with" not in page
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,8 @@ def test_every_page_fits_a_phone_and_type_names_stay_whole(make_service, conn, b
         "failed": "/ui/jobs?status=failed",
         "pack": f"/ui/jobs/{pack}",
         "failed-job": f"/ui/jobs/{failed}",
+        "missing-job": "/ui/jobs/00000000-0000-4000-8000-000000000000",
+        "search-refused": "/ui/jobs?q=generate-image",
     }
     for name, (width, height) in WIDTHS.items():
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -174,6 +176,13 @@ def test_every_page_fits_a_phone_and_type_names_stay_whole(make_service, conn, b
                 broken,
             )
             page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=True)
+        # The retry-every-failed-job page (a form's answer: what it would do, then confirm).
+        page.goto(f"{server.url}/ui/jobs?status=failed")
+        page.click("form.bulk button")
+        page.wait_for_selector("table.jobs")
+        assert page.evaluate(too_wide) <= 0, (name, "bulk")
+        assert not page.evaluate(ONE_LINE, "td"), (name, "bulk")
+        page.screenshot(path=str(SHOTS / f"{name}-bulk.png"), full_page=True)
         # A table wider than the phone scrolls inside its own box.
         page.goto(f"{server.url}/ui/jobs")
         box = page.evaluate(

@@ -19,7 +19,7 @@ OTHERS = {
     "FORWARDED_ALLOW_IPS": "uvicorn",
     "PROCESSOR_SIGNING_SECRET": "your handler, in the signature-check examples",
 }
-COMMAND = re.compile(r"(?:^|[\s;&|(`$])processor (?!processor )([a-z][a-z-]*)([^#|;&]*)")
+COMMAND = re.compile(r"(?:^|[\s;&|(`$/])processor (?!processor )([a-z][a-z-]*)([^#|;&]*)")
 VARIABLE = re.compile(r"\b([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b")
 
 
@@ -79,9 +79,11 @@ def test_the_check_finds_what_does_not_exist():
         "```sh\nMAX_RUNNING_JOBS=5 processor serve --port 1\nprocessor jobs --every 3\n"
         "NO_SUCH_SETTING=1 processor frobnicate\n```\n"
         "Set `ALSO_NOT_READ`; docker run processor processor migrate.\n"
+        "```\n.venv/bin/processor stats --spend\n.venv/bin/processor nosuch\n```\n"
     )
     assert sorted(unknown_references(text)) == [
         "command `processor frobnicate`",
+        "command `processor nosuch`",
         "flag `processor jobs --every`",
         "variable ALSO_NOT_READ",
         "variable NO_SUCH_SETTING",
