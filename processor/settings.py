@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,6 +23,25 @@ BUILTIN_ROUTES: dict[str, str] = {
     "generate-complete-pack": "/process-complete-pack",
     "generate-aplus": "/process-aplus",
 }
+
+
+def unknown_job_type(job_type: str, known: Iterable[str]) -> str:
+    """The refusal of a job type with no route, in the same words wherever it is met (the
+    command line before an insert, the dispatcher when such a job is claimed)."""
+    return (
+        f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(known))} "
+        "(add yours to JOB_ROUTES)"
+    )
+
+
+def json_type(value: Any) -> str:
+    """A decoded JSON value's type in JSON's own words (and PostgreSQL's jsonb_typeof): object,
+    array, string, number, boolean, null."""
+    if isinstance(value, bool):
+        return "boolean"
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
 
 # How long a handler may take per call before the attempt counts as timed out.
 BUILTIN_TIMEOUTS: dict[str, float] = {

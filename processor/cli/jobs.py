@@ -29,7 +29,7 @@ from processor.cli.common import (
     routed_types,
 )
 from processor.errors import ConfigError
-from processor.settings import BUILTIN_ROUTES
+from processor.settings import BUILTIN_ROUTES, json_type, unknown_job_type
 from processor.status import STATUSES
 
 
@@ -40,12 +40,9 @@ def enqueue_problems(job_type: str, payload: Any) -> list[str]:
 
     routes = routed_types()
     if job_type not in routes:
-        return [
-            f"unknown job type {job_type!r}: this processor runs {', '.join(sorted(routes))} "
-            "(add yours to JOB_ROUTES)"
-        ]
+        return [unknown_job_type(job_type, routes)]
     if not isinstance(payload, dict):
-        return [f"payload must be a JSON object, got {type(payload).__name__}"]
+        return [f"payload must be a JSON object, got {json_type(payload)}"]
     if job_type in BUILTIN_ROUTES:
         try:
             parse(payload, kind_allowed=BUILTIN_ROUTES[job_type] == "/process-image")

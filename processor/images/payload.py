@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from processor.providers.gemini import ASPECT_RATIOS
+from processor.settings import json_type
 
 MAIN = "main"
 SECONDARY_KINDS = ("lifestyle", "infographic", "detail", "in_use", "packaging")
@@ -84,7 +85,7 @@ def _text(
 def parse(payload: Any, *, kind_allowed: bool) -> ImageJob:
     """Reads a payload of generate-image (kind_allowed) or of a pack / A+ job."""
     if not isinstance(payload, dict):
-        raise PayloadError([f"payload must be a JSON object, got {type(payload).__name__}"])
+        raise PayloadError([f"payload must be a JSON object, got {json_type(payload)}"])
     problems: list[str] = []
     project_id = _text(problems, payload, "project_id", "", required=True, limit=200)
     if project_id and not PROJECT_ID.fullmatch(project_id):

@@ -31,7 +31,7 @@ from processor.queue.jobs import ClaimedJob, JobQueue
 from processor.queue.recorder import Recorder
 from processor.queue.timings import JobTimings
 from processor.queue.verdict import Verdict, judge
-from processor.settings import Route, Settings
+from processor.settings import Route, Settings, unknown_job_type
 from processor.tracing import Status, StatusCode
 
 MAX_SEND_DEPTH = 512  # deeper JSON than most handlers' parsers can read (Python's stops ~1000)
@@ -159,12 +159,7 @@ class Dispatcher:
         job = entry.job
         route = self.routes.get(job.job_type)
         if route is None:
-            known = ", ".join(sorted(self.routes))
-            verdict = Verdict(
-                ok=False,
-                error=f"unknown job type {job.job_type!r}; known types: {known} "
-                "(add one with JOB_ROUTES)",
-            )
+            verdict = Verdict(ok=False, error=unknown_job_type(job.job_type, self.routes))
             return await self._record(job, verdict)
         entry.calling = True
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 
 from processor import redact
+from processor.settings import json_type
 
 CLAIM_FIELDS = ("limit", "job_types", "wait", "drain")
 MAX_JOB_TYPES = 100
@@ -41,7 +42,7 @@ def parse_claim_request(raw: bytes, max_limit: int) -> ClaimRequest:
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
         raise HTTPException(400, f"body is not valid JSON: {short(exc)}") from None
     if not isinstance(data, dict):
-        raise HTTPException(400, f"body must be a JSON object, got {type(data).__name__}")
+        raise HTTPException(400, f"body must be a JSON object, got {json_type(data)}")
     unknown = sorted(set(data) - set(CLAIM_FIELDS))
     if unknown:
         raise HTTPException(

@@ -39,7 +39,8 @@ def test_enqueue_refuses_a_payload_that_is_not_an_object(database_url, monkeypat
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("JOB_ROUTES", '{"t": "http://127.0.0.1:9/t"}')
     assert main(["enqueue", "t", "[1]"]) == 2
-    assert "payload must be a JSON object" in capsys.readouterr().err
+    # In JSON's words, as SQL and the HTTP API say it (not Python's "list").
+    assert "payload must be a JSON object, got array" in capsys.readouterr().err
     assert main(["enqueue", "t", "{oops"]) == 2
     assert "payload is not valid JSON" in capsys.readouterr().err
 

@@ -37,7 +37,7 @@ def test_every_bad_field_is_listed():
 
 
 def test_a_payload_that_is_not_an_object():
-    with pytest.raises(PayloadError, match="payload must be a JSON object, got list"):
+    with pytest.raises(PayloadError, match="payload must be a JSON object, got array"):
         parse([], kind_allowed=True)
 
 
