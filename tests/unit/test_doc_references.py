@@ -1,7 +1,9 @@
 """Every command, flag and environment variable the README, docs/ and deploy/ name exists: in
-their code (fenced blocks and `inline` spans), `processor X` is a command of the CLI, each
-`--flag` after it one of that command's options, and each UPPER_CASE_NAME a variable the code
-reads (or one of the few that other programs read, listed below). Links: test_doc_links.py."""
+their code (fenced blocks and `inline` spans), `make X` is a Makefile target, `processor X` a
+command of the CLI and each
+`--flag` after it one of that command's options; anywhere in them, each UPPER_CASE_NAME is a
+variable the code reads (or one of the few that other programs read, listed below). Links:
+test_doc_links.py."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ OTHERS = {
 }
 COMMAND = re.compile(r"(?:^|[\s;&|(`$/])processor (?!processor )([a-z][a-z-]*)([^#|;&]*)")
 VARIABLE = re.compile(r"\b([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b")
+MAKE = re.compile(r"(?:^|[\s;&|(`$])make ([a-z][a-z-]*)")
 
 
 def documents() -> list[Path]:
@@ -45,8 +48,10 @@ def unknown_references(text: str) -> list[str]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands: dict[str, argparse.ArgumentParser] = sub.choices
     known_variables = variables_read()
+    targets = set(re.findall(r"(?m)^([a-z][a-z-]*):", (ROOT / "Makefile").read_text()))
     unknown = []
     for piece in code_in(text):
+        unknown += [f"`make {t}`" for t in MAKE.findall(piece) if t not in targets]
         for match in COMMAND.finditer(piece):
             name, rest = match.groups()
             if name not in commands:
@@ -58,9 +63,12 @@ def unknown_references(text: str) -> list[str]:
                 for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest)
                 if flag not in options
             ]
-        unknown += [
-            f"variable {name}" for name in VARIABLE.findall(piece) if name not in known_variables
-        ]
+    # Variables anywhere, prose too (commands only in code: "the processor claims" is prose).
+    unknown += [
+        f"variable {name}"
+        for name in dict.fromkeys(VARIABLE.findall(text))
+        if name not in known_variables
+    ]
     return unknown
 
 
@@ -78,13 +86,16 @@ def test_the_check_finds_what_does_not_exist():
         "Run `processor jobs --status failed` and `processor enqueue x --wait`.\n"
         "```sh\nMAX_RUNNING_JOBS=5 processor serve --port 1\nprocessor jobs --every 3\n"
         "NO_SUCH_SETTING=1 processor frobnicate\n```\n"
-        "Set `ALSO_NOT_READ`; docker run processor processor migrate.\n"
+        "Set `ALSO_NOT_READ` or PROSE_ONLY_SETTING; docker run processor processor migrate.\n"
         "```\n.venv/bin/processor stats --spend\n.venv/bin/processor nosuch\n```\n"
+        "Then `make dev PORT=8080`, `make test` and `make deploy`.\n"
     )
     assert sorted(unknown_references(text)) == [
+        "`make deploy`",
         "command `processor frobnicate`",
         "command `processor nosuch`",
         "flag `processor jobs --every`",
         "variable ALSO_NOT_READ",
         "variable NO_SUCH_SETTING",
+        "variable PROSE_ONLY_SETTING",
     ]
