@@ -1,9 +1,8 @@
-"""Every command, flag and environment variable the README, docs/ and deploy/ name exists: in
-their code (fenced blocks and `inline` spans), `make X` is a Makefile target, `processor X` a
-command of the CLI and each
-`--flag` after it one of that command's options; anywhere in them, each UPPER_CASE_NAME is a
-variable the code reads (or one of the few that other programs read, listed below). Links:
-test_doc_links.py."""
+"""Every command, flag and environment variable the README, docs/ and deploy/ name exists. In
+their code (fenced blocks and `inline` spans) `make X` is a Makefile target, `processor X` a
+command of the CLI, and each `--flag` after it one of that command's options; anywhere in
+them, each UPPER_CASE_NAME is a variable the code reads (or one of the few that other
+programs read, listed below). Links: test_doc_links.py."""
 
 from __future__ import annotations
 
