@@ -5,7 +5,8 @@ PORT ?= 8000
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test test-fast lint format check schema system-deps test-deps test-tools install clean
+.PHONY: dev test test-fast lint format check schema system-deps test-system-deps test-deps \
+	test-tools install clean
 
 # The service and what it needs to run, nothing more (`make dev`).
 $(BIN)/processor: pyproject.toml
@@ -27,13 +28,17 @@ test-tools: $(VENV)/.test-tools
 system-deps:
 	@deploy/local/install-system-deps.sh
 
+# The same, and PgBouncer, which only the tests use.
+test-system-deps:
+	@deploy/local/install-system-deps.sh --tests
+
 test-deps:
 	@deploy/local/install-test-deps.sh
 
 dev: system-deps install
 	$(BIN)/processor dev --port $(PORT)
 
-test: system-deps test-deps test-tools
+test: test-system-deps test-deps test-tools
 	$(BIN)/pytest
 
 # The unit tests only: no database, no system packages, a few seconds.

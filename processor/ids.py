@@ -7,6 +7,8 @@ import re
 from uuid import UUID
 
 PREFIX_MIN = 8
+# What an id argument must be, in the words the CLI, the HTTP API and the page all use.
+RULE = f"a job id or its first {PREFIX_MIN} or more characters (0-9, a-f)"
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -18,6 +20,12 @@ def id_digits(text: str) -> str | None:
     if _HEX.fullmatch(digits) and PREFIX_MIN <= len(digits) <= 32:
         return digits
     return None
+
+
+def ambiguous(ref: str, ids: list[UUID]) -> str:
+    """The refusal of some characters that match more than one job (ids: the first matches)."""
+    shown = ", ".join(str(i) for i in ids[:2]) + (", …" if len(ids) > 2 else "")
+    return f"{ref} matches more than one job ({shown}): give more of the id"
 
 
 def id_range(digits: str) -> dict[str, UUID]:

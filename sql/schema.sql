@@ -495,7 +495,8 @@ declare
     v_available integer;
 begin
     if p_amount is null or p_amount <= 0 then
-        raise exception 'grant_credits: amount must be positive' using errcode = '22023';
+        raise exception 'grant_credits: amount must be an integer of at least 1, got %',
+            coalesce(p_amount::text, 'null') using errcode = '22023';
     end if;
     insert into credit_accounts (user_id) values (p_user_id) on conflict do nothing;
     insert into credit_ledger (user_id, kind, amount, note)
@@ -2202,7 +2203,7 @@ declare
     v_type record;
 begin
     if v_slots < 1 then
-        raise exception 'processor_scaling_metric: slots must be >= 1, got %', v_slots
+        raise exception 'processor_scaling_metric: slots must be an integer of at least 1, got %', v_slots
             using errcode = '22023';
     end if;
     v_bound := v_slots * 100;
@@ -2362,9 +2363,13 @@ begin
                                     interval '7 days');
     p_batch := coalesce(p_batch, 1000);
     p_max_rows := coalesce(p_max_rows, 100000);
-    if p_batch < 1 or p_max_rows < 1 then
-        raise exception 'prune_jobs: batch and max_rows must be at least 1, got % and %',
-            p_batch, p_max_rows using errcode = '22023';
+    if p_batch < 1 then
+        raise exception 'prune_jobs: batch must be an integer of at least 1, got %', p_batch
+            using errcode = '22023';
+    end if;
+    if p_max_rows < 1 then
+        raise exception 'prune_jobs: max_rows must be an integer of at least 1, got %', p_max_rows
+            using errcode = '22023';
     end if;
     if p_keep_completed < interval '0' or p_keep_failed < interval '0'
        or p_keep_cron_history < interval '0' then

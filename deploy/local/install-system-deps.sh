@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the local stack and the tests need from the system: a PostgreSQL server, the
-# pg_cron extension built for it, and PgBouncer (Debian/Ubuntu packages). Does nothing when all
-# are present.
+# Installs what the local stack needs from the system: a PostgreSQL server and the pg_cron
+# extension built for it (Debian/Ubuntu packages). With --tests, also PgBouncer (the tests'
+# stand-in for Supabase's pooler; `make dev` never needs it). Does nothing when all are present.
 set -euo pipefail
+tests=false
+[ "${1:-}" = "--tests" ] && tests=true
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -16,7 +18,7 @@ have_pgbouncer() { have pgbouncer || [ -x /usr/sbin/pgbouncer ]; }
 
 version=$(server_version || true)
 if [ -n "$version" ] && [ -f "/usr/share/postgresql/$version/extension/pg_cron.control" ] \
-        && have runuser && have_pgbouncer; then
+        && have runuser && { ! $tests || have_pgbouncer; }; then
     exit 0
 fi
 
@@ -40,8 +42,10 @@ if [ -z "$version" ]; then
     $SUDO apt-get install -y -qq postgresql >/dev/null
     version=$(server_version)
 fi
-echo "Installing pg_cron for PostgreSQL $version, and PgBouncer (the tests' stand-in for Supabase's pooler) ..."
-$SUDO apt-get install -y -qq "postgresql-$version-cron" util-linux pgbouncer >/dev/null
+packages=("postgresql-$version-cron" util-linux)
+$tests && packages+=(pgbouncer)
+echo "Installing ${packages[*]} ..."
+$SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
 # The Debian package starts a machine-wide cluster; this project never uses it.
 # The package may start a machine-wide PgBouncer on 6432; this project never uses it either.
-echo "PostgreSQL $version with pg_cron, and PgBouncer, are ready."
+echo "PostgreSQL $version with pg_cron$($tests && echo ', and PgBouncer,') ready."

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # defaults read PORT and PROCESSOR_PG_PORT
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit, so a reader that went away is met below
+        return code
     except ProcessorError as exc:
         print(f"processor: {exc}", file=sys.stderr)
         return 2

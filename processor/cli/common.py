@@ -14,7 +14,8 @@ from uuid import UUID
 
 from processor import db
 from processor.errors import ProcessorError
-from processor.ids import PREFIX_MIN, id_digits, id_range
+from processor.ids import RULE as ID_RULE
+from processor.ids import ambiguous, id_digits, id_range
 from processor.settings import BUILTIN_ROUTES, CommandSettings, parse_job_routes
 
 DB_ENV = "Reads DATABASE_URL from the environment."
@@ -110,14 +111,26 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+PORT_NUMBER = bounded_int(1, 65535)
+
+
+def seconds(text: str) -> float:
+    """A wait in seconds: a number from 0 to a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86_400:
+        shown = text if math.isfinite(value) else repr(text)
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 86400, got {shown}")
+    return value
+
+
 def job_ref(text: str) -> str:
     """A job id, or its first 8 or more hex digits (hyphens anywhere or nowhere, any case), as
     given; resolve_job_id looks it up."""
     if id_digits(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"must be a job id or its first {PREFIX_MIN} or more characters "
-            f"(0-9, a-f), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"must be {ID_RULE}, got {text!r}")
     return text.strip()
 
 
@@ -133,8 +146,7 @@ def resolve_job_id(conn: Any, ref: str) -> UUID | None:
         return UUID(digits)
     rows = db.run(conn, "jobs_by_id_prefix", id_range(digits))
     if len(rows) > 1:
-        shown = ", ".join(str(r["id"]) for r in rows[:2]) + (", …" if len(rows) > 2 else "")
-        raise AmbiguousJobId(f"{ref} matches more than one job ({shown}): give more of the id")
+        raise AmbiguousJobId(ambiguous(ref, [r["id"] for r in rows]))
     return rows[0]["id"] if rows else None
 
 

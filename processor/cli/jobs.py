@@ -27,6 +27,7 @@ from processor.cli.common import (
     public_url,
     resolve_job_id,
     routed_types,
+    seconds,
 )
 from processor.errors import ConfigError
 from processor.settings import BUILTIN_ROUTES, json_type, unknown_job_type
@@ -265,7 +266,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=0,
         help="with --wait: give up after this many seconds (0: never)",
     )

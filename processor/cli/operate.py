@@ -11,7 +11,15 @@ from typing import Any
 
 import uvicorn
 
-from processor.cli.common import add_command, bounded_int, database_url, days, env, public_url
+from processor.cli.common import (
+    PORT_NUMBER,
+    add_command,
+    bounded_int,
+    database_url,
+    days,
+    env,
+    public_url,
+)
 from processor.errors import ConfigError, ProcessorError
 from processor.logging import configure
 from processor.ops import devstack, migrate, relay, retention, schedule, verify
@@ -50,8 +58,16 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         raise ProcessorError(f"the server did not start on {host}:{port} (see the log above)")
 
 
+def own_url(host: str, port: int) -> str:
+    """This processor's address as it calls itself when PROCESSOR_URL is unset: the address it
+    listens on, and the loopback one when it listens on every address (0.0.0.0, ::)."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (not binding: recognising it)
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    url = env().processor_url or f"http://{args.host}:{args.port}"
+    url = env().processor_url or own_url(args.host, args.port)
     _serve(Settings.from_env(processor_url=url.rstrip("/")), args.host, args.port)
     return 0
 
@@ -170,10 +186,10 @@ def add_run_commands(sub: Any) -> None:
         env="Settings come from the environment (PROCESSOR_TOKEN is made for you if unset).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (make dev PORT=…)")
+    p.add_argument("--port", type=PORT_NUMBER, default=8000, help="HTTP port (make dev PORT=…)")
     p.add_argument(
         "--pg-port",
-        type=int,
+        type=PORT_NUMBER,
         default=env().port("PROCESSOR_PG_PORT", DEFAULT_PG_PORT),
         help="port of the private PostgreSQL (env PROCESSOR_PG_PORT)",
     )
@@ -189,7 +205,7 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument(
         "--port",
-        type=int,
+        type=PORT_NUMBER,
         default=env().port("PORT", 8000),
         help="HTTP port (env PORT, as container platforms set it)",
     )

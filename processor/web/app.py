@@ -24,6 +24,8 @@ from processor import redact, tracing
 from processor.auth import FailureGuard, require_token
 from processor.db import Database
 from processor.errors import DatabaseError
+from processor.ids import RULE as ID_RULE
+from processor.ids import ambiguous, id_digits, id_range
 from processor.images import handlers
 from processor.images.common import HandlerContext
 from processor.images.fetch import Fetcher
@@ -157,13 +159,21 @@ def begin_shutdown(app: object) -> None:
 async def get_job(request: Request) -> Response:
     require_token(request)
     raw = request.path_params["job_id"]
-    try:
-        job_id = uuid.UUID(raw)
-    except ValueError:
-        raise HTTPException(400, f"job id must be a UUID, got {short(repr(raw))}") from None
-    job = await request.app.state.queue.get(job_id)
+    digits = id_digits(raw)
+    if digits is None:
+        raise HTTPException(400, f"job id must be {ID_RULE}, got {short(repr(raw))}")
+    db = request.app.state.queue.db
+    found = (
+        [uuid.UUID(digits)]
+        if len(digits) == 32
+        else [r["id"] for r in await db.fetch_all("jobs_by_id_prefix", id_range(digits))]
+    )
+    if len(found) > 1:
+        raise HTTPException(400, ambiguous(short(raw), found))
+    job = await request.app.state.queue.get(found[0]) if found else None
     if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+        raise HTTPException(404, f"no job {short(raw)}")
+    job_id = job["id"]
     storage = request.app.state.handler_context.providers.storage
     job["result"] = await fresh_urls(job["result"], storage)
     job["progress"] = await fresh_urls(job["progress"], storage)

@@ -2,7 +2,8 @@
 -- HIGH, got VALUE", as the HTTP API and the command line say it. The functions below are
 -- unchanged but for their messages and two bounds: enqueue_job refuses max_retries over 25
 -- itself, in those words, where it left the table's check to say it in others, and a cap
--- (max_running) is at most 1,000,000, as the command line has always required.
+-- (max_running) is at most 1,000,000, as the command line has always required. A number with
+-- only a lower bound: "NAME must be an integer of at least LOW, got VALUE".
 
 CREATE OR REPLACE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) RETURNS SETOF uuid
     LANGUAGE plpgsql STABLE
@@ -211,5 +212,134 @@ begin
     insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
     on conflict (job_type) do update
     set max_running = excluded.max_running, updated_at = now();
+end;
+$$;
+
+CREATE OR REPLACE FUNCTION public.prune_jobs(p_keep_completed interval DEFAULT NULL::interval, p_keep_failed interval DEFAULT NULL::interval, p_keep_cron_history interval DEFAULT NULL::interval, p_batch integer DEFAULT 1000, p_max_rows integer DEFAULT 100000) RETURNS TABLE(kind text, deleted bigint)
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_limits job_queue_settings;
+    v_kind record;
+    v_n bigint;
+    v_total bigint;
+begin
+    select * into v_limits from job_queue_settings where id;
+    p_keep_completed := coalesce(p_keep_completed, v_limits.keep_completed, interval '14 days');
+    p_keep_failed := coalesce(p_keep_failed, v_limits.keep_failed, interval '30 days');
+    p_keep_cron_history := coalesce(p_keep_cron_history, v_limits.keep_cron_history,
+                                    interval '7 days');
+    p_batch := coalesce(p_batch, 1000);
+    p_max_rows := coalesce(p_max_rows, 100000);
+    if p_batch < 1 then
+        raise exception 'prune_jobs: batch must be an integer of at least 1, got %', p_batch
+            using errcode = '22023';
+    end if;
+    if p_max_rows < 1 then
+        raise exception 'prune_jobs: max_rows must be an integer of at least 1, got %', p_max_rows
+            using errcode = '22023';
+    end if;
+    if p_keep_completed < interval '0' or p_keep_failed < interval '0'
+       or p_keep_cron_history < interval '0' then
+        raise exception 'prune_jobs: ages must not be negative, got completed %, failed %, cron history %',
+            p_keep_completed, p_keep_failed, p_keep_cron_history using errcode = '22023';
+    end if;
+
+    for v_kind in
+        select * from (values ('completed', array['completed'], p_keep_completed),
+                              ('failed_or_cancelled', array['failed', 'cancelled'], p_keep_failed)
+                      ) k(kind, statuses, keep)
+    loop
+        v_total := 0;
+        loop
+            delete from job_queue
+            where id in (select id from job_queue
+                         where status = any(v_kind.statuses)
+                           and completed_at < now() - v_kind.keep
+                         limit p_batch for update skip locked);
+            get diagnostics v_n = row_count;
+            v_total := v_total + v_n;
+            exit when v_n < p_batch or v_total >= p_max_rows;
+        end loop;
+        kind := v_kind.kind; deleted := v_total; return next;
+    end loop;
+
+    delete from processor_net_calls where created_at < now() - interval '1 day';
+
+    v_total := 0;
+    if to_regclass('cron.job_run_details') is not null then
+        loop
+            execute 'delete from cron.job_run_details where runid in (
+                         select runid from cron.job_run_details
+                         where end_time < now() - $1 limit $2)'
+                using p_keep_cron_history, p_batch;
+            get diagnostics v_n = row_count;
+            v_total := v_total + v_n;
+            exit when v_n < p_batch or v_total >= p_max_rows;
+        end loop;
+    end if;
+    kind := 'cron_history'; deleted := v_total; return next;
+end;
+$_$;
+
+CREATE OR REPLACE FUNCTION public.grant_credits(p_user_id text, p_amount integer, p_note text DEFAULT NULL::text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_available integer;
+begin
+    if p_amount is null or p_amount <= 0 then
+        raise exception 'grant_credits: amount must be an integer of at least 1, got %',
+            coalesce(p_amount::text, 'null') using errcode = '22023';
+    end if;
+    insert into credit_accounts (user_id) values (p_user_id) on conflict do nothing;
+    insert into credit_ledger (user_id, kind, amount, note)
+    values (p_user_id, 'grant', p_amount, p_note);
+    select available into v_available from credit_accounts where user_id = p_user_id;
+    return v_available;
+end;
+$$;
+
+CREATE OR REPLACE FUNCTION public.processor_scaling_metric(p_job_types text[] DEFAULT NULL::text[], p_slots integer DEFAULT NULL::integer) RETURNS double precision
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_slots integer := coalesce(p_slots,
+                                (select slots_per_processor from job_queue_settings where id), 20);
+    v_bound integer;
+    v_skip text[];
+    v_running bigint;
+    v_due bigint;
+    v_type record;
+begin
+    if v_slots < 1 then
+        raise exception 'processor_scaling_metric: slots must be an integer of at least 1, got %', v_slots
+            using errcode = '22023';
+    end if;
+    v_bound := v_slots * 100;
+    -- Paused types and types with a cap are counted apart (or not at all).
+    select coalesce(array_agg(job_type), '{}') into v_skip from job_type_limits
+    where paused_at is not null or max_running is not null;
+    select count(*) into v_running from job_queue
+    where status = 'processing' and (p_job_types is null or job_type = any (p_job_types));
+    select count(*) into v_due from (
+        select 1 from job_queue
+        where status = 'pending' and run_at <= now()
+          and (p_job_types is null or job_type = any (p_job_types))
+          and job_type <> all (v_skip)
+        limit v_bound) d;
+    for v_type in
+        select t.job_type, t.max_running from job_type_limits t
+        where t.paused_at is null and t.max_running is not null
+          and (p_job_types is null or t.job_type = any (p_job_types))
+    loop
+        v_due := v_due + (
+            select count(*) from (
+                select 1 from job_queue
+                where status = 'pending' and run_at <= now() and job_type = v_type.job_type
+                limit greatest(v_type.max_running - job_type_running(v_type.job_type), 0)) d);
+    end loop;
+    return (v_running + least(v_due, v_bound))::double precision / v_slots;
 end;
 $$;

@@ -162,8 +162,8 @@ def test_a_lease_expiry_failure_says_how_many_attempts_and_when_each_started(con
 @pytest.mark.parametrize(
     "call, message",
     [
-        ("prune_jobs(p_batch => 0)", "batch and max_rows must be at least 1"),
-        ("prune_jobs(p_batch => -5)", "batch and max_rows must be at least 1"),
+        ("prune_jobs(p_batch => 0)", "batch must be an integer of at least 1, got 0"),
+        ("prune_jobs(p_max_rows => -5)", "max_rows must be an integer of at least 1, got -5"),
         ("prune_jobs(p_keep_completed => interval '-1 day')", "ages must not be negative"),
     ],
 )

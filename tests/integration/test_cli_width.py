@@ -231,7 +231,12 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(conn, database_url):
     conn.execute("insert into job_queue (job_type) select 'ok' from generate_series(1, 50)")
     command = subprocess.Popen(
         [sys.executable, "-m", "processor", "jobs"],
-        env={**os.environ, "DATABASE_URL": database_url, "COLUMNS": ""},
+        # Buffered, as a shell runs it (the test machine may set PYTHONUNBUFFERED).
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+            "DATABASE_URL": database_url,
+            "COLUMNS": "",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

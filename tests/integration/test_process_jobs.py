@@ -263,8 +263,20 @@ def test_get_job_reports_status_attempts_and_errors(make_service, conn):
     assert body["errors"][0]["error"] == "handler answered 400 Bad Request: no"
     assert "lease_token" not in body
     assert httpx.get(f"{server.url}/jobs/{job_id}").status_code == 401
-    assert httpx.get(f"{server.url}/jobs/nope", headers=auth).status_code == 400
+    refused = httpx.get(f"{server.url}/jobs/nope", headers=auth)
+    assert refused.status_code == 400
+    assert "job id must be a job id or its first 8 or more characters (0-9, a-f)" in refused.text
     assert httpx.get(f"{server.url}/jobs/{uuid.uuid4()}", headers=auth).status_code == 404
+    # Its first 8 characters, as the page and `processor jobs` show them, answer the same job;
+    # characters that two jobs share are refused with both named.
+    short = httpx.get(f"{server.url}/jobs/{str(job_id)[:8]}", headers=auth)
+    assert short.status_code == 200 and short.json()["id"] == str(job_id)
+    twins = ["0badcafe-0000-4000-8000-000000000001", "0badcafe-0000-4000-8000-000000000002"]
+    for twin in twins:
+        conn.execute("insert into job_queue (id, job_type) values (%s, 'ok')", (twin,))
+    both = httpx.get(f"{server.url}/jobs/0badcafe", headers=auth)
+    assert both.status_code == 400 and twins[0] in both.text and twins[1] in both.text
+    assert httpx.get(f"{server.url}/jobs/0badcafe9", headers=auth).status_code == 404
 
 
 def test_healthz_checks_the_database(make_service, cluster, database_url):

@@ -49,7 +49,9 @@ def test_the_scaling_metric_is_running_plus_due_work_per_slot(conn):
     # Without p_slots it divides by what processor serve recorded (MAX_RUNNING_JOBS).
     conn.execute("update job_queue_settings set slots_per_processor = 3")
     assert metric(conn, slots=None) == 1
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="slots must be >= 1"):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="slots must be an integer of at least 1"
+    ):
         metric(conn, slots=0)
 
 

@@ -135,12 +135,13 @@ def test_the_list_filters_pages_and_finds_a_job_by_id(make_service, conn):
     for twin in ("0badcafe-0000-4000-8000-000000000001", "0badcafe-0000-4000-8000-000000000002"):
         conn.execute("insert into job_queue (id, job_type) values (%s, 'odd')", (twin,))
     page = client.get("/ui/jobs", params={"q": "0badcafe"})
-    assert page.status_code == 200 and "More than one job id starts with “0badcafe”" in page.text
+    assert page.status_code == 200
+    assert "0badcafe matches more than one job (0badcafe-0000-4000-8000-000000000001, " in page.text
     page = client.get("/ui/jobs", params={"q": "0badcafe1"})
     assert "No job id starts with “0badcafe1”" in page.text
     for short in ("0badcaf", "generate-image"):  # too short, or not an id at all
         page = client.get("/ui/jobs", params={"q": short}).text
-        assert f"“{short}” is not a job id: give an id or its first 8" in page
+        assert f"“{short}” is not a job id: it must be a job id or its first 8 or more" in page
         assert "No job id starts with" not in page
 
 

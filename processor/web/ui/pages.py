@@ -26,7 +26,8 @@ from processor.auth import FailureGuard, client_address, retry_after, token_matc
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.humanize import ago
-from processor.ids import id_digits, id_range
+from processor.ids import RULE as ID_RULE
+from processor.ids import ambiguous, id_digits, id_range
 from processor.ops.schedule import JOB_NAME
 from processor.providers.storage import fresh_urls
 from processor.status import STATUSES
@@ -205,6 +206,7 @@ async def jobs(request: Request) -> Response:
     search = (q.get("q") or "").strip()
     digits = id_digits(search) if search else None
     matches = 0
+    found: list[dict[str, Any]] = []
     if digits:  # a whole id, or its first 8 or more characters as the list shows them
         found = (
             [{"id": uuid.UUID(digits)}]
@@ -258,7 +260,8 @@ async def jobs(request: Request) -> Response:
         search=search,
         not_an_id=bool(search) and digits is None,
         not_found=digits is not None and matches == 0,
-        ambiguous=matches > 1,
+        ambiguous=ambiguous(search, [r["id"] for r in found]) if matches > 1 else None,
+        id_rule=ID_RULE,
         next_page=next_page,
         first_page="/ui/jobs?" + urlencode(kept) if q.get("before") else None,
     )
