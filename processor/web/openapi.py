@@ -154,6 +154,7 @@ def document(max_claim: int) -> dict[str, Any]:
                             "name": "job_id",
                             "in": "path",
                             "required": True,
+                            "description": "the job's id, or its first 8 or more characters",
                             "schema": {"type": "string"},
                         }
                     ],
