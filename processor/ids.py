@@ -4,6 +4,7 @@ the CLI and the page's search box take any unambiguous prefix of 8 or more hex d
 from __future__ import annotations
 
 import re
+from typing import Any
 from uuid import UUID
 
 PREFIX_MIN = 8
@@ -26,6 +27,14 @@ def ambiguous(ref: str, ids: list[UUID]) -> str:
     """The refusal of some characters that match more than one job (ids: the first matches)."""
     shown = ", ".join(str(i) for i in ids[:2]) + (", …" if len(ids) > 2 else "")
     return f"{ref} matches more than one job ({shown}): give more of the id"
+
+
+async def matching_ids(db: Any, digits: str) -> list[UUID]:
+    """The ids of the jobs `digits` (from id_digits) may name, three at most: the id itself
+    when it is whole, else those in its range (more than one: the digits do not say which)."""
+    if len(digits) == 32:
+        return [UUID(digits)]
+    return [r["id"] for r in await db.fetch_all("jobs_by_id_prefix", id_range(digits))]
 
 
 def id_range(digits: str) -> dict[str, UUID]:

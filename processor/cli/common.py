@@ -92,7 +92,7 @@ def days(text: str) -> float:
     return value
 
 
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
+def bounded_int(low: int, high: int, alternative: str = "") -> Callable[[str], int]:
     """A whole number in [low, high]; a refusal in the HTTP API's words ("must be an integer
     from 1 to 50, got -1"), after argparse's "argument --limit:"."""
 
@@ -103,7 +103,7 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
             value = None
         if value is None or not low <= value <= high:
             raise argparse.ArgumentTypeError(
-                f"must be an integer from {low} to {high}, "
+                f"must be an integer from {low} to {high}{alternative}, "
                 f"got {text if value is not None else repr(text)}"
             )
         return value

@@ -19,12 +19,7 @@ def _cap(text: str) -> int | None:
     it: null)."""
     if text.lower() == "none":
         return None
-    try:
-        return bounded_int(0, 1_000_000)(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(
-            str(exc).replace(", got", ", or none for no cap, got")
-        ) from None
+    return bounded_int(0, 1_000_000, ", or none for no cap")(text)
 
 
 def cmd_limits(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from processor.auth import FailureGuard, require_token
 from processor.db import Database
 from processor.errors import DatabaseError
 from processor.ids import RULE as ID_RULE
-from processor.ids import ambiguous, id_digits, id_range
+from processor.ids import ambiguous, id_digits, matching_ids
 from processor.images import handlers
 from processor.images.common import HandlerContext
 from processor.images.fetch import Fetcher
@@ -162,12 +162,7 @@ async def get_job(request: Request) -> Response:
     digits = id_digits(raw)
     if digits is None:
         raise HTTPException(400, f"job id must be {ID_RULE}, got {short(repr(raw))}")
-    db = request.app.state.queue.db
-    found = (
-        [uuid.UUID(digits)]
-        if len(digits) == 32
-        else [r["id"] for r in await db.fetch_all("jobs_by_id_prefix", id_range(digits))]
-    )
+    found = await matching_ids(request.app.state.queue.db, digits)
     if len(found) > 1:
         raise HTTPException(400, ambiguous(short(raw), found))
     job = await request.app.state.queue.get(found[0]) if found else None

@@ -27,7 +27,7 @@ from processor.db import Database
 from processor.errors import DatabaseError
 from processor.humanize import ago
 from processor.ids import RULE as ID_RULE
-from processor.ids import ambiguous, id_digits, id_range
+from processor.ids import ambiguous, id_digits, matching_ids
 from processor.ops.schedule import JOB_NAME
 from processor.providers.storage import fresh_urls
 from processor.status import STATUSES
@@ -206,16 +206,12 @@ async def jobs(request: Request) -> Response:
     search = (q.get("q") or "").strip()
     digits = id_digits(search) if search else None
     matches = 0
-    found: list[dict[str, Any]] = []
+    found: list[uuid.UUID] = []
     if digits:  # a whole id, or its first 8 or more characters as the list shows them
-        found = (
-            [{"id": uuid.UUID(digits)}]
-            if len(digits) == 32
-            else await _db(request).fetch_all("jobs_by_id_prefix", id_range(digits))
-        )
+        found = await matching_ids(_db(request), digits)
         matches = len(found)
         if matches == 1:
-            return RedirectResponse(f"/ui/jobs/{found[0]['id']}", 303)
+            return RedirectResponse(f"/ui/jobs/{found[0]}", 303)
     filters = {
         "status": q.get("status") if q.get("status") in STATUSES else None,
         "job_type": q.get("type") or None,
@@ -260,7 +256,7 @@ async def jobs(request: Request) -> Response:
         search=search,
         not_an_id=bool(search) and digits is None,
         not_found=digits is not None and matches == 0,
-        ambiguous=ambiguous(search, [r["id"] for r in found]) if matches > 1 else None,
+        ambiguous=ambiguous(search, found) if matches > 1 else None,
         id_rule=ID_RULE,
         next_page=next_page,
         first_page="/ui/jobs?" + urlencode(kept) if q.get("before") else None,
