@@ -1,4 +1,4 @@
-"""A job's status, as job_queue stores it (its CHECK constraint holds the same five). The
+"""A job's status, as job_queue stores it (its CHECK constraint holds the same six). The
 command line's choices, the status page's filters, the API document and the dispatcher's
 outcomes all read it from here."""
 
@@ -13,6 +13,7 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # for the jobs it depends on (job_queue.depends_on) to finish
 
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)

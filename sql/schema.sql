@@ -40,34 +40,36 @@ CREATE FUNCTION public.cancel_job(p_job_id uuid) RETURNS boolean
         update job_queue
         set status = 'cancelled',
             completed_at = now(),
+            waiting_on = null,
             locked_by = null,
             locked_until = null,
             lease_token = null
         where id = p_job_id
-          and status in ('pending', 'processing')
+          and status in ('pending', 'processing', 'waiting')
         returning 1
     )
     select exists (select 1 from cancelled)
 $$;
 
 --
--- Name: cancel_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean); Type: FUNCTION; Schema: public; Owner: -
+-- Name: cancel_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean, uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.cancel_jobs(p_status text DEFAULT 'pending'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false) RETURNS TABLE(job_id uuid, job_type text, user_id text, cancelled boolean, reason text)
+CREATE FUNCTION public.cancel_jobs(p_status text DEFAULT 'pending'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false, p_workflow_id uuid DEFAULT NULL::uuid) RETURNS TABLE(job_id uuid, job_type text, user_id text, cancelled boolean, reason text)
     LANGUAGE plpgsql
     AS $$
 declare
     v_id uuid;
     v_job job_queue;
 begin
-    if p_status is null or p_status not in ('pending', 'processing') then
-        raise exception 'cancel_jobs: status must be pending or processing, got %',
+    if p_status is null or p_status not in ('pending', 'processing', 'waiting') then
+        raise exception 'cancel_jobs: status must be pending, processing or waiting, got %',
             coalesce(p_status, 'null') using errcode = '22023';
     end if;
     for v_id in
         select s from job_queue_select_for_action(array[p_status], p_job_type, p_user_id,
-                                                  p_since, p_until, p_error, p_limit) s
+                                                  p_since, p_until, p_error, p_limit,
+                                                  p_workflow_id) s
     loop
         -- A job a claim holds this instant is left alone (it is running: cancel it again).
         select * into v_job from job_queue where id = v_id for update skip locked;
@@ -80,7 +82,7 @@ begin
             reason := 'dry run: would be cancelled';
         else
             update job_queue
-            set status = 'cancelled', completed_at = now(), locked_by = null,
+            set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
                 locked_until = null, lease_token = null
             where id = v_job.id;
             cancelled := true;
@@ -88,6 +90,33 @@ begin
         end if;
         return next;
     end loop;
+end;
+$$;
+
+--
+-- Name: cancel_workflow(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cancel_workflow(p_workflow_id uuid) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_count integer;
+begin
+    perform set_config('processor.settling', 'on', true);
+    update job_queue j
+    set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
+        locked_until = null, lease_token = null,
+        error_message = format('cancelled with its workflow %s', p_workflow_id)
+    where j.id in (select x.id from job_queue x
+                   where x.workflow_id = p_workflow_id
+                     and x.status in ('pending', 'processing', 'waiting')
+                   order by x.id for no key update);
+    get diagnostics v_count = row_count;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+    return v_count;
 end;
 $$;
 
@@ -139,15 +168,28 @@ CREATE TABLE public.job_queue (
     concurrency_key text,
     traceparent text,
     turn double precision,
+    depends_on uuid[],
+    waiting_on integer,
+    on_dependency_failure text DEFAULT 'cancel'::text NOT NULL,
+    workflow_id uuid,
+    node_name text,
+    parent_id uuid,
+    has_dependents boolean DEFAULT false NOT NULL,
+    ended_by uuid,
+    suspensions integer DEFAULT 0 NOT NULL,
+    progress_base jsonb,
     CONSTRAINT job_queue_concurrency_key_length CHECK (((concurrency_key IS NULL) OR ((length(concurrency_key) >= 1) AND (length(concurrency_key) <= 200)))),
+    CONSTRAINT job_queue_depends_on_size CHECK ((cardinality(depends_on) <= 10000)),
     CONSTRAINT job_queue_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
     CONSTRAINT job_queue_job_type_check CHECK ((length(btrim(job_type)) > 0)),
     CONSTRAINT job_queue_max_retries_check CHECK ((max_retries >= 0)),
     CONSTRAINT job_queue_max_retries_range CHECK (((max_retries >= 0) AND (max_retries <= 25))),
+    CONSTRAINT job_queue_node_name_length CHECK (((node_name IS NULL) OR ((length(node_name) >= 1) AND (length(node_name) <= 200)))),
+    CONSTRAINT job_queue_on_dependency_failure_check CHECK ((on_dependency_failure = ANY (ARRAY['cancel'::text, 'run'::text]))),
     CONSTRAINT job_queue_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT job_queue_retry_count_check CHECK ((retry_count >= 0)),
     CONSTRAINT job_queue_run_at_range CHECK (((run_at >= '1970-01-01 00:00:00+00'::timestamp with time zone) AND (run_at <= '9999-12-31 00:00:00+00'::timestamp with time zone))),
-    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
+    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'waiting'::text]))),
     CONSTRAINT job_queue_traceparent_format CHECK (((traceparent IS NULL) OR public.processor_valid_traceparent(traceparent)))
 )
 WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='200', autovacuum_analyze_scale_factor='0.05', autovacuum_vacuum_cost_delay='1', fillfactor='90');
@@ -187,6 +229,66 @@ COMMENT ON COLUMN public.job_queue.traceparent IS 'W3C trace context (00-<trace 
 --
 
 COMMENT ON COLUMN public.job_queue.turn IS 'A due pending job''s place in the fair-share order of its priority (claims take the lowest first). Null: not in line yet (not due, or written with triggers off: the next claim places it). -Infinity: held while its group is at its cap. +Infinity: out of line while its type is paused. Kept by triggers and claims; never set it by hand.';
+
+--
+-- Name: COLUMN job_queue.depends_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.depends_on IS 'Jobs this one waits for (set at insert; at most 10,000). It runs once every one of them has finished.';
+
+--
+-- Name: COLUMN job_queue.waiting_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.waiting_on IS 'While waiting: how many of depends_on are unfinished. Kept by triggers; never set it by hand.';
+
+--
+-- Name: COLUMN job_queue.on_dependency_failure; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.on_dependency_failure IS 'What a failed or cancelled dependency does to this job: cancel (it is cancelled, and so on down the graph) or run (it runs and sees the failure).';
+
+--
+-- Name: COLUMN job_queue.workflow_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.workflow_id IS 'The workflow this job belongs to: the id of its first job (enqueue_workflow), or of the first dependency it was given.';
+
+--
+-- Name: COLUMN job_queue.node_name; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.node_name IS 'The job''s name in its workflow (enqueue_workflow) or among its parent''s children.';
+
+--
+-- Name: COLUMN job_queue.parent_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.parent_id IS 'The job whose handler created this one as a child (and waits for it).';
+
+--
+-- Name: COLUMN job_queue.has_dependents; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.has_dependents IS 'Some job depends on this one: finishing it settles them. Kept by triggers.';
+
+--
+-- Name: COLUMN job_queue.ended_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.ended_by IS 'The dependency whose failure or cancellation cancelled this job; retrying that dependency re-opens it.';
+
+--
+-- Name: COLUMN job_queue.suspensions; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.suspensions IS 'How many times the handler answered with children to wait for.';
+
+--
+-- Name: COLUMN job_queue.progress_base; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.progress_base IS 'While a job waits for its children: its own progress when it handed them out, and their ids (set_job_progress adds theirs to it).';
 
 --
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
@@ -230,6 +332,7 @@ CREATE FUNCTION public.complete_jobs(p_ids uuid[], p_lease_tokens uuid[], p_resu
     LANGUAGE plpgsql
     AS $$
 begin
+    perform set_config('processor.settling', 'on', true);
     return query
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_results) as o(id, lease_token, result)
@@ -250,6 +353,8 @@ begin
     from held
     where j.id = held.id
     returning j.id;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
 end;
 $$;
 
@@ -316,10 +421,10 @@ end;
 $$;
 
 --
--- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text, text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: enqueue_job(text, jsonb, text, bigint, timestamp with time zone, integer, text, text, text, uuid[], text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text) RETURNS uuid
+CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_retries integer DEFAULT 3, p_idempotency_key text DEFAULT NULL::text, p_concurrency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text, p_depends_on uuid[] DEFAULT NULL::uuid[], p_on_dependency_failure text DEFAULT 'cancel'::text) RETURNS uuid
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
@@ -356,12 +461,17 @@ begin
         raise exception 'enqueue_job: concurrency_key must be 1 to 200 characters, got %',
             length(p_concurrency_key) using errcode = '22023';
     end if;
+    if p_on_dependency_failure is null or p_on_dependency_failure not in ('cancel', 'run') then
+        raise exception 'enqueue_job: on_dependency_failure must be cancel or run, got %',
+            coalesce(p_on_dependency_failure, 'null') using errcode = '22023';
+    end if;
 
     insert into job_queue (job_type, payload, user_id, priority, run_at, max_retries,
-                           idempotency_key, concurrency_key, traceparent)
+                           idempotency_key, concurrency_key, traceparent, depends_on,
+                           on_dependency_failure)
     values (p_job_type, p_payload, p_user_id, coalesce(p_priority, 0)::integer,
             coalesce(p_run_at, now()), p_max_retries, p_idempotency_key, p_concurrency_key,
-            p_traceparent)
+            p_traceparent, p_depends_on, p_on_dependency_failure)
     on conflict (idempotency_key) where idempotency_key is not null do nothing
     returning id into v_id;
 
@@ -371,6 +481,52 @@ begin
     return v_id;
 end;
 $$;
+
+--
+-- Name: enqueue_workflow(jsonb, text, bigint, text, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.enqueue_workflow(p_nodes jsonb, p_user_id text DEFAULT NULL::text, p_priority bigint DEFAULT 0, p_concurrency_key text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text, p_traceparent text DEFAULT NULL::text) RETURNS TABLE(name text, job_id uuid)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_workflow uuid;
+begin
+    if p_priority not between -2147483648 and 2147483647 then
+        raise exception 'enqueue_workflow: priority must be an integer from -2147483648 to 2147483647, got %',
+            p_priority using errcode = '22003';
+    end if;
+    if p_traceparent is not null and not processor_valid_traceparent(p_traceparent) then
+        raise exception 'enqueue_workflow: traceparent must be a W3C trace context '
+            '(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>), got %', left(p_traceparent, 80)
+            using errcode = '22023';
+    end if;
+    if p_idempotency_key is not null then
+        select j.workflow_id into v_workflow from job_queue j
+        where j.idempotency_key = p_idempotency_key;
+        if found then  -- enqueued before: the same jobs
+            return query
+            select j.node_name, j.id from job_queue j
+            where j.workflow_id = v_workflow and j.node_name is not null
+              and j.parent_id is null
+            order by j.created_at, j.node_name;
+            return;
+        end if;
+    end if;
+    return query
+    select g.name, g.job_id
+    from job_queue_insert_graph('enqueue_workflow', p_nodes, p_user_id,
+                                coalesce(p_priority, 0)::integer, p_concurrency_key,
+                                p_traceparent, null, null, null, p_idempotency_key) g;
+end;
+$$;
+
+--
+-- Name: FUNCTION enqueue_workflow(p_nodes jsonb, p_user_id text, p_priority bigint, p_concurrency_key text, p_idempotency_key text, p_traceparent text); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.enqueue_workflow(p_nodes jsonb, p_user_id text, p_priority bigint, p_concurrency_key text, p_idempotency_key text, p_traceparent text) IS 'Enqueues a graph of named jobs at once: nodes is a JSON array of {"name", "job_type", "payload", "depends_on": [names], ...options}. Returns (name, job_id) per node; the workflow id is the first node''s job id.';
 
 --
 -- Name: extend_job_lease(uuid, uuid, interval); Type: FUNCTION; Schema: public; Owner: -
@@ -421,6 +577,7 @@ CREATE FUNCTION public.fail_jobs(p_ids uuid[], p_lease_tokens uuid[], p_errors t
     LANGUAGE plpgsql
     AS $$
 begin
+    perform set_config('processor.settling', 'on', true);
     return query
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_errors, p_retryable)
@@ -455,6 +612,8 @@ begin
     from held
     where j.id = held.id
     returning j.id, j.status;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
 end;
 $$;
 
@@ -715,6 +874,82 @@ end;
 $$;
 
 --
+-- Name: job_queue_await_dependencies(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_await_dependencies() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_deps record;
+    v_missing text;
+begin
+    if tg_op = 'INSERT' and new.depends_on is not null then
+        new.depends_on := array(select d from unnest(new.depends_on) with ordinality u(d, n)
+                                where d is not null group by d order by min(n));
+        if cardinality(new.depends_on) = 0 then
+            new.depends_on := null;
+        elsif cardinality(new.depends_on) > 10000 then
+            raise exception 'job_queue: a job may depend on at most 10000 jobs, got %',
+                cardinality(new.depends_on) using errcode = '54000';
+        elsif new.id = any (new.depends_on) then
+            raise exception 'job_queue: job % depends on itself (a cycle)', new.id
+                using errcode = '22023';
+        end if;
+    end if;
+    if new.depends_on is null then
+        if new.status = 'waiting' then
+            new.status := 'pending';
+        end if;
+        new.waiting_on := null;
+        return new;
+    end if;
+    if tg_op = 'INSERT' then
+        -- Mark the dependencies first (each is updated once, by its first dependent), so
+        -- finishing them settles this row; rows in id order.
+        update job_queue j set has_dependents = true, workflow_id = coalesce(j.workflow_id, j.id)
+        where j.id in (select x.id from job_queue x
+                       where x.id = any (new.depends_on)
+                         and (not x.has_dependents or x.workflow_id is null)
+                       order by x.id for no key update);
+    end if;
+    v_deps := job_queue_lock_dependencies(new.depends_on);
+    if v_deps.existing < cardinality(new.depends_on) then
+        select string_agg(d::text, ', '), count(*) into v_missing
+        from (select d from unnest(new.depends_on) d
+              where not exists (select 1 from job_queue j where j.id = d) limit 5) m;
+        raise exception 'job_queue: depends_on names % job(s) that do not exist: %',
+            cardinality(new.depends_on) - v_deps.existing, v_missing
+            using errcode = '23503';
+    end if;
+    if tg_op = 'INSERT' then
+        new.workflow_id := coalesce(new.workflow_id, v_deps.first_workflow);
+    end if;
+    new.ended_by := null;
+    if tg_op = 'INSERT' and v_deps.ended is not null and new.on_dependency_failure = 'cancel'
+       and new.status in ('pending', 'waiting') then
+        new.status := 'cancelled';
+        new.completed_at := now();
+        new.waiting_on := null;
+        new.ended_by := v_deps.ended;
+        new.error_message := job_queue_ended_reason(v_deps.ended, v_deps.ended_status);
+    elsif v_deps.unfinished > 0 and new.status in ('pending', 'waiting') then
+        new.status := 'waiting';
+        new.waiting_on := v_deps.unfinished;
+        new.turn := null;
+    elsif new.status = 'waiting' then
+        new.status := 'pending';
+        new.waiting_on := null;
+    else
+        new.waiting_on := null;
+    end if;
+    return new;
+end;
+$$;
+
+--
 -- Name: job_queue_check_row(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -797,7 +1032,8 @@ CREATE FUNCTION public.job_queue_credits_on_insert() RETURNS trigger
 declare
     v_cost integer;
 begin
-    if not (select credits_enabled from job_queue_settings where id) then
+    if new.parent_id is not null  -- a child: its parent's reservation pays for it
+       or not (select credits_enabled from job_queue_settings where id) then
         return null;
     end if;
     v_cost := job_credit_cost(new.job_type, new.payload);
@@ -827,7 +1063,7 @@ begin
     elsif new.status in ('failed', 'cancelled') and v_held > 0 then
         insert into credit_ledger (user_id, job_id, kind, amount)
         values (new.user_id, new.id, 'release', v_held);
-    elsif new.status = 'pending' and old.status in ('failed', 'cancelled')
+    elsif new.status in ('pending', 'waiting') and old.status in ('failed', 'cancelled')
           and (select credits_enabled from job_queue_settings where id) then
         v_cost := job_credit_cost(new.job_type, new.payload);
         if v_cost > 0 then
@@ -836,6 +1072,43 @@ begin
     end if;
     return null;
 end;
+$$;
+
+--
+-- Name: job_queue_dependency_moved(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_dependency_moved() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_moved text := coalesce(current_setting('processor.moved', true), '');
+begin
+    perform set_config('processor.moved',
+                       case when v_moved = '' then new.id::text else v_moved || ',' || new.id end,
+                       true);
+    if coalesce(current_setting('processor.settling', true), '') <> 'on' then
+        perform job_queue_settle();
+    end if;
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_ended_reason(uuid, text, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_ended_reason(p_dependency uuid, p_status text, p_as_parent boolean DEFAULT false) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    select format(case when p_as_parent then 'its child %s (%s) %s'
+                       else 'cancelled: its dependency %s (%s) %s' end,
+                  d.id, coalesce(d.node_name, d.job_type),
+                  case p_status when 'failed' then 'failed' else 'was cancelled' end)
+           || coalesce(': ' || left(d.error_message, 200), '')
+    from job_queue d where d.id = p_dependency
 $$;
 
 --
@@ -872,6 +1145,237 @@ end;
 $$;
 
 --
+-- Name: job_queue_insert_graph(text, jsonb, text, integer, text, text, uuid, uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_insert_graph(p_what text, p_nodes jsonb, p_user_id text, p_priority integer, p_concurrency_key text, p_traceparent text, p_workflow_id uuid, p_parent_id uuid, p_key_prefix text, p_first_key text) RETURNS TABLE(name text, job_id uuid, created boolean)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_count integer;
+    v_max integer;
+    v_bad record;
+    v_index jsonb;
+    v_ids uuid[];
+    v_new boolean[];
+    v_indeg integer[];
+    v_first integer[];
+    v_adj integer[];
+    v_queue integer[] := '{}';
+    v_head integer := 1;
+    v_x integer;
+    v_k integer;
+    v_cycle text[];
+    v_seen integer[];
+    v_workflow uuid;
+begin
+    if p_nodes is null or jsonb_typeof(p_nodes) <> 'array' then
+        raise exception '%: nodes must be a JSON array of objects, got %', p_what,
+            coalesce(jsonb_typeof(p_nodes), 'null') using errcode = '22023';
+    end if;
+    v_count := jsonb_array_length(p_nodes);
+    select max_workflow_nodes into v_max from job_queue_settings where id;
+    v_max := coalesce(v_max, 10000);
+    if v_count not between 1 and v_max then
+        raise exception '%: a graph holds from 1 to % nodes (job_queue_settings.max_workflow_nodes), got %',
+            p_what, v_max, v_count using errcode = '54000';
+    end if;
+    -- The first problem of the first node that has one, in words that name the node.
+    select e.n, e.node ->> 'name' as name, chk.problem into v_bad
+    from jsonb_array_elements(p_nodes) with ordinality e(node, n)
+    cross join lateral (
+        select c.problem from (values
+            (1, case when jsonb_typeof(e.node) <> 'object'
+                     then format('must be a JSON object, got %s', jsonb_typeof(e.node)) end),
+            (2, case when jsonb_typeof(e.node) = 'object'
+                     then (select format('has unknown key(s) %s (known: name, job_type, payload, '
+                                         'depends_on, on_dependency_failure, priority, run_at, '
+                                         'max_retries, user_id, concurrency_key)',
+                                         string_agg(k, ', ' order by k))
+                           from jsonb_object_keys(e.node) k
+                           where k not in ('name', 'job_type', 'payload', 'depends_on',
+                                           'on_dependency_failure', 'priority', 'run_at',
+                                           'max_retries', 'user_id', 'concurrency_key')
+                           having count(*) > 0) end),
+            (3, case when jsonb_typeof(e.node -> 'name') is distinct from 'string'
+                          or length(e.node ->> 'name') not between 1 and 200
+                     then 'name must be a string of 1 to 200 characters' end),
+            (4, case when jsonb_typeof(e.node -> 'job_type') is distinct from 'string'
+                          or length(btrim(e.node ->> 'job_type')) = 0
+                     then 'job_type must be a non-empty string' end),
+            (5, case when e.node ? 'payload' and jsonb_typeof(e.node -> 'payload') <> 'object'
+                     then format('payload must be a JSON object, got %s',
+                                 jsonb_typeof(e.node -> 'payload')) end),
+            (6, case when not e.node ? 'depends_on' then null
+                     when jsonb_typeof(e.node -> 'depends_on') <> 'array'
+                          or exists (select 1 from jsonb_array_elements(e.node -> 'depends_on') d
+                                     where jsonb_typeof(d) <> 'string')
+                     then 'depends_on must be an array of node names' end),
+            (7, case when e.node ? 'on_dependency_failure'
+                          and (e.node ->> 'on_dependency_failure') is distinct from 'cancel'
+                          and (e.node ->> 'on_dependency_failure') is distinct from 'run'
+                     then format('on_dependency_failure must be cancel or run, got %s',
+                                 e.node -> 'on_dependency_failure') end),
+            (8, case when not e.node ? 'max_retries' then null
+                     when jsonb_typeof(e.node -> 'max_retries') <> 'number'
+                     then format('max_retries must be an integer from 0 to 25, got %s',
+                                 e.node -> 'max_retries')
+                     when (e.node ->> 'max_retries')::numeric not between 0 and 25
+                          or (e.node ->> 'max_retries')::numeric % 1 <> 0
+                     then format('max_retries must be an integer from 0 to 25, got %s',
+                                 e.node -> 'max_retries') end),
+            (9, case when not e.node ? 'priority' then null
+                     when jsonb_typeof(e.node -> 'priority') <> 'number'
+                     then format('priority must be an integer from -2147483648 to 2147483647, got %s',
+                                 e.node -> 'priority')
+                     when (e.node ->> 'priority')::numeric not between -2147483648 and 2147483647
+                          or (e.node ->> 'priority')::numeric % 1 <> 0
+                     then format('priority must be an integer from -2147483648 to 2147483647, got %s',
+                                 e.node -> 'priority') end),
+            (10, case when e.node ? 'run_at' and jsonb_typeof(e.node -> 'run_at') <> 'string'
+                      then 'run_at must be a time as a string (ISO 8601)' end),
+            (11, case when (e.node ? 'user_id' and jsonb_typeof(e.node -> 'user_id') not in ('string', 'null'))
+                           or (e.node ? 'concurrency_key'
+                               and jsonb_typeof(e.node -> 'concurrency_key') not in ('string', 'null'))
+                      then 'user_id and concurrency_key must be strings' end)
+        ) c(i, problem)
+        where c.problem is not null order by c.i limit 1
+    ) chk
+    order by e.n limit 1;
+    if found then
+        raise exception '%: node % (%) %', p_what, v_bad.n,
+            coalesce(to_jsonb(v_bad.name)::text, 'no name'), v_bad.problem using errcode = '22023';
+    end if;
+    select e.node ->> 'name' as name into v_bad
+    from jsonb_array_elements(p_nodes) e(node)
+    group by e.node ->> 'name' having count(*) > 1 limit 1;
+    if found then
+        raise exception '%: node name % is used more than once', p_what, to_jsonb(v_bad.name)
+            using errcode = '22023';
+    end if;
+    v_index := (select jsonb_object_agg(e.node ->> 'name', e.n)
+                from jsonb_array_elements(p_nodes) with ordinality e(node, n));
+    select e.node ->> 'name' as name, d as dep into v_bad
+    from jsonb_array_elements(p_nodes) e(node),
+         jsonb_array_elements_text(coalesce(e.node -> 'depends_on', '[]')) d
+    where not v_index ? d limit 1;
+    if found then
+        raise exception '%: node % depends on %, which is not a node of this graph', p_what,
+            to_jsonb(v_bad.name), to_jsonb(v_bad.dep) using errcode = '22023';
+    end if;
+
+    -- Order (Kahn): v_first/v_adj list each node's dependents; v_indeg counts its dependencies.
+    v_indeg := array_fill(0, array[v_count]);
+    v_first := array_fill(0, array[v_count + 1]);
+    v_first[1] := 1;
+    select coalesce(array_agg(x.node_n order by x.dep_n, x.node_n), '{}') into v_adj
+    from (select distinct e.n::integer as node_n, (v_index ->> d)::integer as dep_n
+          from jsonb_array_elements(p_nodes) with ordinality e(node, n),
+               jsonb_array_elements_text(coalesce(e.node -> 'depends_on', '[]')) d) x;
+    for v_bad in
+        select (v_index ->> d)::integer as dep_n, count(distinct e.n)::integer as dependents,
+               null::integer as unused
+        from jsonb_array_elements(p_nodes) with ordinality e(node, n),
+             jsonb_array_elements_text(coalesce(e.node -> 'depends_on', '[]')) d
+        group by 1
+    loop
+        v_first[v_bad.dep_n + 1] := v_bad.dependents;
+    end loop;
+    for v_k in 2 .. v_count + 1 loop
+        v_first[v_k] := v_first[v_k] + v_first[v_k - 1];
+    end loop;
+    for v_bad in
+        select e.n::integer as n, count(distinct d)::integer as deps
+        from jsonb_array_elements(p_nodes) with ordinality e(node, n),
+             jsonb_array_elements_text(coalesce(e.node -> 'depends_on', '[]')) d
+        group by 1
+    loop
+        v_indeg[v_bad.n] := v_bad.deps;
+    end loop;
+    for v_k in 1 .. v_count loop
+        if v_indeg[v_k] = 0 then
+            v_queue := v_queue || v_k;
+        end if;
+    end loop;
+    while v_head <= cardinality(v_queue) loop
+        v_x := v_queue[v_head];
+        v_head := v_head + 1;
+        for v_k in v_first[v_x] .. v_first[v_x + 1] - 1 loop
+            v_indeg[v_adj[v_k]] := v_indeg[v_adj[v_k]] - 1;
+            if v_indeg[v_adj[v_k]] = 0 then
+                v_queue := v_queue || v_adj[v_k];
+            end if;
+        end loop;
+    end loop;
+    if cardinality(v_queue) < v_count then
+        -- Walk from a node left over along dependencies also left over until one repeats.
+        v_x := (select k from generate_subscripts(v_indeg, 1) k where v_indeg[k] > 0 limit 1);
+        v_seen := '{}';
+        while not v_x = any (v_seen) loop
+            v_seen := v_seen || v_x;
+            v_x := (select (v_index ->> d)::integer
+                    from jsonb_array_elements_text(p_nodes -> (v_x - 1) -> 'depends_on') d
+                    where v_indeg[(v_index ->> d)::integer] > 0 limit 1);
+        end loop;
+        v_cycle := array(select to_jsonb(p_nodes -> (s - 1) ->> 'name')::text
+                         from unnest(v_seen[array_position(v_seen, v_x):]) s);
+        raise exception '%: the graph has a cycle: % depends on % (each on the next, the last on the first)',
+            p_what, v_cycle[1], array_to_string(v_cycle[2:] || v_cycle[1], ', which depends on ')
+            using errcode = '22023';
+    end if;
+
+    -- Ids: a child asked for before keeps its job; the rest are new.
+    select array_agg(coalesce(j.id, gen_random_uuid()) order by e.n),
+           array_agg(j.id is null order by e.n)
+    into v_ids, v_new
+    from jsonb_array_elements(p_nodes) with ordinality e(node, n)
+    left join job_queue j on p_key_prefix is not null
+                         and j.idempotency_key = p_key_prefix || (e.node ->> 'name');
+    v_workflow := coalesce(p_workflow_id, v_ids[1]);
+    -- Those that failed or were cancelled run again (their triggers settle the rest).
+    update job_queue j set status = 'pending', retry_count = 0, run_at = now(),
+                           completed_at = null, has_dependents = true
+    where j.id in (select x.id from job_queue x
+                   where x.id = any (v_ids) and x.status in ('failed', 'cancelled')
+                     and p_key_prefix is not null
+                   order by x.id for no key update);
+
+    insert into job_queue (id, job_type, payload, user_id, priority, run_at, max_retries,
+                           concurrency_key, traceparent, depends_on, on_dependency_failure,
+                           workflow_id, node_name, parent_id, idempotency_key, has_dependents,
+                           created_at)
+    select v_ids[o.idx], g.node ->> 'job_type', coalesce(g.node -> 'payload', '{}'),
+           case when g.node ? 'user_id' then g.node ->> 'user_id' else p_user_id end,
+           coalesce((g.node ->> 'priority')::integer, p_priority, 0),
+           coalesce((g.node ->> 'run_at')::timestamptz, now()),
+           coalesce((g.node ->> 'max_retries')::integer, 3),
+           case when g.node ? 'concurrency_key' then g.node ->> 'concurrency_key'
+                else p_concurrency_key end,
+           p_traceparent,
+           nullif(array(select v_ids[(v_index ->> d)::integer]
+                        from jsonb_array_elements_text(coalesce(g.node -> 'depends_on', '[]')) d),
+                  '{}'),
+           coalesce(g.node ->> 'on_dependency_failure', 'cancel'),
+           v_workflow, g.node ->> 'name', p_parent_id,
+           case when p_key_prefix is not null then p_key_prefix || (g.node ->> 'name')
+                when o.idx = 1 then p_first_key end,
+           p_parent_id is not null,
+           -- a microsecond apart, in the order inserted: a workflow lists in that order
+           now() + (o.pos - 1) * interval '1 microsecond'
+    from unnest(v_queue) with ordinality o(idx, pos)
+    cross join lateral (select p_nodes -> (o.idx - 1) as node) g
+    where v_new[o.idx]
+    order by o.pos;
+
+    return query
+    select e.node ->> 'name', v_ids[e.n], v_new[e.n]
+    from jsonb_array_elements(p_nodes) with ordinality e(node, n)
+    order by e.n;
+end;
+$$;
+
+--
 -- Name: job_queue_instant_pickup(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -880,16 +1384,39 @@ CREATE FUNCTION public.job_queue_instant_pickup() RETURNS trigger
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
-    perform pg_notify('job_queue_insert', '');
-    if coalesce((select value from processor_settings where key = 'instant_pickup'), 'on') = 'on'
-    then
-        begin
-            perform invoke_job_processor(p_quiet => true);
-        exception when others then
-            raise warning 'job_queue_instant_pickup: %', sqlerrm;
-        end;
-    end if;
+    perform job_queue_wake();
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_lock_dependencies(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_lock_dependencies(p_ids uuid[], OUT existing integer, OUT unfinished integer, OUT ended uuid, OUT ended_status text, OUT first_workflow uuid) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_dep record;
+begin
+    existing := 0;
+    unfinished := 0;
+    for v_dep in
+        select j.id, j.status, j.workflow_id from job_queue j
+        where j.id = any (p_ids) order by j.id for share
+    loop
+        existing := existing + 1;
+        if v_dep.status in ('pending', 'processing', 'waiting') then
+            unfinished := unfinished + 1;
+        elsif v_dep.status in ('failed', 'cancelled') and ended is null then
+            ended := v_dep.id;
+            ended_status := v_dep.status;
+        end if;
+    end loop;
+    select coalesce(j.workflow_id, j.id) into first_workflow
+    from job_queue j where j.id = p_ids[1];
 end;
 $$;
 
@@ -961,6 +1488,42 @@ begin
                           where paused_at is not null or max_running is not null)
                   or exists (select 1 from job_concurrency_limits where max_running is not null);
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_parent_progress(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_parent_progress(p_parent uuid) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    update job_queue p
+    set progress = jsonb_build_object(
+            'done', (p.progress_base ->> 'done')::integer
+                    + coalesce((select sum((c.progress ->> 'done')::integer)
+                                from job_queue c
+                                where c.id = any (kids.ids)
+                                  and jsonb_typeof(c.progress -> 'done') = 'number'), 0),
+            'total', p.progress_base -> 'total',
+            'items', (p.progress_base -> 'items')
+                     || coalesce((select jsonb_agg(i.item order by u.n, i.k)
+                                  from unnest(kids.ids) with ordinality u(id, n)
+                                  join job_queue c on c.id = u.id
+                                  cross join lateral jsonb_array_elements(
+                                      case when jsonb_typeof(c.progress -> 'items') = 'array'
+                                           then c.progress -> 'items' else '[]' end)
+                                      with ordinality i(item, k)), '[]'))
+    from (select array(select x::uuid from jsonb_array_elements_text(
+                           b.progress_base -> 'children') x) as ids
+          from job_queue b where b.id = p_parent) kids
+    where p.id = (select w.id from job_queue w
+                  where w.id = p_parent and w.status = 'waiting'
+                    and jsonb_typeof(w.progress_base -> 'items') = 'array'
+                    and jsonb_typeof(w.progress_base -> 'done') = 'number'
+                  for no key update skip locked);
 end;
 $$;
 
@@ -1484,6 +2047,71 @@ end;
 $$;
 
 --
+-- Name: job_queue_reap_waiting(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_reap_waiting(p_limit integer DEFAULT 100) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_after text := (select value from processor_settings where key = 'waiting_reaper_after');
+    v_id uuid := coalesce(nullif(v_after, ''), '00000000-0000-0000-0000-000000000000')::uuid;
+    v_job record;
+    v_deps record;
+    v_last_id uuid;
+    v_fixed integer := 0;
+    v_seen integer := 0;
+    v_missing text;
+begin
+    for v_job in
+        select j.id, j.updated_at, j.depends_on, j.waiting_on from job_queue j
+        where j.status = 'waiting' and j.id > v_id
+        order by j.id limit p_limit
+    loop
+        v_seen := v_seen + 1;
+        v_last_id := v_job.id;
+        continue when v_job.updated_at >= now() - interval '1 minute';
+        -- A cheap look first; the row and its dependencies are locked only to change it.
+        continue when v_job.waiting_on = (select count(*) from job_queue d
+                                          where d.id = any (v_job.depends_on)
+                                            and d.status in ('pending', 'processing', 'waiting'))
+                  and cardinality(v_job.depends_on)
+                      = (select count(*) from job_queue d where d.id = any (v_job.depends_on));
+        perform 1 from job_queue where id = v_job.id and status = 'waiting'
+        for no key update skip locked;
+        continue when not found;
+        v_deps := job_queue_lock_dependencies(coalesce(v_job.depends_on, '{}'));
+        if v_deps.existing < coalesce(cardinality(v_job.depends_on), 0) then
+            select string_agg(d::text, ', ') into v_missing
+            from (select d from unnest(v_job.depends_on) d
+                  where not exists (select 1 from job_queue j where j.id = d) limit 5) m;
+            update job_queue
+            set status = 'failed', completed_at = now(), waiting_on = null,
+                error_message = format('its dependency no longer exists (deleted): %s', v_missing)
+            where id = v_job.id;
+        else
+            update job_queue
+            set waiting_on = nullif(v_deps.unfinished, 0),
+                status = case when v_deps.unfinished > 0 then 'waiting' else 'pending' end
+            where id = v_job.id;
+        end if;
+        v_fixed := v_fixed + 1;
+    end loop;
+    v_missing := case when v_seen < p_limit then '' else v_last_id::text end;
+    if v_missing is distinct from coalesce(v_after, '') then
+        insert into processor_settings (key, value) values ('waiting_reaper_after', v_missing)
+        on conflict (key) do update set value = excluded.value, updated_at = now();
+    end if;
+    if v_fixed > 0 then
+        perform job_queue_wake();
+    end if;
+    return v_fixed;
+end;
+$$;
+
+--
 -- Name: job_queue_refresh_statistics(interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1645,10 +2273,10 @@ end;
 $$;
 
 --
--- Name: job_queue_select_for_action(text[], text, text, timestamp with time zone, timestamp with time zone, text, integer); Type: FUNCTION; Schema: public; Owner: -
+-- Name: job_queue_select_for_action(text[], text, text, timestamp with time zone, timestamp with time zone, text, integer, uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) RETURNS SETOF uuid
+CREATE FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_workflow_id uuid DEFAULT NULL::uuid) RETURNS SETOF uuid
     LANGUAGE plpgsql STABLE
     AS $$
 begin
@@ -1663,6 +2291,7 @@ begin
     where j.status = any (p_statuses)
       and (p_job_type is null or j.job_type = p_job_type)
       and (p_user_id is null or j.user_id = p_user_id)
+      and (p_workflow_id is null or j.workflow_id = p_workflow_id)
       and (p_since is null or coalesce(j.completed_at, j.updated_at) >= p_since)
       and (p_until is null or coalesce(j.completed_at, j.updated_at) < p_until)
       and (p_error is null or strpos(lower(coalesce(j.error_message, '')), lower(p_error)) > 0)
@@ -1696,6 +2325,159 @@ begin
         execute format('alter table job_queue %s trigger job_queue_credits_on_status', v_verb);
     end if;
     return null;
+end;
+$$;
+
+--
+-- Name: job_queue_settle(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_settle() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_moved text;
+begin
+    if current_setting('processor.settling', true) = 'on' then
+        return;
+    end if;
+    perform set_config('processor.settling', 'on', true);
+    loop
+        v_moved := current_setting('processor.moved', true);
+        exit when v_moved is null or v_moved = '';
+        perform set_config('processor.moved', '', true);
+        perform job_queue_settle_ids(string_to_array(v_moved, ',')::uuid[]);
+    end loop;
+    perform set_config('processor.settling', '', true);
+end;
+$$;
+
+--
+-- Name: job_queue_settle_ids(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_settle_ids(p_ids uuid[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_released integer;
+    v_row record;
+    v_deps record;
+begin
+    -- 1. Failed or cancelled: the waiting dependents that cancel on failure, all the way down.
+    with recursive bad as (
+        select j.id, j.status from job_queue j
+        where j.id = any (p_ids) and j.status in ('failed', 'cancelled') and j.has_dependents
+    ), doomed(id, cause, cause_status) as (
+        select d.id, b.id, b.status from bad b
+        cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
+                           where d.depends_on @> array[b.id] offset 0) d
+        where d.status = 'waiting' and d.on_dependency_failure = 'cancel'
+        union
+        select d.id, x.id, 'cancelled' from doomed x
+        cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
+                           where d.depends_on @> array[x.id] offset 0) d
+        where d.status = 'waiting' and d.on_dependency_failure = 'cancel'
+    ), one as (
+        select distinct on (id) id, cause, cause_status from doomed order by id, cause
+    ), locked as (
+        select j.id, one.cause, one.cause_status, c.parent_id is not distinct from j.id as parent
+        from job_queue j join one on one.id = j.id join job_queue c on c.id = one.cause
+        where j.status = 'waiting' order by j.id for no key update of j
+    )
+    update job_queue j
+    set status = case when locked.parent then 'failed' else 'cancelled' end,
+        completed_at = now(), waiting_on = null, ended_by = locked.cause,
+        error_message = job_queue_ended_reason(locked.cause, locked.cause_status, locked.parent)
+    from locked where j.id = locked.id;
+
+    -- 2. Finished: count down the waiting dependents, in id order.
+    with fin as (
+        select j.id from job_queue j
+        where j.id = any (p_ids) and j.status in ('completed', 'failed', 'cancelled')
+          and j.has_dependents
+    ), hits as (
+        select d.id, count(*)::integer as n from fin
+        cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
+                           where d.depends_on @> array[fin.id] offset 0) d
+        where d.status = 'waiting' group by d.id
+    ), locked as (
+        select j.id, hits.n from job_queue j join hits on hits.id = j.id
+        where j.status = 'waiting' order by j.id for no key update of j
+    ), released as (
+        update job_queue j
+        set waiting_on = case when j.waiting_on - locked.n <= 0 then null
+                              else j.waiting_on - locked.n end,
+            status = case when j.waiting_on - locked.n <= 0 then 'pending' else 'waiting' end,
+            run_at = case when j.waiting_on - locked.n <= 0 then greatest(j.run_at, now())
+                          else j.run_at end
+        from locked where j.id = locked.id
+        returning j.status
+    )
+    select count(*) filter (where status = 'pending') into v_released from released;
+    if v_released > 0 then
+        perform job_queue_wake();
+    end if;
+
+    -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass).
+    with kids as (
+        select c.id from job_queue p
+        join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+        where p.id = any (p_ids) and p.status = 'cancelled' and p.depends_on is not null
+          and c.status in ('pending', 'processing', 'waiting')
+        order by c.id for no key update of c
+    )
+    update job_queue c
+    set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
+        locked_until = null, lease_token = null,
+        error_message = format('cancelled with its parent %s', c.parent_id)
+    from kids where c.id = kids.id;
+
+    -- 4. Re-opened: waiting dependents count them again.
+    with back as (
+        select j.id from job_queue j
+        where j.id = any (p_ids) and j.status in ('pending', 'processing', 'waiting')
+          and j.has_dependents
+    ), hits as (
+        select d.id, count(*)::integer as n from back
+        cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
+                           where d.depends_on @> array[back.id] offset 0) d
+        where d.status = 'waiting' group by d.id
+    ), locked as (
+        select j.id, hits.n from job_queue j join hits on hits.id = j.id
+        where j.status = 'waiting' order by j.id for no key update of j
+    )
+    update job_queue j set waiting_on = j.waiting_on + locked.n
+    from locked where j.id = locked.id;
+
+    -- 5. Re-opened: what their failure ended waits again (or is ended by another).
+    for v_row in
+        select d.id, d.depends_on, d.on_dependency_failure from job_queue d
+        where d.ended_by = any (p_ids) and d.status in ('cancelled', 'failed')
+          and d.ended_by in (select j.id from job_queue j where j.id = any (p_ids)
+                             and j.status in ('pending', 'processing', 'waiting'))
+        order by d.id for no key update
+    loop
+        v_deps := job_queue_lock_dependencies(v_row.depends_on);
+        if v_deps.ended is not null and v_row.on_dependency_failure = 'cancel' then
+            update job_queue d
+            set ended_by = v_deps.ended,
+                error_message = job_queue_ended_reason(
+                    v_deps.ended, v_deps.ended_status,
+                    (select c.parent_id = d.id from job_queue c where c.id = v_deps.ended))
+            where d.id = v_row.id;
+        else
+            update job_queue
+            set status = case when v_deps.unfinished > 0 then 'waiting' else 'pending' end,
+                waiting_on = nullif(v_deps.unfinished, 0),
+                run_at = greatest(run_at, now()),
+                completed_at = null, error_message = null, ended_by = null
+            where id = v_row.id;
+        end if;
+    end loop;
 end;
 $$;
 
@@ -1825,6 +2607,27 @@ end;
 $$;
 
 --
+-- Name: job_queue_wake(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_wake() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    perform pg_notify('job_queue_insert', '');
+    if coalesce((select value from processor_settings where key = 'instant_pickup'), 'on') = 'on'
+    then
+        begin
+            perform invoke_job_processor(p_quiet => true);
+        exception when others then
+            raise warning 'job_queue_wake: %', sqlerrm;
+        end;
+    end if;
+end;
+$$;
+
+--
 -- Name: job_trigger_health(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1885,10 +2688,27 @@ declare
     v_group text;
     v_cap integer;
     v_running integer;
+    v_list text;
 begin
     select * into v_job from job_queue where id = p_job_id;
-    if not found or v_job.status <> 'pending' then
+    if not found or v_job.status not in ('pending', 'waiting') then
         return null;
+    end if;
+    if v_job.status = 'waiting' then
+        select string_agg(format('%s %s (%s)', coalesce(d.node_name, d.job_type),
+                                 left(d.id::text, 8), d.status), ', ' order by u.n)
+        into v_list
+        from (select * from unnest(v_job.depends_on) with ordinality u(id, n)) u
+        join job_queue d on d.id = u.id
+        where d.status in ('pending', 'processing', 'waiting')
+          and u.n in (select u2.n from unnest(v_job.depends_on) with ordinality u2(id, n)
+                      join job_queue d2 on d2.id = u2.id
+                      where d2.status in ('pending', 'processing', 'waiting')
+                      order by u2.n limit 3);
+        return format('waiting for %s of its %s dependencies: %s%s',
+                      coalesce(v_job.waiting_on, 0), cardinality(v_job.depends_on),
+                      coalesce(v_list, 'none unfinished (the reaper will release it)'),
+                      case when coalesce(v_job.waiting_on, 0) > 3 then ', …' else '' end);
     end if;
     v_group := coalesce(v_job.concurrency_key, v_job.user_id, '');
     if v_job.run_at > now() then
@@ -2385,9 +3205,14 @@ begin
         v_total := 0;
         loop
             delete from job_queue
-            where id in (select id from job_queue
-                         where status = any(v_kind.statuses)
-                           and completed_at < now() - v_kind.keep
+            where id in (select j.id from job_queue j
+                         where j.status = any(v_kind.statuses)
+                           and j.completed_at < now() - v_kind.keep
+                           and (j.workflow_id is null
+                                or not exists (select 1 from job_queue w
+                                               where w.workflow_id = j.workflow_id
+                                                 and w.status in ('pending', 'processing',
+                                                                  'waiting')))
                          limit p_batch for update skip locked);
             get diagnostics v_n = row_count;
             v_total := v_total + v_n;
@@ -2424,6 +3249,7 @@ CREATE FUNCTION public.requeue_expired_jobs() RETURNS integer
 declare
     v_count integer;
 begin
+    perform set_config('processor.settling', 'on', true);
     with expired as (
         select id
         from job_queue
@@ -2453,6 +3279,8 @@ begin
     from expired
     where j.id = expired.id;
     get diagnostics v_count = row_count;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
     return v_count;
 end;
 $$;
@@ -2503,13 +3331,15 @@ CREATE FUNCTION public.retry_job(p_job_id uuid) RETURNS boolean
 $$;
 
 --
--- Name: retry_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean); Type: FUNCTION; Schema: public; Owner: -
+-- Name: retry_jobs(text, text, text, timestamp with time zone, timestamp with time zone, text, integer, boolean, uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.retry_jobs(p_status text DEFAULT 'failed'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false) RETURNS TABLE(job_id uuid, job_type text, user_id text, retried boolean, reason text, items_needed integer, items_stored integer, paid_usd numeric, max_retry_usd numeric)
+CREATE FUNCTION public.retry_jobs(p_status text DEFAULT 'failed'::text, p_job_type text DEFAULT NULL::text, p_user_id text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT NULL::timestamp with time zone, p_until timestamp with time zone DEFAULT NULL::timestamp with time zone, p_error text DEFAULT NULL::text, p_limit integer DEFAULT 100, p_dry_run boolean DEFAULT false, p_workflow_id uuid DEFAULT NULL::uuid) RETURNS TABLE(job_id uuid, job_type text, user_id text, retried boolean, reason text, items_needed integer, items_stored integer, paid_usd numeric, max_retry_usd numeric)
     LANGUAGE plpgsql
     AS $$
 declare
+    v_left uuid[];
+    v_now uuid[];
     v_id uuid;
     v_job job_queue;
     v_dearest jsonb := '{}';
@@ -2519,45 +3349,94 @@ begin
         raise exception 'retry_jobs: status must be failed or cancelled, got %',
             coalesce(p_status, 'null') using errcode = '22023';
     end if;
-    for v_id in
-        select s from job_queue_select_for_action(array[p_status], p_job_type, p_user_id,
-                                                  p_since, p_until, p_error, p_limit) s
-    loop
-        select * into v_job from job_queue where id = v_id for update skip locked;
-        continue when not found or v_job.status <> p_status;  -- taken since it was selected
-        job_id := v_job.id;
-        job_type := v_job.job_type;
-        user_id := v_job.user_id;
-        items_needed := job_items_needed(v_job.job_type, v_job.payload);
-        items_stored := job_items_stored(v_job.id);
-        select coalesce(sum(c.cost_usd), 0) into paid_usd from provider_calls c
-        where c.job_id = v_job.id;
-        if not v_dearest ? v_job.job_type then
-            select max(c.cost_usd) into v_price from provider_calls c
-            join job_queue q on q.id = c.job_id
-            where q.job_type = v_job.job_type and c.status = 'ok';
-            v_dearest := v_dearest || jsonb_build_object(v_job.job_type, v_price);
+    v_left := array(select s from job_queue_select_for_action(array[p_status], p_job_type,
+                                                              p_user_id, p_since, p_until,
+                                                              p_error, p_limit, p_workflow_id) s);
+    -- In rounds: a job goes once none of the jobs it depends on is still to go, so a
+    -- dependency is pending again before its dependent counts what it waits for.
+    while cardinality(v_left) > 0 loop
+        v_now := array(select c from unnest(v_left) with ordinality u(c, n)
+                       where not exists (select 1 from job_queue j
+                                         where j.id = c and j.depends_on && v_left)
+                       order by n);
+        if cardinality(v_now) = 0 then
+            v_now := v_left;
         end if;
-        v_price := (v_dearest ->> v_job.job_type)::numeric;
-        max_retry_usd := greatest(items_needed - items_stored, 0) * v_price;
-        if p_dry_run then
-            retried := false;
-            reason := 'dry run: would go back to pending';
+        v_left := array(select c from unnest(v_left) c where c <> all (v_now));
+        foreach v_id in array v_now loop
+            select * into v_job from job_queue where id = v_id for update skip locked;
+            continue when not found or v_job.status <> p_status;  -- taken since it was selected
+            job_id := v_job.id;
+            job_type := v_job.job_type;
+            user_id := v_job.user_id;
+            items_needed := job_items_needed(v_job.job_type, v_job.payload);
+            items_stored := job_items_stored(v_job.id);
+            select coalesce(sum(c.cost_usd), 0) into paid_usd from provider_calls c
+            where c.job_id = v_job.id;
+            if not v_dearest ? v_job.job_type then
+                select max(c.cost_usd) into v_price from provider_calls c
+                join job_queue q on q.id = c.job_id
+                where q.job_type = v_job.job_type and c.status = 'ok';
+                v_dearest := v_dearest || jsonb_build_object(v_job.job_type, v_price);
+            end if;
+            v_price := (v_dearest ->> v_job.job_type)::numeric;
+            max_retry_usd := greatest(items_needed - items_stored, 0) * v_price;
+            if p_dry_run then
+                retried := false;
+                reason := 'dry run: would go back to pending';
+                return next;
+                continue;
+            end if;
+            begin
+                update job_queue
+                set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
+                where id = v_job.id;
+                retried := true;
+                reason := null;
+            exception when sqlstate '53000' then  -- insufficient credits (credit_reserve)
+                retried := false;
+                reason := sqlerrm;
+            end;
             return next;
-            continue;
-        end if;
-        begin
-            update job_queue
-            set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
-            where id = v_job.id;
-            retried := true;
-            reason := null;
-        exception when sqlstate '53000' then  -- insufficient credits (credit_reserve)
-            retried := false;
-            reason := sqlerrm;
-        end;
-        return next;
+        end loop;
     end loop;
+end;
+$$;
+
+--
+-- Name: retry_workflow(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.retry_workflow(p_workflow_id uuid) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_left uuid[];
+    v_now uuid[];
+    v_count integer := 0;
+    v_n integer;
+begin
+    v_left := array(select j.id from job_queue j
+                    where j.workflow_id = p_workflow_id and j.status in ('failed', 'cancelled')
+                      and j.ended_by is null);
+    while cardinality(v_left) > 0 loop
+        v_now := array(select c from unnest(v_left) c
+                       where not exists (select 1 from job_queue j
+                                         where j.id = c and j.depends_on && v_left));
+        if cardinality(v_now) = 0 then
+            v_now := v_left;
+        end if;
+        update job_queue j
+        set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
+        where j.id in (select x.id from job_queue x
+                       where x.id = any (v_now) and x.status in ('failed', 'cancelled')
+                       order by x.id for no key update);
+        get diagnostics v_n = row_count;
+        v_count := v_count + v_n;
+        v_left := array(select c from unnest(v_left) c where c <> all (v_now));
+    end loop;
+    return v_count;
 end;
 $$;
 
@@ -2622,17 +3501,25 @@ $$;
 --
 
 CREATE FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid, p_progress jsonb) RETURNS boolean
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    with updated as (
-        update job_queue
-        set progress = p_progress
-        where id = p_job_id
-          and status = 'processing'
-          and lease_token = p_lease_token
-        returning 1
-    )
-    select exists (select 1 from updated)
+declare
+    v_parent uuid;
+begin
+    update job_queue
+    set progress = p_progress
+    where id = p_job_id
+      and status = 'processing'
+      and lease_token = p_lease_token
+    returning parent_id into v_parent;
+    if not found then
+        return false;
+    end if;
+    if v_parent is not null then
+        perform job_queue_parent_progress(v_parent);
+    end if;
+    return true;
+end;
 $$;
 
 --
@@ -2661,6 +3548,65 @@ begin
     insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
     on conflict (job_type) do update
     set max_running = excluded.max_running, updated_at = now();
+end;
+$$;
+
+--
+-- Name: suspend_job(uuid, uuid, jsonb, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.suspend_job(p_job_id uuid, p_lease_token uuid, p_children jsonb, p_max_suspensions integer DEFAULT 100) RETURNS TABLE(name text, job_id uuid, created boolean)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    v_job job_queue;
+    v_workflow uuid;
+    v_children uuid[];
+    v_deps record;
+begin
+    select * into v_job from job_queue j
+    where j.id = p_job_id and j.status = 'processing' and j.lease_token = p_lease_token
+    for update;
+    if not found then
+        return;  -- the lease is gone: nothing is created
+    end if;
+    if v_job.suspensions >= p_max_suspensions then
+        raise exception 'suspend_job: job % has already waited for children % times (the limit)',
+            p_job_id, v_job.suspensions using errcode = '54000';
+    end if;
+    v_workflow := coalesce(v_job.workflow_id, v_job.id);
+    return query
+    select g.name, g.job_id, g.created
+    from job_queue_insert_graph('children', p_children, v_job.user_id, v_job.priority,
+                                v_job.concurrency_key, v_job.traceparent, v_workflow,
+                                v_job.id, 'child:' || v_job.id || ':', null) g;
+    v_children := array(select x.id from job_queue x
+                        where x.idempotency_key = any (
+                            array(select 'child:' || v_job.id || ':' || (c ->> 'name')
+                                  from jsonb_array_elements(p_children) c)));
+    update job_queue set has_dependents = true
+    where id = any (v_children) and not has_dependents;
+    v_deps := job_queue_lock_dependencies(v_children);
+    update job_queue
+    set depends_on = array(select d from unnest(coalesce(v_job.depends_on, '{}') || v_children)
+                               with ordinality u(d, n) group by d order by min(n)),
+        progress_base = case when jsonb_typeof(v_job.progress -> 'items') = 'array'
+                                  and jsonb_typeof(v_job.progress -> 'done') = 'number'
+                             then v_job.progress || jsonb_build_object(
+                                      'children', to_jsonb(array(
+                                          select x.id from job_queue x
+                                          where x.id = any (v_children)
+                                            and x.status <> 'completed')))
+                        end,
+        workflow_id = v_workflow,
+        status = case when v_deps.unfinished > 0 then 'waiting' else 'pending' end,
+        waiting_on = nullif(v_deps.unfinished, 0),
+        run_at = now(),
+        suspensions = suspensions + 1,
+        locked_by = null, locked_until = null, lease_token = null
+    where id = p_job_id;
 end;
 $$;
 
@@ -2948,9 +3894,11 @@ CREATE TABLE public.job_queue_settings (
     fair_share boolean DEFAULT true NOT NULL,
     slots_per_processor integer DEFAULT 20 NOT NULL,
     rebuild_every interval DEFAULT '00:00:30'::interval NOT NULL,
+    max_workflow_nodes integer DEFAULT 10000 NOT NULL,
     CONSTRAINT job_queue_settings_id_check CHECK (id),
     CONSTRAINT job_queue_settings_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
     CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000))),
+    CONSTRAINT job_queue_settings_max_workflow_nodes CHECK (((max_workflow_nodes >= 1) AND (max_workflow_nodes <= 100000))),
     CONSTRAINT job_queue_settings_rebuild_every_check CHECK ((rebuild_every >= '00:00:00'::interval)),
     CONSTRAINT job_queue_settings_slots_per_processor CHECK (((slots_per_processor >= 1) AND (slots_per_processor <= 100000)))
 );
@@ -2978,6 +3926,12 @@ COMMENT ON COLUMN public.job_queue_settings.slots_per_processor IS 'MAX_RUNNING_
 --
 
 COMMENT ON COLUMN public.job_queue_settings.rebuild_every IS 'How often a claim puts back in line the held jobs of every group with room under its cap (each job that ends does it for its own group): the longest a held job waits after its group has room, should that be missed.';
+
+--
+-- Name: COLUMN job_queue_settings.max_workflow_nodes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_settings.max_workflow_nodes IS 'The most jobs enqueue_workflow takes in one graph, and a handler may create as children of one job.';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -3121,6 +4075,34 @@ CREATE VIEW public.job_queue_types WITH (security_invoker='on') AS
 --
 
 COMMENT ON VIEW public.job_queue_types IS 'Job types with pending or running jobs or a limit: counts, cap and whether paused.';
+
+--
+-- Name: job_queue_workflows; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.job_queue_workflows WITH (security_invoker='on') AS
+ SELECT j.workflow_id,
+    count(*) AS jobs,
+    count(*) FILTER (WHERE (j.status = 'waiting'::text)) AS waiting,
+    count(*) FILTER (WHERE (j.status = 'pending'::text)) AS pending,
+    count(*) FILTER (WHERE (j.status = 'processing'::text)) AS processing,
+    count(*) FILTER (WHERE (j.status = 'completed'::text)) AS completed,
+    count(*) FILTER (WHERE (j.status = 'failed'::text)) AS failed,
+    count(*) FILTER (WHERE (j.status = 'cancelled'::text)) AS cancelled,
+    round(((count(*) FILTER (WHERE (j.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))))::numeric / (count(*))::numeric), 3) AS progress,
+    bool_and((j.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))) AS finished,
+    min(j.updated_at) FILTER (WHERE (j.status = 'waiting'::text)) AS oldest_waiting_since,
+    min(j.created_at) AS created_at,
+    max(j.completed_at) AS last_finished_at
+   FROM public.job_queue j
+  WHERE (j.workflow_id IS NOT NULL)
+  GROUP BY j.workflow_id;
+
+--
+-- Name: VIEW job_queue_workflows; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.job_queue_workflows IS 'One row per workflow: its jobs by status, progress (the share finished), whether all are finished, and since when its oldest waiting job waits.';
 
 --
 -- Name: job_trigger_health; Type: VIEW; Schema: public; Owner: -
@@ -3529,6 +4511,18 @@ CREATE INDEX generated_images_project_idx ON public.generated_images USING btree
 CREATE INDEX job_queue_claim_idx ON public.job_queue USING btree (priority DESC, run_at, created_at) WHERE (status = 'pending'::text);
 
 --
+-- Name: job_queue_dependents_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_dependents_idx ON public.job_queue USING gin (depends_on) WITH (fastupdate=off) WHERE (depends_on IS NOT NULL);
+
+--
+-- Name: job_queue_ended_by_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_ended_by_idx ON public.job_queue USING btree (ended_by) WHERE (ended_by IS NOT NULL);
+
+--
 -- Name: job_queue_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3607,6 +4601,18 @@ CREATE INDEX job_queue_unplaced_idx ON public.job_queue USING btree (run_at) WHE
 CREATE INDEX job_queue_user_idx ON public.job_queue USING btree (user_id, created_at DESC) WHERE (user_id IS NOT NULL);
 
 --
+-- Name: job_queue_waiting_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_waiting_idx ON public.job_queue USING btree (id) WHERE (status = 'waiting'::text);
+
+--
+-- Name: job_queue_workflow_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX job_queue_workflow_idx ON public.job_queue USING btree (workflow_id, status) WHERE (workflow_id IS NOT NULL);
+
+--
 -- Name: processor_deliveries_used_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3661,6 +4667,18 @@ CREATE TRIGGER credit_ledger_apply AFTER INSERT ON public.credit_ledger FOR EACH
 CREATE TRIGGER job_concurrency_limits_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON public.job_concurrency_limits FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_note_limits();
 
 --
+-- Name: job_queue job_queue_awaits_on_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_awaits_on_insert BEFORE INSERT ON public.job_queue FOR EACH ROW WHEN (((new.depends_on IS NOT NULL) OR (new.status = 'waiting'::text))) EXECUTE FUNCTION public.job_queue_await_dependencies();
+
+--
+-- Name: job_queue job_queue_awaits_on_retry; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_awaits_on_retry BEFORE UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.depends_on IS NOT NULL) AND (new.status = 'pending'::text) AND (old.status = ANY (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION public.job_queue_await_dependencies();
+
+--
 -- Name: job_queue job_queue_check_row; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -3678,9 +4696,13 @@ ALTER TABLE public.job_queue DISABLE TRIGGER job_queue_credits_on_insert;
 -- Name: job_queue job_queue_credits_on_status; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER job_queue_credits_on_status AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.user_id IS NOT NULL) AND (new.status IS DISTINCT FROM old.status) AND (new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'pending'::text])))) EXECUTE FUNCTION public.job_queue_credits_on_status();
+CREATE TRIGGER job_queue_credits_on_status AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.user_id IS NOT NULL) AND (new.parent_id IS NULL) AND (new.status IS DISTINCT FROM old.status) AND (new.status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'pending'::text, 'waiting'::text])))) EXECUTE FUNCTION public.job_queue_credits_on_status();
 
-ALTER TABLE public.job_queue DISABLE TRIGGER job_queue_credits_on_status;
+--
+-- Name: job_queue job_queue_dependency_moved; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_dependency_moved AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.has_dependents OR ((new.status = 'cancelled'::text) AND (new.depends_on IS NOT NULL))) AND ((old.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text])) <> (new.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text]))))) EXECUTE FUNCTION public.job_queue_dependency_moved();
 
 --
 -- Name: job_queue job_queue_freed; Type: TRIGGER; Schema: public; Owner: -
@@ -3789,10 +4811,16 @@ ALTER TABLE public.provider_calls ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid) FROM PUBLIC;
 
 --
--- Name: FUNCTION cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean, p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.cancel_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean, p_workflow_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION cancel_workflow(p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.cancel_workflow(p_workflow_id uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION processor_valid_traceparent(p_value text); Type: ACL; Schema: public; Owner: -
@@ -3831,10 +4859,16 @@ REVOKE ALL ON FUNCTION public.credit_ledger_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.credit_reserve(p_user_id text, p_job_id uuid, p_cost integer) FROM PUBLIC;
 
 --
--- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text, p_depends_on uuid[], p_on_dependency_failure text); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_user_id text, p_priority bigint, p_run_at timestamp with time zone, p_max_retries integer, p_idempotency_key text, p_concurrency_key text, p_traceparent text, p_depends_on uuid[], p_on_dependency_failure text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION enqueue_workflow(p_nodes jsonb, p_user_id text, p_priority bigint, p_concurrency_key text, p_idempotency_key text, p_traceparent text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_workflow(p_nodes jsonb, p_user_id text, p_priority bigint, p_concurrency_key text, p_idempotency_key text, p_traceparent text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION extend_job_lease(p_job_id uuid, p_lease_token uuid, p_lease interval); Type: ACL; Schema: public; Owner: -
@@ -3927,6 +4961,12 @@ REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_job_type text, p_priority integer, p_pass double precision) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_await_dependencies(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_await_dependencies() FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3945,16 +4985,40 @@ REVOKE ALL ON FUNCTION public.job_queue_credits_on_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_credits_on_status() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_dependency_moved(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_dependency_moved() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_ended_reason(p_dependency uuid, p_status text, p_as_parent boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_ended_reason(p_dependency uuid, p_status text, p_as_parent boolean) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_group_next(p_group text, p_job_type text, p_priority integer, p_weight integer); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_group_next(p_group text, p_job_type text, p_priority integer, p_weight integer) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_insert_graph(p_what text, p_nodes jsonb, p_user_id text, p_priority integer, p_concurrency_key text, p_traceparent text, p_workflow_id uuid, p_parent_id uuid, p_key_prefix text, p_first_key text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_insert_graph(p_what text, p_nodes jsonb, p_user_id text, p_priority integer, p_concurrency_key text, p_traceparent text, p_workflow_id uuid, p_parent_id uuid, p_key_prefix text, p_first_key text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_instant_pickup(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_instant_pickup() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_lock_dependencies(p_ids uuid[], OUT existing integer, OUT unfinished integer, OUT ended uuid, OUT ended_status text, OUT first_workflow uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_lock_dependencies(p_ids uuid[], OUT existing integer, OUT unfinished integer, OUT ended uuid, OUT ended_status text, OUT first_workflow uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_lock_limits(p_what text); Type: ACL; Schema: public; Owner: -
@@ -3979,6 +5043,12 @@ REVOKE ALL ON FUNCTION public.job_queue_next_turn(p_group text, p_job_type text,
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_note_limits() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_parent_progress(p_parent uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_parent_progress(p_parent uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_pick(p_limit integer, p_job_types text[]); Type: ACL; Schema: public; Owner: -
@@ -4011,6 +5081,12 @@ REVOKE ALL ON FUNCTION public.job_queue_place(p_ids uuid[], p_weight integer, p_
 REVOKE ALL ON FUNCTION public.job_queue_place_row() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_reap_waiting(p_limit integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_reap_waiting(p_limit integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_refresh_statistics(p_min_interval interval); Type: ACL; Schema: public; Owner: -
 --
 
@@ -4041,16 +5117,28 @@ REVOKE ALL ON FUNCTION public.job_queue_release_held(p_group text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_replace(p_where_type text, p_where_group text, p_weight integer) FROM PUBLIC;
 
 --
--- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_workflow_id uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_settings_credits_switch(); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_settle(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_settle() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_settle_ids(p_ids uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_settle_ids(p_ids uuid[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_sweep_paused(); Type: ACL; Schema: public; Owner: -
@@ -4075,6 +5163,12 @@ REVOKE ALL ON FUNCTION public.job_queue_touch() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_type_base(p_job_type text, p_priority integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_wake(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_wake() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_trigger_health(); Type: ACL; Schema: public; Owner: -
@@ -4203,10 +5297,16 @@ REVOKE ALL ON FUNCTION public.resume_job_type(p_job_type text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.retry_job(p_job_id uuid) FROM PUBLIC;
 
 --
--- Name: FUNCTION retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean, p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.retry_jobs(p_status text, p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_dry_run boolean, p_workflow_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION retry_workflow(p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.retry_workflow(p_workflow_id uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION set_concurrency_limit(p_key text, p_max_running integer, p_weight integer); Type: ACL; Schema: public; Owner: -
@@ -4231,6 +5331,12 @@ REVOKE ALL ON FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid
 --
 
 REVOKE ALL ON FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION suspend_job(p_job_id uuid, p_lease_token uuid, p_children jsonb, p_max_suspensions integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.suspend_job(p_job_id uuid, p_lease_token uuid, p_children jsonb, p_max_suspensions integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION use_delivery(p_delivery text, p_path text, p_job_id uuid); Type: ACL; Schema: public; Owner: -

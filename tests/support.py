@@ -108,6 +108,8 @@ class ScriptedHandler:
     {"respond": {"status": 200, "body": {...}, "text": "...", "delay": 0.5, "fail_times": 2,
                  "echo_headers": true, "bytes": 5000000}}
 
+    children answers 202 {"children": [...]} (wait for them, call again) until a call carries
+    dependencies; a call that carries them is answered with the statuses it saw (`saw`).
     fail_times answers 500 for the first N attempts, then the scripted answer; echo_headers
     answers with every request header (in `result`, or in `error` with a 4xx status); bytes
     answers 200 with a JSON string of that many bytes.
@@ -158,6 +160,8 @@ class ScriptedHandler:
             await asyncio.sleep(spec["delay"])
         if body["attempt"] <= spec.get("fail_times", 0):
             return JSONResponse({"error": f"transient failure on attempt {body['attempt']}"}, 500)
+        if spec.get("children") and not body.get("dependencies"):
+            return JSONResponse({"children": spec["children"]}, 202)
         status = spec.get("status", 200)
         if spec.get("echo_headers"):
             headers = dict(request.headers)
@@ -168,6 +172,8 @@ class ScriptedHandler:
         if "text" in spec:
             return PlainTextResponse(spec["text"], status_code=status)
         default = {"result": {"handled": body["job_id"], "attempt": body["attempt"]}}
+        if body.get("dependencies"):
+            default["result"]["saw"] = [d["status"] for d in body["dependencies"]]
         return JSONResponse(spec.get("body", default), status_code=status)
 
     def app(self) -> Starlette:

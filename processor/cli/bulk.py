@@ -22,7 +22,7 @@ from processor.cli.common import (
     resolve_job_id,
 )
 
-FILTERS = ("status", "type", "user", "since", "until", "error")
+FILTERS = ("status", "type", "user", "since", "until", "error", "workflow")
 
 
 def add_commands(sub: Any) -> None:
@@ -36,8 +36,8 @@ def add_commands(sub: Any) -> None:
         (
             "cancel",
             "cancelled",
-            ("pending", "processing"),
-            "cancel a pending or running job, or every job a filter selects",
+            ("pending", "processing", "waiting"),
+            "cancel a pending, running or waiting job, or every job a filter selects",
         ),
     ):
         p = add_command(sub, name, help_text)
@@ -64,6 +64,12 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--until", type=moment, help="only jobs that ended before this")
         p.add_argument("--error", help="only jobs whose last error contains this (any case)")
         p.add_argument(
+            "--workflow",
+            type=job_ref,
+            metavar="ID",
+            help="only jobs of this workflow (its first job's id or first 8+ characters)",
+        )
+        p.add_argument(
             "--limit",
             type=bounded_int(1, 10_000),
             default=100,
@@ -85,7 +91,7 @@ def _command(name: str, verb: str, default_status: str) -> Any:
         if not filtered:
             raise SystemExit(
                 f"processor {name}: give a job ID, or at least one filter "
-                f"(--status, --type, --user, --since, --until, --error)"
+                f"(--status, --type, --user, --since, --until, --error, --workflow)"
             )
         params = {
             "status": getattr(args, "status", default_status),
@@ -98,6 +104,12 @@ def _command(name: str, verb: str, default_status: str) -> Any:
             "dry_run": args.dry_run,
         }
         with db.connect(database_url()) as conn:
+            params["workflow_id"] = None
+            if args.workflow is not None:
+                params["workflow_id"] = resolve_job_id(conn, args.workflow)
+                if params["workflow_id"] is None:
+                    print(f"no job {args.workflow}", file=sys.stderr)
+                    return 1
             rows = db.run(conn, f"{name}_jobs", params)
         return _report(rows, verb, dry_run=args.dry_run, costs=name == "retry")
 

@@ -25,6 +25,7 @@ STYLE = {
     "completed": "green",
     "failed": "red",
     "cancelled": "dim",
+    "waiting": "blue",
     "paused": "magenta",  # pending, of a paused job type
 }
 
@@ -272,6 +273,8 @@ def summary(job: Row, width: int = 120) -> Group:
                 f"${a['cost_usd']:.4f}",
             )  # fmt: skip
         parts += [Text("spend", style="bold"), calls]
+    if job.get("workflow"):
+        parts += workflow_view(job, job["workflow"])
     urls = image_urls(job)
     if urls:
         parts.append(Text("images", style="bold"))
@@ -284,6 +287,52 @@ def summary(job: Row, width: int = 120) -> Group:
             else:
                 parts += [Text.assemble("  ", inert(slot)), inert(url, no_wrap=True)]
     return Group(*parts)
+
+
+def node_label(node: Row) -> str:
+    """A workflow job's name, else its type."""
+    return str(node.get("node_name") or node["job_type"])
+
+
+def workflow_view(job: Row, nodes: list[Row]) -> list[Any]:
+    """The graph a job belongs to: each job with its status and what it waits for, the job
+    being shown marked with ▸; a title with how many are finished."""
+    labels = {n["id"]: node_label(n) for n in nodes}
+    total = int(nodes[0]["total"]) if nodes else 0
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n["status"]] = counts.get(n["status"], 0) + 1
+    finished = sum(counts.get(s, 0) for s in FINISHED)
+    trouble = ", ".join(f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s))
+    title = Text.assemble(
+        ("workflow ", "bold"),
+        (str(job["workflow_id"])[:8], "dim"),
+        f"  {finished} of {total} finished" + (f" ({trouble})" if trouble else ""),
+    )
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("job", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("waits for", overflow="fold")
+    for n in nodes:
+        deps = n.get("depends_on") or []
+        after = ", ".join(labels.get(d, str(d)[:8]) for d in deps)
+        table.add_row(
+            "▸" if n["id"] == job["id"] else "",
+            inert(node_label(n)),
+            inert(str(n["id"])[:8], "dim"),
+            status_text(n["status"]),
+            inert(after),
+        )
+    parts: list[Any] = [title, table]
+    if total > len(nodes):
+        parts.append(
+            Text(
+                f"  … and {total - len(nodes)} more: processor jobs --workflow {job['workflow_id']}"
+            )
+        )
+    return parts
 
 
 def _when(at: datetime | None) -> str:

@@ -95,6 +95,10 @@ def _fetch_job(job_id: UUID) -> Callable[[], dict[str, Any] | None]:
             rows = db.run(conn, "get_job", {"id": job_id})
             if rows:
                 rows[0]["spend"] = db.run(conn, "job_spend", {"job_id": job_id})
+                if rows[0]["workflow_id"] is not None:
+                    rows[0]["workflow"] = db.run(
+                        conn, "workflow_jobs", {"workflow_id": rows[0]["workflow_id"]}
+                    )
         return rows[0] if rows else None
 
     return fetch
@@ -172,6 +176,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with db.connect(database_url()) as conn:
+        workflow_id = None
+        if args.workflow is not None:
+            workflow_id = resolve_job_id(conn, args.workflow)
+            if workflow_id is None:
+                print(f"no job {args.workflow}", file=sys.stderr)
+                return 1
         rows = db.run(
             conn,
             "list_jobs",
@@ -179,6 +189,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 "status": args.status,
                 "job_type": args.type,
                 "user_id": None,
+                "workflow_id": workflow_id,
                 "project_id": None,
                 "before_at": None,
                 "before_id": None,
@@ -189,7 +200,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for r in rows:
         r["paused"] = r["status"] == "pending" and r["job_type"] in paused
     if not rows:
-        print("no jobs" + (" matching" if args.status or args.type else ""))
+        print("no jobs" + (" matching" if args.status or args.type or args.workflow else ""))
         return 0
     out = console.output()
     console.emit(out, console.jobs_table(rows, out.width))
@@ -274,8 +285,19 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_enqueue)
 
     p = add_command(sub, "jobs", "list jobs, newest first")
-    p.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    p.add_argument(
+        "--status",
+        choices=STATUSES,
+        metavar="STATUS",
+        help=f"only jobs in this status: {', '.join(STATUSES)}",
+    )
     p.add_argument("--type", help="only jobs of this type")
+    p.add_argument(
+        "--workflow",
+        type=job_ref,
+        metavar="ID",
+        help="only jobs of this workflow (its first job's id or first 8+ characters)",
+    )
     p.add_argument("--limit", type=bounded_int(1, 1000), default=20, help="how many")
     p.set_defaults(func=cmd_jobs)
 

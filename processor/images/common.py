@@ -46,6 +46,22 @@ class JobCall:
     lease_token: uuid.UUID
     user_id: str | None
     payload: Any
+    dependencies: list[dict[str, Any]] | None = None  # what the jobs it waited for came to
+    parent_id: uuid.UUID | None = None  # the job that made it a child (its files go there)
+
+    @property
+    def folder_id(self) -> uuid.UUID:
+        """The job whose folder its files go in: its parent's, for a child (a pack's images
+        sit together under the pack's id, as when the pack made them itself)."""
+        return self.parent_id or self.job_id
+
+
+@dataclass(frozen=True)
+class Children:
+    """A handler's answer "make these jobs, and call me again when they are finished": the
+    endpoint answers 202 with them (processor.queue.verdict)."""
+
+    jobs: list[dict[str, Any]]
 
 
 @dataclass
@@ -95,11 +111,24 @@ def parse_call(raw: bytes) -> JobCall:
         problems.append("job_type must be a string")
     if "payload" not in body:
         problems.append("payload is required")
+    dependencies = body.get("dependencies")
+    if dependencies is not None and not (
+        isinstance(dependencies, list) and all(isinstance(d, dict) for d in dependencies)
+    ):
+        problems.append("dependencies must be an array of objects")
+    parent_id = None
+    if body.get("parent_id") is not None:
+        try:
+            parent_id = uuid.UUID(str(body["parent_id"]))
+        except ValueError:
+            problems.append("parent_id must be a UUID string")
     if problems:
         raise HTTPException(400, "; ".join(problems))
     job_id, lease_token = ids["job_id"], ids["lease_token"]
     assert job_id is not None and lease_token is not None
-    return JobCall(job_id, job_type, attempt, lease_token, user_id, body["payload"])
+    return JobCall(
+        job_id, job_type, attempt, lease_token, user_id, body["payload"], dependencies, parent_id
+    )
 
 
 def check_caller(request: Request, body: bytes, secrets: list[str]) -> bool:
@@ -206,6 +235,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             log.exception("handler_crashed")
             reason = redact.clean(f"{type(exc).__name__}: {exc}", 300)
             return JSONResponse({"error": f"internal error in the handler: {reason}"}, 500)
+        if isinstance(result, Children):
+            return JSONResponse({"children": result.jobs}, 202)
         return JSONResponse({"result": result})
 
     return route
@@ -267,7 +298,7 @@ class Assets:
         prompt: str | None,
     ) -> Row:
         width, height = await asyncio.to_thread(_size, data)
-        path = f"{self.project_id}/{self.call.job_id}/{slot}.{EXTENSIONS.get(mime_type, 'bin')}"
+        path = f"{self.project_id}/{self.call.folder_id}/{slot}.{EXTENSIONS.get(mime_type, 'bin')}"
         try:
             url = await self.ctx.providers.storage.put(path, data, mime_type)
         except ValueError as exc:  # a path the storage refuses: no attempt can fix it

@@ -47,7 +47,8 @@ class Outcome:
     id: str
     job_type: str
     attempt: int
-    status: str  # a Status (completed, pending to retry, failed), or "lost": lease taken away
+    status: str  # a Status (completed, pending to retry, failed, waiting for its children), or
+    # "lost": the lease was taken away
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,7 +148,7 @@ class Dispatcher:
                 result = await self._attempt(entry)
                 outcome = result.status
                 span.set_attribute("job.outcome", outcome)
-                if outcome not in ("completed", "pending"):
+                if outcome not in ("completed", "pending", "waiting"):
                     span.set_status(Status(StatusCode.ERROR, result.error or outcome))
                 return result
         finally:
@@ -201,6 +202,25 @@ class Dispatcher:
         unsendable = _unsendable(job.payload_json, self.settings.max_request_bytes)
         if unsendable:
             return Verdict(ok=False, error=unsendable)
+        dependencies = b""
+        if job.has_dependencies:
+            try:
+                outcomes = await self.queue.dependencies_json(job)
+            except DatabaseError as exc:
+                return Verdict(
+                    ok=False, retryable=True, error=f"its dependencies could not be read: {exc}"
+                )
+            size = len(job.payload_json) + len(outcomes)
+            if size > self.settings.max_request_bytes:
+                return Verdict(
+                    ok=False,
+                    error=f"its payload and what its dependencies came to are {size} bytes; "
+                    f"handler calls are limited to {self.settings.max_request_bytes} "
+                    "(MAX_REQUEST_BYTES): have dependencies return smaller results",
+                )
+            dependencies = b',"dependencies":' + outcomes.encode()
+        if job.parent_id is not None:
+            dependencies += b',"parent_id":"%s"' % str(job.parent_id).encode()
         body = b"".join(
             (
                 b'{"job_id":"%s","job_type":' % str(job.id).encode(),
@@ -210,6 +230,7 @@ class Dispatcher:
                 json.dumps(job.user_id).encode(),
                 b',"payload":',
                 job.payload_json.encode(),
+                dependencies,
                 b"}",
             )
         )
@@ -288,6 +309,22 @@ class Dispatcher:
                 verdict.error if status else "the lease was taken away",
             )
 
+        if verdict.ok and verdict.children is not None:
+            made = await self.writer.suspend_job(job, verdict.children)
+            if isinstance(made, DatabaseError):
+                verdict = Verdict(
+                    ok=False, error=f"handler asked for children the queue refused: {made.reason}"
+                )
+            elif made is None:
+                _log(job).warning("job_lease_lost")
+                return outcome(None)
+            else:
+                _log(job).info(
+                    "job_waiting_for_children",
+                    children=len(made),
+                    created=sum(1 for r in made if r["created"]),
+                )
+                return outcome("waiting")
         if verdict.ok:
             done = await self.writer.complete(job, verdict.result)
             _log(job).info("job_completed" if done else "job_lease_lost")

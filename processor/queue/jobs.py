@@ -25,6 +25,8 @@ class ClaimedJob:
     lease_token: UUID
     waited_seconds: float = 0.0  # from its run_at to this claim
     traceparent: str | None = None  # the W3C trace context its enqueue gave (processor.tracing)
+    has_dependencies: bool = False  # its call carries what its dependencies came to
+    parent_id: UUID | None = None  # the job whose handler made it a child (in its call too)
 
     @classmethod
     def from_row(cls, row: Row) -> ClaimedJob:
@@ -38,6 +40,8 @@ class ClaimedJob:
             lease_token=row["lease_token"],
             waited_seconds=float(row.get("waited_seconds") or 0.0),
             traceparent=row.get("traceparent"),
+            has_dependencies=bool(row.get("has_dependencies")),
+            parent_id=row.get("parent_id"),
         )
 
     @property
@@ -89,6 +93,24 @@ class JobQueue:
             },
         )
         return row["status"] if row else None
+
+    async def dependencies_json(self, job: ClaimedJob) -> str:
+        """The JSON array of what the job's dependencies came to (job_dependencies)."""
+        row = await self.db.fetch_one("job_dependencies", {"id": job.id})
+        return row["dependencies"] if row else "[]"
+
+    async def suspend_job(self, job: ClaimedJob, children: list[Any]) -> list[Row] | None:
+        """Creates the children a handler asked for and makes the job wait for them; None when
+        the lease was lost (nothing was created)."""
+        rows = await self.db.fetch_all(
+            "suspend_job",
+            {"id": job.id, "lease_token": job.lease_token, "children": Jsonb(children)},
+        )
+        return rows or None
+
+    async def reap_waiting(self) -> int:
+        row = await self.db.fetch_one("reap_waiting")
+        return int(row["fixed"]) if row else 0
 
     async def complete_jobs(self, done: list[tuple[ClaimedJob, Any]]) -> set[UUID]:
         """Completes many jobs in one statement, each fenced by its lease token; returns the ids

@@ -96,6 +96,23 @@ class Recorder:
             within=self.give_up_after,
         )
 
+    async def suspend_job(
+        self, job: ClaimedJob, children: list[Any]
+    ) -> list[dict[str, Any]] | DatabaseError | None:
+        """A handler's children created and the job waiting for them: their rows (name,
+        job_id, created), None when the lease was lost, or the database's refusal of the
+        children (a bad graph: not retried, it would be refused again)."""
+
+        async def write() -> list[dict[str, Any]] | DatabaseError | None:
+            try:
+                return await self.queue.suspend_job(job, children)
+            except DatabaseError as exc:
+                if exc.outage:
+                    raise
+                return exc
+
+        return await _retrying(write, started=time.monotonic(), within=self.give_up_after)
+
     async def extend_job_leases(self, jobs: list[ClaimedJob], lease_seconds: float) -> set[UUID]:
         """Extends many leases in one statement, on the recorder's own connections too:
         keeping a lease must never wait behind claims or handlers for a connection. Not

@@ -1,7 +1,12 @@
 """The lease rescue: jobs whose lease ran out (their worker died, hung or lost the database)
 go back to pending with the attempt counted, or end failed after their last one
 (requeue_expired_jobs). Every claim asks for it, at most once per REQUEUE_EVERY_SECONDS per
-processor, so a queue with a live processor never holds an expired lease for long."""
+processor, so a queue with a live processor never holds an expired lease for long.
+
+The same rescue runs the waiting jobs' reaper every REAP_EVERY_SECONDS
+(job_queue_reap_waiting): a job waiting for a dependency that was deleted is failed with a
+reason, and a count left wrong by rows written with triggers off is set right, so no job waits
+forever for something that can never finish."""
 
 from __future__ import annotations
 
@@ -14,17 +19,25 @@ from processor.queue.jobs import JobQueue
 log = structlog.get_logger("processor.queue.rescue")
 
 REQUEUE_EVERY_SECONDS = 1.0
+REAP_EVERY_SECONDS = 10.0
 
 
 class LeaseRescue:
-    def __init__(self, queue: JobQueue, every: float = REQUEUE_EVERY_SECONDS) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        every: float = REQUEUE_EVERY_SECONDS,
+        reap_every: float = REAP_EVERY_SECONDS,
+    ) -> None:
         self.queue = queue
         self.every = every
+        self.reap_every = reap_every
         self._last = float("-inf")
+        self._last_reap = float("-inf")
 
     async def requeue_expired_jobs(self) -> int:
         """Sends back expired jobs unless this processor did so less than `every` s ago; returns
-        how many it moved."""
+        how many it moved. Every `reap_every` s it also runs the waiting jobs' reaper."""
         now = time.monotonic()
         if now - self._last < self.every:
             return 0
@@ -32,4 +45,9 @@ class LeaseRescue:
         moved = await self.queue.requeue_expired_jobs()
         if moved:
             log.warning("leases_expired_requeued", jobs=moved)
+        if now - self._last_reap >= self.reap_every:
+            self._last_reap = now
+            fixed = await self.queue.reap_waiting()
+            if fixed:
+                log.warning("waiting_jobs_reaped", jobs=fixed)
         return moved

@@ -1,6 +1,7 @@
-"""How a handler's answer decides a job's fate. 2xx completes the job; 408/425/429/5xx retry it
-(a 429 with Retry-After postpones it without spending an attempt); a redirect or any other 4xx
-fails it at once with the handler's reason."""
+"""How a handler's answer decides a job's fate. 2xx completes the job, but a 202 whose body holds
+"children" (a JSON array of jobs) makes it wait for those children and be called again;
+408/425/429/5xx retry it (a 429 with Retry-After postpones it without spending an attempt); a
+redirect or any other 4xx fails it at once with the handler's reason."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from http import HTTPStatus
 from typing import Any
 
 from processor import redact
+from processor.settings import json_type
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 REASON_LIMIT = 1000
@@ -53,6 +55,7 @@ class Verdict:
     error: str | None = None
     retryable: bool = False
     postpone_seconds: float | None = None  # a 429 with Retry-After: wait, spend no attempt
+    children: list[Any] | None = None  # a 202 with children: create them, wait, call again
 
     def redacted(self) -> Verdict:
         """The verdict with every configured secret removed from its result and error."""
@@ -68,6 +71,15 @@ def judge(answer: Answer) -> Verdict:
     status = answer.status
     if 200 <= status < 300:
         body = answer.json()
+        if status == 202 and isinstance(body, dict) and "children" in body:
+            children = body["children"]
+            if not isinstance(children, list) or not children:
+                return Verdict(
+                    ok=False,
+                    error="handler answered 202 with children that are not a non-empty JSON "
+                    f"array of jobs (got {json_type(children)})",
+                )
+            return Verdict(ok=True, children=children)
         if isinstance(body, dict) and "result" in body:
             return Verdict(ok=True, result=body["result"])
         if body is None and answer.body.strip():

@@ -178,6 +178,11 @@ async def get_job(request: Request) -> Response:
         "cost_usd": round(sum(a["cost_usd"] for a in attempts), 6),
         "attempts": attempts,
     }
+    if job["workflow_id"] is not None:
+        nodes = await request.app.state.queue.db.fetch_all(
+            "workflow_jobs", {"workflow_id": job["workflow_id"]}
+        )
+        job["workflow"] = [{k: v for k, v in n.items() if k != "total"} for n in nodes]
     return ApiResponse(job)
 
 

@@ -275,7 +275,15 @@ def document(max_claim: int) -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["id", "job_type", "attempt", "status"],
                                 "properties": {
-                                    "status": {"enum": ["completed", "pending", "failed", "lost"]},
+                                    "status": {
+                                        "enum": [
+                                            "completed",
+                                            "pending",
+                                            "failed",
+                                            "waiting",
+                                            "lost",
+                                        ]
+                                    },
                                     "error": {"type": "string"},
                                 },
                             },
@@ -305,9 +313,33 @@ def document(max_claim: int) -> dict[str, Any]:
                         },
                         "waiting_because": {
                             "type": ["string", "null"],
-                            "description": "why a pending job is not running yet: not due, "
-                            "its type paused or at its cap, its group at its cap, or no free "
-                            "slot; null when it is not pending",
+                            "description": "why a pending or waiting job is not running yet: "
+                            "the dependencies it waits for, not due, its type paused or at its "
+                            "cap, its group at its cap, or no free slot; null otherwise",
+                        },
+                        "workflow_id": {
+                            "type": ["string", "null"],
+                            "format": "uuid",
+                            "description": "the workflow it belongs to (its first job's id)",
+                        },
+                        "node_name": {"type": ["string", "null"]},
+                        "parent_id": {
+                            "type": ["string", "null"],
+                            "description": "the job whose handler created it as a child",
+                        },
+                        "depends_on": {
+                            "type": ["array", "null"],
+                            "items": {"type": "string", "format": "uuid"},
+                        },
+                        "waiting_on": {
+                            "type": ["integer", "null"],
+                            "description": "while waiting: how many dependencies are unfinished",
+                        },
+                        "workflow": {
+                            "type": "array",
+                            "description": "the jobs of its workflow (200 at most), with their "
+                            "status and what each depends on",
+                            "items": {"type": "object"},
                         },
                     },
                 },

@@ -5,9 +5,20 @@
 select id, job_type, status, priority, payload, user_id, concurrency_key, traceparent, retry_count,
        max_retries, retry_count + 1 as attempt, run_at, error_message, errors, result, progress,
        locked_by, locked_until, created_at, processed_at, completed_at, updated_at,
-       job_wait_reason(id) as waiting_because
+       job_wait_reason(id) as waiting_because, workflow_id, node_name, parent_id, depends_on,
+       on_dependency_failure, waiting_on
 from job_queue
 where id = %(id)s;
+
+-- workflow_jobs --
+-- The jobs of one workflow in the order they were made (200 at most: more than a page or a
+-- terminal shows), each with what it depends on; total counts them all.
+select id, node_name, job_type, status, depends_on, parent_id, waiting_on,
+       count(*) over () as total
+from job_queue
+where workflow_id = %(workflow_id)s
+order by created_at, id
+limit 200;
 
 -- jobs_by_id_prefix --
 -- The jobs whose id starts with some hex digits: the range of ids they cover (the digits padded
@@ -29,6 +40,7 @@ from job_queue
 where (%(status)s::text is null or status = %(status)s)
   and (%(job_type)s::text is null or job_type = %(job_type)s)
   and (%(user_id)s::text is null or user_id = %(user_id)s)
+  and (%(workflow_id)s::uuid is null or workflow_id = %(workflow_id)s::uuid)
   and (%(project_id)s::text is null
        or (payload ? 'project_id' and payload ->> 'project_id' = %(project_id)s))
   and (%(before_at)s::timestamptz is null
@@ -49,12 +61,12 @@ select cancel_job(%(id)s) as ok;
 select job_id, job_type, user_id, retried as done, reason, items_needed, items_stored,
        paid_usd, max_retry_usd
 from retry_jobs(%(status)s, %(job_type)s, %(user_id)s, %(since)s, %(until)s, %(error)s,
-                %(limit)s, %(dry_run)s);
+                %(limit)s, %(dry_run)s, %(workflow_id)s::uuid);
 
 -- cancel_jobs --
 select job_id, job_type, user_id, cancelled as done, reason
 from cancel_jobs(%(status)s, %(job_type)s, %(user_id)s, %(since)s, %(until)s, %(error)s,
-                 %(limit)s, %(dry_run)s);
+                 %(limit)s, %(dry_run)s, %(workflow_id)s::uuid);
 
 -- retry_job --
 select retry_job(%(id)s) as ok;

@@ -12,7 +12,7 @@ select job_queue_refresh_statistics() as analyzed;
 -- it could not decode cannot spoil the claim of the jobs beside it.
 select id, job_type, payload::text as payload_json, user_id, retry_count + 1 as attempt, max_retries, lease_token,
        locked_until, extract(epoch from processed_at - run_at)::float8 as waited_seconds,
-       traceparent
+       traceparent, depends_on is not null as has_dependencies, parent_id
 from claim_jobs(%(worker)s, %(limit)s::integer, %(job_types)s::text[],
                 make_interval(secs => %(lease_seconds)s));
 
@@ -69,6 +69,27 @@ select pg_notify(%(channel)s, '');
 
 -- ping --
 select 1 as ok;
+
+-- job_dependencies --
+-- What a job's dependencies came to, in the order it named them, as the JSON array its
+-- handler call carries (one value: the dispatcher splices it into the body undecoded). A
+-- dependency deleted meanwhile is listed with status "deleted".
+select coalesce(json_agg(json_build_object(
+           'job_id', u.id, 'name', d.node_name, 'job_type', d.job_type,
+           'status', coalesce(d.status, 'deleted'), 'result', d.result,
+           'error', d.error_message) order by u.n), '[]')::text as dependencies
+from job_queue j
+cross join lateral unnest(j.depends_on) with ordinality u(id, n)
+left join job_queue d on d.id = u.id
+where j.id = %(id)s;
+
+-- suspend_job --
+-- A handler's 202 with children: they are created (once per name) and the job waits for them.
+select name, job_id, created
+from suspend_job(%(id)s, %(lease_token)s, %(children)s::jsonb);
+
+-- reap_waiting --
+select job_queue_reap_waiting() as fixed;
 
 -- postpone_job --
 select postpone_job(%(id)s, %(lease_token)s, make_interval(secs => %(delay_seconds)s),

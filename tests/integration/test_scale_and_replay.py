@@ -204,7 +204,7 @@ def test_bulk_cancel_takes_the_filtered_pending_jobs(conn):
     ("call", "message"),
     [
         ("retry_jobs(p_status => 'completed')", "status must be failed or cancelled"),
-        ("cancel_jobs(p_status => 'failed')", "status must be pending or processing"),
+        ("cancel_jobs(p_status => 'failed')", "status must be pending, processing or waiting"),
         ("retry_jobs(p_limit => 0)", "limit must be an integer from 1 to 10000"),
         ("retry_jobs(p_since => '2026-12-02', p_until => '2026-12-01')", "is after until"),
     ],

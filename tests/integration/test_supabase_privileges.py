@@ -40,9 +40,15 @@ ALLOWED: dict[tuple[str, str, str], set[str]] = {
     ("function", "grant_credits(text,integer,text)", "service_role"): {"EXECUTE"},
     (
         "function",
-        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text,text,text)",
+        "enqueue_job(text,jsonb,text,bigint,timestamp with time zone,integer,text,text,text,"
+        "uuid[],text)",
         "service_role",
     ): {"EXECUTE"},
+    # Workflows (0025): an app's backend enqueues, cancels, retries and watches them.
+    ("function", "enqueue_workflow(jsonb,text,bigint,text,text,text)", "service_role"): {"EXECUTE"},
+    ("function", "cancel_workflow(uuid)", "service_role"): {"EXECUTE"},
+    ("function", "retry_workflow(uuid)", "service_role"): {"EXECUTE"},
+    ("view", "job_queue_workflows", "service_role"): {"SELECT"},
     # job_queue's traceparent check calls it: service_role's plain INSERTs need it.
     ("function", "processor_valid_traceparent(text)", "service_role"): {"EXECUTE"},
 }
@@ -240,3 +246,50 @@ def test_refreshing_the_queues_statistics_is_closed_to_the_api_roles(db):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             db.execute("select job_queue_refresh_statistics()")
         db.execute("rollback to savepoint s")
+
+
+def test_workflows_are_the_backends_and_closed_to_the_browser_roles(db):
+    """0025: service_role enqueues a graph, and a plain INSERT with depends_on (whose trigger
+    marks the dependency, a row service_role may not update itself); anon and authenticated
+    reach none of it, and no API role reaches the processor's own calls."""
+    db.execute("set local role service_role")
+    first = db.execute(
+        'select job_id from enqueue_workflow(\'[{"name": "a", "job_type": "t"}]\')'
+    ).fetchone()["job_id"]
+    after = db.execute(
+        "insert into job_queue (job_type, depends_on) values ('t', array[%s]::uuid[]) "
+        "returning status",
+        (first,),
+    ).fetchone()
+    assert after["status"] == "waiting"
+    assert (
+        db.execute(
+            "select jobs from job_queue_workflows where workflow_id = %s", (first,)
+        ).fetchone()["jobs"]
+        == 2
+    )
+    db.execute("reset role")
+    statements = {
+        "anon": [
+            "select * from enqueue_workflow('[]')",
+            "select * from job_queue_workflows",
+            "select cancel_workflow(gen_random_uuid())",
+        ],
+        "authenticated": [
+            "select * from enqueue_workflow('[]')",
+            "select * from job_queue_workflows",
+            "select retry_workflow(gen_random_uuid())",
+        ],
+        "service_role": [
+            "select * from suspend_job(gen_random_uuid(), gen_random_uuid(), '[]')",
+            "select job_queue_reap_waiting()",
+            "select job_queue_settle()",
+        ],
+    }
+    for role, tried in statements.items():
+        for statement in tried:
+            db.execute("savepoint s")
+            db.execute(f"set local role {role}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                db.execute(statement)
+            db.execute("rollback to savepoint s")

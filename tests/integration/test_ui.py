@@ -168,7 +168,7 @@ def test_the_list_query_reads_an_index_newest_first_without_sorting(conn, filter
 
     params = {
         "status": None, "job_type": None, "user_id": None, "project_id": None,
-        "before_at": None, "before_id": None, "limit": 51, **filters,
+        "workflow_id": None, "before_at": None, "before_id": None, "limit": 51, **filters,
     }  # fmt: skip
     text = query("list_jobs")
     with conn.cursor() as cur:

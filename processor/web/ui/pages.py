@@ -221,6 +221,12 @@ async def jobs(request: Request) -> Response:
     bad = [k for k, v in filters.items() if v and not _storable(v)]
     if bad:
         return _plain(f"the {', '.join(bad)} filter holds a control character; no job has one", 400)
+    workflow_id: uuid.UUID | None = None
+    if q.get("workflow"):
+        try:
+            workflow_id = uuid.UUID(q["workflow"])
+        except ValueError:
+            return _plain("the workflow filter must be a workflow's id (a job id)", 400)
     before_at: datetime | None = None
     before_id: uuid.UUID | None = None
     if q.get("before"):
@@ -231,7 +237,13 @@ async def jobs(request: Request) -> Response:
             before_at = before_id = None
     rows = await _db(request).fetch_all(
         "list_jobs",
-        {**filters, "before_at": before_at, "before_id": before_id, "limit": PAGE_SIZE + 1},
+        {
+            **filters,
+            "workflow_id": workflow_id,
+            "before_at": before_at,
+            "before_id": before_id,
+            "limit": PAGE_SIZE + 1,
+        },
         prepare=False,
     )
     paused = {r["job_type"] for r in await _db(request).fetch_all("paused_job_types")}
@@ -240,7 +252,8 @@ async def jobs(request: Request) -> Response:
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     shown = {"status": filters["status"], "type": filters["job_type"],
-             "user": filters["user_id"], "project": filters["project_id"]}  # fmt: skip
+             "user": filters["user_id"], "project": filters["project_id"],
+             "workflow": str(workflow_id) if workflow_id else None}  # fmt: skip
     kept = {k: v for k, v in shown.items() if v}
     next_page = None
     if more:
@@ -283,6 +296,9 @@ async def job(request: Request) -> Response:
     result = row["result"] if isinstance(row["result"], dict) else {}
     aplus = result.get("aplus") if isinstance(result.get("aplus"), dict) else None
     progress = row["progress"] if isinstance(row["progress"], dict) else None
+    workflow: list[dict[str, Any]] = []
+    if row["workflow_id"] is not None:
+        workflow = await db.fetch_all("workflow_jobs", {"workflow_id": row["workflow_id"]})
     return _render(
         request,
         "job.html",
@@ -291,6 +307,8 @@ async def job(request: Request) -> Response:
         images=[i for i in images if not i["slot"].startswith("aplus_")],
         aplus=_stored_only(aplus.get("document"), images) if aplus else None,
         progress=progress,
+        workflow=workflow,
+        names={n["id"]: n["node_name"] or n["job_type"] for n in workflow},
     )
 
 
@@ -352,7 +370,10 @@ async def pause(request: Request) -> Response:
 
 
 BULK_LIMIT = 100  # jobs one bulk action takes, oldest first (the CLI takes up to 10,000)
-BULK_STATUSES = {"retry": ("failed", "cancelled"), "cancel": ("pending", "processing")}
+BULK_STATUSES = {
+    "retry": ("failed", "cancelled"),
+    "cancel": ("pending", "processing", "waiting"),
+}
 
 
 async def bulk(request: Request) -> Response:
@@ -379,7 +400,7 @@ async def bulk(request: Request) -> Response:
     params = {
         **{"status": status, "job_type": job_type, "user_id": user_id},
         **{"since": None, "until": None, "error": None},
-        **{"limit": BULK_LIMIT, "dry_run": not confirmed},
+        **{"limit": BULK_LIMIT, "dry_run": not confirmed, "workflow_id": None},
     }
     try:
         rows = await _db(request).fetch_all(f"{action}_jobs", params)
