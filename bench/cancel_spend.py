@@ -2,12 +2,14 @@
 local fake Gemini server (a fixed delay per call, so calls are in flight when the cancel
 lands).
 
-    .venv/bin/python bench/cancel_spend.py [--delay 1.0] [--concurrency 1,3,6] [--after 2]
+    .venv/bin/python bench/cancel_spend.py [--delay 1.0] [--slots 1,3,6] [--after 2]
 
-For each PACK_CONCURRENCY a pack is started, `cancel_job` runs once `--after` images are
-stored, and the provider calls that arrive after the cancel are counted. The handler checks its
-lease before every provider call, so at most the calls already in flight finish: the bound is
-PACK_CONCURRENCY (without the checks it is 6 - after).
+A pack's images are jobs of their own (its children), so how many run at once is the
+processor's MAX_RUNNING_JOBS (--slots). For each, a pack is started, `cancel_job` runs on the
+pack once `--after` of its images are stored, and the provider calls that arrive after the
+cancel are counted. Cancelling the pack cancels its children; a running image job loses its
+lease and its handler checks the lease before every provider call, so at most the calls already
+in flight finish: the bound is the number of slots (without the checks it is 6 - after).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ def one_run(
         "GEMINI_API_KEY": fake.api_key,
         "GEMINI_BASE_URL": gemini_url,
         "LOCAL_STORAGE_DIR": storage,
-        "PACK_CONCURRENCY": str(concurrency),
+        "MAX_RUNNING_JOBS": str(concurrency),
         "LOG_LEVEL": "warning",
-        "LISTEN_FOR_JOBS": "off",
+        "LISTEN_FOR_JOBS": "on",
     }
     with (
         ThreadedServer(create_app(Settings.from_env(env)), port) as server,
@@ -53,10 +55,10 @@ def one_run(
             "select enqueue_job('generate-complete-pack', %s)",
             (Jsonb({"project_id": "bench", "product": PRODUCT}),),
         ).fetchone()[0]
-        httpx.post(
-            f"{server.url}/process-jobs", json={}, headers={"Authorization": f"Bearer {TOKEN}"}
+        count = (
+            "select count(*) from generated_images g join job_queue c on c.id = g.job_id "
+            "where c.parent_id = %s"
         )
-        count = "select count(*) from generated_images where job_id = %s"
         while conn.execute(count, (job_id,)).fetchone()[0] < after:
             time.sleep(0.01)
         conn.execute("select cancel_job(%s)", (job_id,))
@@ -75,17 +77,17 @@ def one_run(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay", type=float, default=1.0)
-    parser.add_argument("--concurrency", default="1,3,6")
+    parser.add_argument("--slots", default="1,3,6")
     parser.add_argument("--after", type=int, default=2)
     args = parser.parse_args()
     configure("console", "error")
     print(f"fake Gemini delay per call: {args.delay:.1f} s; cancel after {args.after} images")
     print(
-        f"{'PACK_CONCURRENCY':>16} {'calls after cancel':>19} {'bound':>6} {'images kept':>12}"
+        f"{'slots':>16} {'calls after cancel':>19} {'bound':>6} {'images kept':>12}"
         f" {'stopped in s':>13}"
     )
     with private_database() as (cluster, folder):
-        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+        for concurrency in [int(c) for c in args.slots.split(",")]:
             fake = FakeGemini(delay=args.delay)
             with ThreadedServer(fake.app()) as gemini:
                 calls, kept, stopped = one_run(

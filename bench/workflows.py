@@ -44,7 +44,11 @@ def wait_for_handler(handler: str, job_id: str, timeout: float = 300) -> float:
     raise RuntimeError(f"job {job_id} never reached the handler")
 
 
+INSERTS: dict[str, list[float]] = {"independent": [], "fan-in": []}
+
+
 def independent(url: str, n: int) -> tuple[float, str]:
+    started = time.time()
     with psycopg.connect(url) as conn:
         ids = conn.execute(
             "insert into job_queue (job_type) select 'bench' from generate_series(1, %s) "
@@ -52,10 +56,12 @@ def independent(url: str, n: int) -> tuple[float, str]:
             (n + 1,),
         ).fetchall()
         conn.commit()
+    INSERTS["independent"].append(time.time() - started)
     return time.time(), str(ids[-1][0])
 
 
 def fan_in(url: str, n: int) -> tuple[float, str]:
+    started = time.time()
     with psycopg.connect(url) as conn:
         ids = [
             r[0]
@@ -70,6 +76,7 @@ def fan_in(url: str, n: int) -> tuple[float, str]:
             (ids,),
         ).fetchone()[0]
         conn.commit()
+    INSERTS["fan-in"].append(time.time() - started)
     return time.time(), str(last)
 
 
@@ -151,6 +158,11 @@ def main() -> None:
             print(
                 f"  medians: independent {medians['independent']:.2f} s, fan-in "
                 f"{medians['fan-in']:.2f} s, ratio {medians['fan-in'] / medians['independent']:.2f}"
+            )
+            inserts = {k: statistics.median(v) for k, v in INSERTS.items()}
+            print(
+                f"  the inserting transaction itself (median): independent "
+                f"{inserts['independent']:.2f} s, fan-in {inserts['fan-in']:.2f} s"
             )
 
             ms = [release_latency(url, handler, args.fan_in_width) for _ in range(args.fan_ins)]

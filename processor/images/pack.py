@@ -1,47 +1,66 @@
 """A complete pack: the main image and five secondary images of one product (and, on request,
-the A+ document), each stored and recorded the moment it is done, so a retry only makes what is
-missing."""
+the A+ document), each made by a job of its own. The pack's first call hands them out as its
+children (generate-image per slot, generate-aplus after the images) and waits for them without
+holding a slot; each child has its own retries, fair-share turn, caps, spend records and
+provider limits. Once they are finished the pack is called again and puts its result together,
+in the same shape as when it made the images itself. Their progress shows on the pack's row as
+they go (set_job_progress adds a child's progress to its waiting parent's)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from processor.images import aplus
-from processor.images.common import (
-    Assets,
-    HandlerContext,
-    JobCall,
-    Progress,
-    load_source,
-    public_image,
-    run_bounded,
-)
-from processor.images.image import make_image
+from processor.images.common import Assets, Children, HandlerContext, JobCall, public_image
 from processor.images.payload import KINDS, parse
 
 PACK_SLOTS = KINDS  # main + the five secondary kinds, one image each
+APLUS = "aplus"  # the A+ child's name
 
 
-async def process_pack(ctx: HandlerContext, call: JobCall) -> dict[str, Any]:
+async def process_pack(ctx: HandlerContext, call: JobCall) -> dict[str, Any] | Children:
     job = parse(call.payload, kind_allowed=False)
     assets = Assets(ctx, call, job.project_id)
-    done = await assets.images()
-    todo = [slot for slot in PACK_SLOTS if slot not in done]
+    # Images this pack stored itself (a pack begun before packs had children) still count.
+    images = {slot: public_image(row) for slot, row in (await assets.images()).items()}
+    # (a child that failed or was cancelled counts as missing: asked for again, it runs again,
+    # as when the pack itself is retried)
+    outcomes = {
+        str(d["name"]): d
+        for d in call.dependencies or []
+        if d.get("name") and d.get("status") == "completed"
+    }
+    for name, outcome in outcomes.items():
+        image = (outcome.get("result") or {}).get("image")
+        if name in PACK_SLOTS and isinstance(image, dict):
+            images[name] = image
     total = len(PACK_SLOTS) + (aplus.TOTAL_ITEMS if job.include_aplus else 0)
-    progress = Progress(assets, total, [public_image(done[s]) for s in PACK_SLOTS if s in done])
-    await progress.write()
-
-    source = await load_source(ctx, job) if todo else None
-
-    def maker(slot: str):
-        return lambda: make_image(ctx, assets, job, slot, slot, source)
-
-    await run_bounded([maker(slot) for slot in todo], ctx.pack_concurrency, progress.add)
-    images = await assets.images()
+    missing = [slot for slot in PACK_SLOTS if slot not in images]
+    document = (outcomes.get(APLUS, {}).get("result") or {}).get("aplus")
+    if missing or (job.include_aplus and document is None):
+        await assets.progress(len(images), total, [images[s] for s in PACK_SLOTS if s in images])
+        return Children(_children(call.payload, missing, job.include_aplus))
     result: dict[str, Any] = {
-        "images": [public_image(images[slot]) for slot in PACK_SLOTS],
-        "demo": any(images[slot]["provider"].startswith("demo") for slot in PACK_SLOTS),
+        "images": [images[slot] for slot in PACK_SLOTS],
+        "demo": any(
+            str(images[slot].get("provider", "")).startswith("demo") for slot in PACK_SLOTS
+        ),
     }
     if job.include_aplus:
-        result["aplus"] = await aplus.build(ctx, assets, job, progress)
+        result["aplus"] = document
+    await assets.progress(total, total, result["images"])
     return result
+
+
+def _children(payload: dict[str, Any], missing: list[str], include_aplus: bool) -> list[Any]:
+    """One generate-image job per missing slot and, with include_aplus, the A+ job after them."""
+    base = {k: v for k, v in payload.items() if k != "include_aplus"}
+    jobs: list[dict[str, Any]] = [
+        {"name": slot, "job_type": "generate-image", "payload": {**base, "kind": slot}}
+        for slot in missing
+    ]
+    if include_aplus:
+        jobs.append(
+            {"name": APLUS, "job_type": "generate-aplus", "payload": base, "depends_on": missing}
+        )
+    return jobs

@@ -93,27 +93,43 @@ create index job_queue_waiting_idx on job_queue (id) where status = 'waiting';
 -- Locks the given jobs FOR SHARE (in id order: no deadlock between two callers) and counts
 -- them: how many exist, how many are unfinished, and the first that failed or was cancelled.
 create function job_queue_lock_dependencies(
-    p_ids uuid[], out existing integer, out unfinished integer, out ended uuid,
-    out ended_status text, out first_workflow uuid)
+    p_ids uuid[], p_mark boolean default false, p_skip uuid[] default '{}',
+    out existing integer, out unfinished integer, out ended uuid, out ended_status text,
+    out skipped integer, out first_workflow uuid)
     language plpgsql
     set search_path = pg_catalog, public, pg_temp
     set enable_seqscan = off
+    set jit = off
 as $$
 declare
-    v_dep record;
+    v_id uuid;
+    v_status text;
 begin
     existing := 0;
     unfinished := 0;
-    for v_dep in
-        select j.id, j.status, j.workflow_id from job_queue j
-        where j.id = any (p_ids) order by j.id for share
-    loop
+    skipped := 0;
+    -- One pass in id order. With p_mark (a new dependent's insert) a dependency not yet
+    -- marked is marked by an UPDATE, which locks it; the others are locked FOR SHARE. Either
+    -- lock conflicts with the UPDATE that finishes the job, and the status read is the latest.
+    for v_id in select d from unnest(p_ids) d order by d loop
+        v_status := null;
+        if p_mark then
+            update job_queue j set has_dependents = true, workflow_id = coalesce(j.workflow_id, j.id)
+            where j.id = v_id and (not j.has_dependents or j.workflow_id is null)
+            returning j.status into v_status;
+        end if;
+        if v_status is null then
+            select j.status into v_status from job_queue j where j.id = v_id for share;
+        end if;
+        continue when v_status is null;  -- no such job
         existing := existing + 1;
-        if v_dep.status in ('pending', 'processing', 'waiting') then
+        if v_id = any (p_skip) then
+            skipped := skipped + 1;  -- (being re-opened by the caller: counted when it is)
+        elsif v_status in ('pending', 'processing', 'waiting') then
             unfinished := unfinished + 1;
-        elsif v_dep.status in ('failed', 'cancelled') and ended is null then
-            ended := v_dep.id;
-            ended_status := v_dep.status;
+        elsif v_status in ('failed', 'cancelled') and ended is null then
+            ended := v_id;
+            ended_status := v_status;
         end if;
     end loop;
     select coalesce(j.workflow_id, j.id) into first_workflow
@@ -144,6 +160,7 @@ create function job_queue_await_dependencies() returns trigger
     language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
     set enable_seqscan = off
+    set jit = off
 as $$
 declare
     v_deps record;
@@ -169,16 +186,8 @@ begin
         new.waiting_on := null;
         return new;
     end if;
-    if tg_op = 'INSERT' then
-        -- Mark the dependencies first (each is updated once, by its first dependent), so
-        -- finishing them settles this row; rows in id order.
-        update job_queue j set has_dependents = true, workflow_id = coalesce(j.workflow_id, j.id)
-        where j.id in (select x.id from job_queue x
-                       where x.id = any (new.depends_on)
-                         and (not x.has_dependents or x.workflow_id is null)
-                       order by x.id for no key update);
-    end if;
-    v_deps := job_queue_lock_dependencies(new.depends_on);
+    -- (on insert, each dependency is marked has_dependents, so finishing it settles this row)
+    v_deps := job_queue_lock_dependencies(new.depends_on, tg_op = 'INSERT');
     if v_deps.existing < cardinality(new.depends_on) then
         select string_agg(d::text, ', '), count(*) into v_missing
         from (select d from unnest(new.depends_on) d
@@ -263,11 +272,15 @@ create function job_queue_settle_ids(p_ids uuid[]) returns void
     language plpgsql
     set search_path = pg_catalog, public, pg_temp
     set enable_seqscan = off
+    set jit = off
 as $$
 declare
     v_released integer;
     v_row record;
     v_deps record;
+    v_reopen uuid[];
+    v_plan jsonb;
+    v_step jsonb;
 begin
     -- 1. Failed or cancelled: the waiting dependents that cancel on failure, all the way down.
     with recursive bad as (
@@ -355,33 +368,71 @@ begin
     update job_queue j set waiting_on = j.waiting_on + locked.n
     from locked where j.id = locked.id;
 
-    -- 5. Re-opened: what their failure ended waits again (or is ended by another).
-    for v_row in
-        select d.id, d.depends_on, d.on_dependency_failure from job_queue d
-        where d.ended_by = any (p_ids) and d.status in ('cancelled', 'failed')
-          and d.ended_by in (select j.id from job_queue j where j.id = any (p_ids)
-                             and j.status in ('pending', 'processing', 'waiting'))
-        order by d.id for no key update
-    loop
-        v_deps := job_queue_lock_dependencies(v_row.depends_on);
-        if v_deps.ended is not null and v_row.on_dependency_failure = 'cancel' then
-            update job_queue d
-            set ended_by = v_deps.ended,
-                error_message = job_queue_ended_reason(
-                    v_deps.ended, v_deps.ended_status,
-                    (select c.parent_id = d.id from job_queue c where c.id = v_deps.ended))
-            where d.id = v_row.id;
-        else
-            update job_queue
-            set status = case when v_deps.unfinished > 0 then 'waiting' else 'pending' end,
-                waiting_on = nullif(v_deps.unfinished, 0),
-                run_at = greatest(run_at, now()),
-                completed_at = null, error_message = null, ended_by = null
-            where id = v_row.id;
-        end if;
-    end loop;
+    -- 5. Re-opened: what their failure ended waits again (or stays ended, by another). Every
+    -- one is counted before any changes: one that waits on another re-opened here is counted
+    -- in the next pass (step 4), when that one has moved; until then it waits (waiting_on may
+    -- be 0 for that moment), and is never released early.
+    v_reopen := array(select d.id from job_queue d
+                      where d.ended_by = any (p_ids) and d.status in ('cancelled', 'failed')
+                        and d.ended_by in (select j.id from job_queue j where j.id = any (p_ids)
+                                           and j.status in ('pending', 'processing', 'waiting'))
+                      order by d.id);
+    if cardinality(v_reopen) > 0 then
+        perform 1 from job_queue where id = any (v_reopen) order by id for no key update;
+        v_plan := '{}';
+        for v_row in
+            select d.id, d.depends_on, d.on_dependency_failure from job_queue d
+            where d.id = any (v_reopen) order by d.id
+        loop
+            v_deps := job_queue_lock_dependencies(v_row.depends_on, false, v_reopen);
+            v_plan := v_plan || jsonb_build_object(v_row.id::text, jsonb_build_object(
+                'ended', case when v_row.on_dependency_failure = 'cancel' then v_deps.ended end,
+                'ended_status', v_deps.ended_status,
+                'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped));
+        end loop;
+        for v_row in select d.id from job_queue d where d.id = any (v_reopen) order by d.id loop
+            v_step := v_plan -> v_row.id::text;
+            if v_step ->> 'ended' is not null then
+                update job_queue d
+                set ended_by = (v_step ->> 'ended')::uuid,
+                    error_message = job_queue_ended_reason(
+                        (v_step ->> 'ended')::uuid, v_step ->> 'ended_status',
+                        (select c.parent_id = d.id from job_queue c
+                         where c.id = (v_step ->> 'ended')::uuid))
+                where d.id = v_row.id;
+                continue;
+            end if;
+            begin
+                update job_queue
+                set status = case when (v_step ->> 'unfinished')::integer > 0
+                                       or (v_step ->> 'skipped')::integer > 0
+                                  then 'waiting' else 'pending' end,
+                    waiting_on = case when (v_step ->> 'unfinished')::integer > 0
+                                           or (v_step ->> 'skipped')::integer > 0
+                                      then (v_step ->> 'unfinished')::integer end,
+                    run_at = greatest(run_at, now()),
+                    completed_at = null, error_message = null, ended_by = null
+                where id = v_row.id;
+            exception when sqlstate '53000' then  -- its owner cannot pay again (credits)
+                update job_queue
+                set error_message = left('not re-opened: ' || sqlerrm, 1000)
+                where id = v_row.id;
+            end;
+        end loop;
+    end if;
 end;
 $$;
+
+-- What moved in each transaction, for its settle: a table only the owner writes, so no
+-- caller can hand the settle a job to count down twice (a setting could be forged). Rows live
+-- for the length of their transaction.
+create unlogged table job_queue_moved (
+    txid bigint not null default txid_current(),
+    job_id uuid not null
+);
+create index job_queue_moved_txid_idx on job_queue_moved (txid);
+comment on table job_queue_moved is
+    'Jobs others depend on whose status moved in a transaction still settling it (kept by triggers; empty between transactions).';
 
 -- Settles every row moved so far in this transaction; a no-op when called inside a settle
 -- (the outer one loops) or with nothing moved.
@@ -390,17 +441,18 @@ create function job_queue_settle() returns void
     set search_path = pg_catalog, public, pg_temp
 as $$
 declare
-    v_moved text;
+    v_moved uuid[];
 begin
     if current_setting('processor.settling', true) = 'on' then
         return;
     end if;
     perform set_config('processor.settling', 'on', true);
     loop
-        v_moved := current_setting('processor.moved', true);
-        exit when v_moved is null or v_moved = '';
-        perform set_config('processor.moved', '', true);
-        perform job_queue_settle_ids(string_to_array(v_moved, ',')::uuid[]);
+        v_moved := array(select distinct m.job_id from job_queue_moved m
+                         where m.txid = txid_current());
+        exit when cardinality(v_moved) = 0;
+        delete from job_queue_moved where txid = txid_current();
+        perform job_queue_settle_ids(v_moved);
     end loop;
     perform set_config('processor.settling', '', true);
 end;
@@ -412,12 +464,8 @@ create function job_queue_dependency_moved() returns trigger
     language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
 as $$
-declare
-    v_moved text := coalesce(current_setting('processor.moved', true), '');
 begin
-    perform set_config('processor.moved',
-                       case when v_moved = '' then new.id::text else v_moved || ',' || new.id end,
-                       true);
+    insert into job_queue_moved (job_id) values (new.id);
     if coalesce(current_setting('processor.settling', true), '') <> 'on' then
         perform job_queue_settle();
     end if;
@@ -588,6 +636,73 @@ begin
 end;
 $$;
 
+-- Runs failed or cancelled jobs again, many at once, counting each dependency exactly once:
+-- every one goes to 'waiting' first (none can be released while something it depends on is
+-- still failed), the settle re-opens what their failures ended, and only then does each one
+-- count what it waits for (job_queue_recount), with all of them unfinished.
+create function job_queue_recount(p_ids uuid[]) returns void
+    language plpgsql
+    set search_path = pg_catalog, public, pg_temp
+    set enable_seqscan = off
+    set jit = off
+as $$
+declare
+    v_row record;
+    v_deps record;
+begin
+    for v_row in
+        select j.id, j.depends_on from job_queue j
+        where j.id = any (p_ids) and j.status = 'waiting' order by j.id
+    loop
+        v_deps := job_queue_lock_dependencies(coalesce(v_row.depends_on, '{}'));
+        update job_queue
+        set waiting_on = nullif(v_deps.unfinished, 0),
+            status = case when v_deps.unfinished > 0 then 'waiting' else 'pending' end
+        where id = v_row.id;
+    end loop;
+end;
+$$;
+
+create function job_queue_retry_ids(p_ids uuid[]) returns integer
+    language plpgsql
+    set search_path = pg_catalog, public, pg_temp
+    set enable_seqscan = off
+    set jit = off
+as $$
+declare
+    v_done uuid[];
+begin
+    perform set_config('processor.settling', 'on', true);
+    with retried as (
+        update job_queue j
+        set status = 'waiting', waiting_on = 0, retry_count = 0, run_at = now(),
+            completed_at = null, ended_by = null
+        where j.id in (select x.id from job_queue x
+                       where x.id = any (p_ids) and x.status in ('failed', 'cancelled')
+                       order by x.id for no key update)
+        returning j.id
+    )
+    select coalesce(array_agg(id), '{}') into v_done from retried;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+    perform job_queue_recount(v_done);
+    return cardinality(v_done);
+end;
+$$;
+
+-- Whether a text reads as a time (a node's run_at), without raising.
+create function job_queue_is_time(p_text text) returns boolean
+    language plpgsql stable
+    set search_path = pg_catalog, public, pg_temp
+as $$
+begin
+    perform p_text::timestamptz;
+    return true;
+exception when others then
+    return false;
+end;
+$$;
+
 -- Validates a graph of named nodes, orders it so every node comes after what it depends on,
 -- and inserts it (enqueue_workflow, suspend_job). With p_key_prefix, a node whose key
 -- (prefix || name) already exists is that job, re-run if it had failed or been cancelled: a
@@ -595,7 +710,7 @@ $$;
 create function job_queue_insert_graph(
     p_what text, p_nodes jsonb, p_user_id text, p_priority integer, p_concurrency_key text,
     p_traceparent text, p_workflow_id uuid, p_parent_id uuid, p_key_prefix text,
-    p_first_key text)
+    p_first_key text, p_max_retries integer default 3)
     returns table(name text, job_id uuid, created boolean)
     language plpgsql
     set search_path = pg_catalog, public, pg_temp
@@ -681,12 +796,21 @@ begin
                           or (e.node ->> 'priority')::numeric % 1 <> 0
                      then format('priority must be an integer from -2147483648 to 2147483647, got %s',
                                  e.node -> 'priority') end),
-            (10, case when e.node ? 'run_at' and jsonb_typeof(e.node -> 'run_at') <> 'string'
-                      then 'run_at must be a time as a string (ISO 8601)' end),
-            (11, case when (e.node ? 'user_id' and jsonb_typeof(e.node -> 'user_id') not in ('string', 'null'))
-                           or (e.node ? 'concurrency_key'
-                               and jsonb_typeof(e.node -> 'concurrency_key') not in ('string', 'null'))
-                      then 'user_id and concurrency_key must be strings' end)
+            (10, case when e.node ? 'run_at'
+                           and (jsonb_typeof(e.node -> 'run_at') <> 'string'
+                                or not job_queue_is_time(e.node ->> 'run_at'))
+                      then format('run_at must be a time as an ISO 8601 string, got %s',
+                                  left((e.node -> 'run_at')::text, 60)) end),
+            (11, case when e.node ? 'user_id'
+                           and jsonb_typeof(e.node -> 'user_id') not in ('string', 'null')
+                      then 'user_id must be a string'
+                      when length(e.node ->> 'user_id') > 200
+                      then 'user_id must be at most 200 characters' end),
+            (12, case when e.node ? 'concurrency_key'
+                           and jsonb_typeof(e.node -> 'concurrency_key') not in ('string', 'null')
+                      then 'concurrency_key must be a string'
+                      when length(e.node ->> 'concurrency_key') not between 1 and 200
+                      then 'concurrency_key must be 1 to 200 characters' end)
         ) c(i, problem)
         where c.problem is not null order by c.i limit 1
     ) chk
@@ -781,13 +905,14 @@ begin
     left join job_queue j on p_key_prefix is not null
                          and j.idempotency_key = p_key_prefix || (e.node ->> 'name');
     v_workflow := coalesce(p_workflow_id, v_ids[1]);
-    -- Those that failed or were cancelled run again (their triggers settle the rest).
-    update job_queue j set status = 'pending', retry_count = 0, run_at = now(),
-                           completed_at = null, has_dependents = true
-    where j.id in (select x.id from job_queue x
-                   where x.id = any (v_ids) and x.status in ('failed', 'cancelled')
-                     and p_key_prefix is not null
-                   order by x.id for no key update);
+    -- Those that failed or were cancelled run again: the ones their own failure ended (what
+    -- a failure of another ended is re-opened with it).
+    if p_key_prefix is not null then
+        perform job_queue_retry_ids(array(select x.id from job_queue x
+                                          where x.id = any (v_ids) and not v_new[array_position(v_ids, x.id)]
+                                            and x.status in ('failed', 'cancelled')
+                                            and x.ended_by is null));
+    end if;
 
     insert into job_queue (id, job_type, payload, user_id, priority, run_at, max_retries,
                            concurrency_key, traceparent, depends_on, on_dependency_failure,
@@ -795,9 +920,9 @@ begin
                            created_at)
     select v_ids[o.idx], g.node ->> 'job_type', coalesce(g.node -> 'payload', '{}'),
            case when g.node ? 'user_id' then g.node ->> 'user_id' else p_user_id end,
-           coalesce((g.node ->> 'priority')::integer, p_priority, 0),
+           coalesce((g.node ->> 'priority')::numeric::integer, p_priority, 0),
            coalesce((g.node ->> 'run_at')::timestamptz, now()),
-           coalesce((g.node ->> 'max_retries')::integer, 3),
+           coalesce((g.node ->> 'max_retries')::numeric::integer, p_max_retries),
            case when g.node ? 'concurrency_key' then g.node ->> 'concurrency_key'
                 else p_concurrency_key end,
            p_traceparent,
@@ -873,11 +998,13 @@ create function suspend_job(p_job_id uuid, p_lease_token uuid, p_children jsonb,
     language plpgsql
     set search_path = pg_catalog, public, pg_temp
     set enable_seqscan = off
+    set jit = off
 as $$
 declare
     v_job job_queue;
     v_workflow uuid;
     v_children uuid[];
+    v_merged uuid[];
     v_deps record;
 begin
     select * into v_job from job_queue j
@@ -895,17 +1022,18 @@ begin
     select g.name, g.job_id, g.created
     from job_queue_insert_graph('children', p_children, v_job.user_id, v_job.priority,
                                 v_job.concurrency_key, v_job.traceparent, v_workflow,
-                                v_job.id, 'child:' || v_job.id || ':', null) g;
+                                v_job.id, 'child:' || v_job.id || ':', null, v_job.max_retries) g;
     v_children := array(select x.id from job_queue x
                         where x.idempotency_key = any (
                             array(select 'child:' || v_job.id || ':' || (c ->> 'name')
                                   from jsonb_array_elements(p_children) c)));
     update job_queue set has_dependents = true
     where id = any (v_children) and not has_dependents;
-    v_deps := job_queue_lock_dependencies(v_children);
+    v_merged := array(select d from unnest(coalesce(v_job.depends_on, '{}') || v_children)
+                          with ordinality u(d, n) group by d order by min(n));
+    v_deps := job_queue_lock_dependencies(v_merged);
     update job_queue
-    set depends_on = array(select d from unnest(coalesce(v_job.depends_on, '{}') || v_children)
-                               with ordinality u(d, n) group by d order by min(n)),
+    set depends_on = v_merged,
         progress_base = case when jsonb_typeof(v_job.progress -> 'items') = 'array'
                                   and jsonb_typeof(v_job.progress -> 'done') = 'number'
                              then v_job.progress || jsonb_build_object(
@@ -924,10 +1052,42 @@ begin
 end;
 $$;
 
+-- Lock order. A transaction that finishes a job holds that running job, then locks what waits
+-- on it (its waiting dependents; a child's parent is one). It never waits for a row it sees
+-- finished, and only running jobs are finished this way. So whatever cancels locks the
+-- running jobs it will cancel first, then the rest: cancel_job and cancel_jobs lock the job's
+-- unfinished children (running ones first) before the job itself, cancel_workflow its running
+-- jobs before the others. A finisher and a cancel then never hold what the other waits for.
+create function job_queue_lock_children(p_job_id uuid) returns void
+    language plpgsql
+    set search_path = pg_catalog, public, pg_temp
+    set enable_seqscan = off
+    set jit = off
+as $$
+begin
+    perform 1 from job_queue j
+    join (with recursive kids(id, depth) as (
+              select c.id, 1 from job_queue p
+              join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+              where p.id = p_job_id and p.depends_on is not null
+              union all
+              select c.id, k.depth + 1 from kids k
+              join job_queue p on p.id = k.id
+              join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+              where k.depth < 100)
+          select distinct id from kids) k on k.id = j.id
+    where j.status in ('pending', 'processing', 'waiting')
+    order by j.status = 'processing' desc, j.id
+    for no key update of j;
+end;
+$$;
+
 -- Cancels every unfinished job of a workflow (running ones lose their lease and stop).
 create function cancel_workflow(p_workflow_id uuid) returns integer
     language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
+    set enable_seqscan = off
+    set jit = off
 as $$
 declare
     v_count integer;
@@ -940,7 +1100,8 @@ begin
     where j.id in (select x.id from job_queue x
                    where x.workflow_id = p_workflow_id
                      and x.status in ('pending', 'processing', 'waiting')
-                   order by x.id for no key update);
+                   order by x.status = 'processing' desc, x.id
+                   for no key update);
     get diagnostics v_count = row_count;
     perform set_config('processor.settling', '', true);
     perform job_queue_settle();
@@ -948,42 +1109,22 @@ begin
 end;
 $$;
 
--- Runs again every failed or cancelled job of a workflow, dependencies before dependents;
--- what a failure cancelled is re-opened with it.
+-- Runs again every failed or cancelled job of a workflow; what a failure ended is re-opened
+-- with it, and no job is released before what it depends on is done.
 create function retry_workflow(p_workflow_id uuid) returns integer
     language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
+    set enable_seqscan = off
+    set jit = off
 as $$
-declare
-    v_left uuid[];
-    v_now uuid[];
-    v_count integer := 0;
-    v_n integer;
 begin
-    v_left := array(select j.id from job_queue j
-                    where j.workflow_id = p_workflow_id and j.status in ('failed', 'cancelled')
-                      and j.ended_by is null);
-    while cardinality(v_left) > 0 loop
-        v_now := array(select c from unnest(v_left) c
-                       where not exists (select 1 from job_queue j
-                                         where j.id = c and j.depends_on && v_left));
-        if cardinality(v_now) = 0 then
-            v_now := v_left;
-        end if;
-        update job_queue j
-        set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
-        where j.id in (select x.id from job_queue x
-                       where x.id = any (v_now) and x.status in ('failed', 'cancelled')
-                       order by x.id for no key update);
-        get diagnostics v_n = row_count;
-        v_count := v_count + v_n;
-        v_left := array(select c from unnest(v_left) c where c <> all (v_now));
-    end loop;
-    return v_count;
+    return job_queue_retry_ids(array(select j.id from job_queue j
+                                     where j.workflow_id = p_workflow_id
+                                       and j.status in ('failed', 'cancelled')
+                                       and j.ended_by is null));
 end;
 $$;
 
--- What each workflow holds: counts by status, progress, the oldest waiting job.
 create view job_queue_workflows with (security_invoker = on) as
 select j.workflow_id,
        count(*) as jobs,
@@ -1014,6 +1155,7 @@ create function job_queue_reap_waiting(p_limit integer default 100) returns inte
     language plpgsql
     set search_path = pg_catalog, public, pg_temp
     set enable_seqscan = off
+    set jit = off
 as $$
 declare
     v_after text := (select value from processor_settings where key = 'waiting_reaper_after');
@@ -1033,16 +1175,17 @@ begin
         v_seen := v_seen + 1;
         v_last_id := v_job.id;
         continue when v_job.updated_at >= now() - interval '1 minute';
-        -- A cheap look first; the row and its dependencies are locked only to change it.
+        -- A cheap look first; the row and its dependencies are locked only to change it, the
+        -- dependencies first (as a finisher holds a dependency, then its dependents).
         continue when v_job.waiting_on = (select count(*) from job_queue d
                                           where d.id = any (v_job.depends_on)
                                             and d.status in ('pending', 'processing', 'waiting'))
                   and cardinality(v_job.depends_on)
                       = (select count(*) from job_queue d where d.id = any (v_job.depends_on));
+        v_deps := job_queue_lock_dependencies(coalesce(v_job.depends_on, '{}'));
         perform 1 from job_queue where id = v_job.id and status = 'waiting'
         for no key update skip locked;
         continue when not found;
-        v_deps := job_queue_lock_dependencies(coalesce(v_job.depends_on, '{}'));
         if v_deps.existing < coalesce(cardinality(v_job.depends_on), 0) then
             select string_agg(d::text, ', ') into v_missing
             from (select d from unnest(v_job.depends_on) d
@@ -1140,22 +1283,42 @@ $$;
 
 -- Cancelling reaches waiting jobs; what waits on a cancelled job follows its rule.
 create or replace function cancel_job(p_job_id uuid) returns boolean
-    language sql security definer
+    language plpgsql security definer
     set search_path = pg_catalog, public, pg_temp
 as $$
-    with cancelled as (
-        update job_queue
-        set status = 'cancelled',
-            completed_at = now(),
-            waiting_on = null,
-            locked_by = null,
-            locked_until = null,
-            lease_token = null
-        where id = p_job_id
-          and status in ('pending', 'processing', 'waiting')
-        returning 1
-    )
-    select exists (select 1 from cancelled)
+declare
+    v_done boolean;
+begin
+    perform job_queue_lock_children(p_job_id);  -- (before the job: see the lock order)
+    perform set_config('processor.settling', 'on', true);
+    update job_queue
+    set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
+        locked_until = null, lease_token = null
+    where id = p_job_id and status in ('pending', 'processing', 'waiting');
+    v_done := found;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+    return v_done;
+end;
+$$;
+
+-- (a definer entry point settles what it moved itself, whatever the caller's settings say)
+create or replace function retry_job(p_job_id uuid) returns boolean
+    language plpgsql security definer
+    set search_path = pg_catalog, public, pg_temp
+as $$
+declare
+    v_done boolean;
+begin
+    perform set_config('processor.settling', 'on', true);
+    update job_queue
+    set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
+    where id = p_job_id and status in ('failed', 'cancelled');
+    v_done := found;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+    return v_done;
+end;
 $$;
 
 -- The bulk actions take a workflow, and retry dependencies before their dependents.
@@ -1212,6 +1375,9 @@ begin
                                                   p_since, p_until, p_error, p_limit,
                                                   p_workflow_id) s
     loop
+        if not p_dry_run then
+            perform job_queue_lock_children(v_id);  -- (before the job: see the lock order)
+        end if;
         -- A job a claim holds this instant is left alone (it is running: cancel it again).
         select * into v_job from job_queue where id = v_id for update skip locked;
         continue when not found or v_job.status <> p_status;
@@ -1245,32 +1411,24 @@ create function retry_jobs(p_status text default 'failed', p_job_type text defau
     language plpgsql
 as $$
 declare
-    v_left uuid[];
-    v_now uuid[];
     v_id uuid;
     v_job job_queue;
     v_dearest jsonb := '{}';
     v_price numeric;
+    v_retried uuid[] := '{}';
 begin
     if p_status is null or p_status not in ('failed', 'cancelled') then
         raise exception 'retry_jobs: status must be failed or cancelled, got %',
             coalesce(p_status, 'null') using errcode = '22023';
     end if;
-    v_left := array(select s from job_queue_select_for_action(array[p_status], p_job_type,
-                                                              p_user_id, p_since, p_until,
-                                                              p_error, p_limit, p_workflow_id) s);
-    -- In rounds: a job goes once none of the jobs it depends on is still to go, so a
-    -- dependency is pending again before its dependent counts what it waits for.
-    while cardinality(v_left) > 0 loop
-        v_now := array(select c from unnest(v_left) with ordinality u(c, n)
-                       where not exists (select 1 from job_queue j
-                                         where j.id = c and j.depends_on && v_left)
-                       order by n);
-        if cardinality(v_now) = 0 then
-            v_now := v_left;
-        end if;
-        v_left := array(select c from unnest(v_left) c where c <> all (v_now));
-        foreach v_id in array v_now loop
+    -- Each goes to 'waiting' first; once all have, what their failures ended is re-opened and
+    -- each counts what it waits for (job_queue_retry_ids, one row at a time for the report).
+    perform set_config('processor.settling', 'on', true);
+    for v_id in
+        select s from job_queue_select_for_action(array[p_status], p_job_type, p_user_id,
+                                                  p_since, p_until, p_error, p_limit,
+                                                  p_workflow_id) s
+    loop
             select * into v_job from job_queue where id = v_id for update skip locked;
             continue when not found or v_job.status <> p_status;  -- taken since it was selected
             job_id := v_job.id;
@@ -1279,11 +1437,15 @@ begin
             items_needed := job_items_needed(v_job.job_type, v_job.payload);
             items_stored := job_items_stored(v_job.id);
             select coalesce(sum(c.cost_usd), 0) into paid_usd from provider_calls c
-            where c.job_id = v_job.id;
+            where c.job_id = v_job.id
+               or c.job_id in (select k.id from job_queue k
+                               where k.id = any (v_job.depends_on) and k.parent_id = v_job.id);
             if not v_dearest ? v_job.job_type then
                 select max(c.cost_usd) into v_price from provider_calls c
                 join job_queue q on q.id = c.job_id
-                where q.job_type = v_job.job_type and c.status = 'ok';
+                left join job_queue p on p.id = q.parent_id
+                where (q.job_type = v_job.job_type or p.job_type = v_job.job_type)
+                  and c.status = 'ok';
                 v_dearest := v_dearest || jsonb_build_object(v_job.job_type, v_price);
             end if;
             v_price := (v_dearest ->> v_job.job_type)::numeric;
@@ -1296,22 +1458,26 @@ begin
             end if;
             begin
                 update job_queue
-                set status = 'pending', retry_count = 0, run_at = now(), completed_at = null
+                set status = 'waiting', waiting_on = 0, retry_count = 0, run_at = now(),
+                    completed_at = null, ended_by = null
                 where id = v_job.id;
                 retried := true;
                 reason := null;
+                v_retried := v_retried || v_job.id;
             exception when sqlstate '53000' then  -- insufficient credits (credit_reserve)
                 retried := false;
                 reason := sqlerrm;
             end;
             return next;
-        end loop;
     end loop;
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+    perform job_queue_recount(v_retried);
 end;
 $$;
 
--- Retention never prunes a job of an unfinished workflow (its dependents may still need its
--- result); everything else is as 0010 kept it.
+-- Retention never prunes a job of an unfinished workflow, nor one an unfinished job depends
+-- on (its dependents may still need its result); everything else is as 0010 kept it.
 create or replace function prune_jobs(p_keep_completed interval default null,
                                       p_keep_failed interval default null,
                                       p_keep_cron_history interval default null,
@@ -1363,6 +1529,12 @@ begin
                                                where w.workflow_id = j.workflow_id
                                                  and w.status in ('pending', 'processing',
                                                                   'waiting')))
+                           -- (nor one an unfinished job of another workflow depends on)
+                           and not (j.has_dependents
+                                    and exists (select 1 from job_queue d
+                                                where d.depends_on @> array[j.id]
+                                                  and d.status in ('pending', 'processing',
+                                                                   'waiting')))
                          limit p_batch for update skip locked);
             get diagnostics v_n = row_count;
             v_total := v_total + v_n;
@@ -1457,6 +1629,7 @@ declare
     v_cost integer;
 begin
     if new.parent_id is not null  -- a child: its parent's reservation pays for it
+       or new.status not in ('pending', 'waiting')  -- (inserted cancelled: its dependency failed)
        or not (select credits_enabled from job_queue_settings where id) then
         return null;
     end if;
@@ -1477,6 +1650,45 @@ create trigger job_queue_credits_on_status
                        and new.status in ('completed', 'failed', 'cancelled', 'pending',
                                           'waiting'))
     execute function job_queue_credits_on_status();
+
+-- What a job has stored, and paid, counts its children's (a pack's images are its children's):
+-- the bulk retry's estimate of what is missing reads it.
+create or replace function job_items_stored(p_job_id uuid) returns integer
+    language sql stable
+as $$
+    with mine as (
+        select p_job_id as id
+        union all
+        select c.id from job_queue p
+        join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+        where p.id = p_job_id
+    )
+    select (select count(*) from generated_images where job_id in (select id from mine))::integer
+         + (select count(*) from aplus_contents where job_id in (select id from mine))::integer
+$$;
+
+-- Only the processor makes children (suspend_job, as the owner): a plain INSERT by an API
+-- role may not set parent_id (a child reserves no credits) or take a child's idempotency key
+-- (a parent would adopt the row as its child). Not SECURITY DEFINER: current_user is the role
+-- that inserts.
+create function job_queue_children_by_the_processor() returns trigger
+    language plpgsql
+    set search_path = pg_catalog, public, pg_temp
+as $$
+begin
+    if not pg_has_role(current_user, (select c.relowner from pg_class c
+                                      where c.oid = 'public.job_queue'::regclass), 'MEMBER') then
+        raise exception 'job_queue: parent_id and idempotency keys starting with "child:" are the processor''s own (a handler''s 202 makes children)'
+            using errcode = '42501';
+    end if;
+    return new;
+end;
+$$;
+
+create trigger job_queue_children_by_the_processor
+    before insert or update of parent_id, idempotency_key on job_queue
+    for each row when (new.parent_id is not null or new.idempotency_key like 'child:%')
+    execute function job_queue_children_by_the_processor();
 
 -- A child's progress, added to its waiting parent's: the parent's own when it handed the
 -- children out, plus each child's done and items. Skipped (never waited for) while another
@@ -1540,15 +1752,21 @@ $$;
 -- Nothing here is for the API roles but what an app's backend calls to enqueue, cancel and
 -- retry (service_role), as with enqueue_job, cancel_job and retry_job.
 select processor_keep_private(array[
-    'function job_queue_lock_dependencies(uuid[])',
+    'function job_queue_lock_dependencies(uuid[], boolean, uuid[])',
+    'table job_queue_moved',
     'function job_queue_ended_reason(uuid, text, boolean)',
     'function job_queue_parent_progress(uuid)',
+    'function job_queue_lock_children(uuid)',
+    'function job_queue_children_by_the_processor()',
+    'function job_queue_recount(uuid[])',
+    'function job_queue_is_time(text)',
+    'function job_queue_retry_ids(uuid[])',
     'function job_queue_await_dependencies()',
     'function job_queue_wake()',
     'function job_queue_settle_ids(uuid[])',
     'function job_queue_settle()',
     'function job_queue_dependency_moved()',
-    'function job_queue_insert_graph(text, jsonb, text, integer, text, text, uuid, uuid, text, text)',
+    'function job_queue_insert_graph(text, jsonb, text, integer, text, text, uuid, uuid, text, text, integer)',
     'function enqueue_workflow(jsonb, text, bigint, text, text, text)',
     'function suspend_job(uuid, uuid, jsonb, integer)',
     'function cancel_workflow(uuid)',

@@ -10,6 +10,17 @@ from generated_images
 where job_id = %(job_id)s
 order by id;
 
+-- images_shown_for_job --
+-- What the job page shows: the job's images and its children's (a pack's images are made by
+-- jobs of its own), in the order they were stored.
+select slot, kind, storage_path, url, width, height, mime_type, provider, model
+from generated_images
+where job_id = %(job_id)s
+   or job_id in (select c.id from job_queue p
+                 join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+                 where p.id = %(job_id)s)
+order by id;
+
 -- record_image --
 -- The image is recorded whether or not the lease is still held (it was paid for, and a retry
 -- reuses it); `held` tells the handler whether to go on.

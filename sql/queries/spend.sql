@@ -10,13 +10,18 @@ values (%(job_id)s, %(attempt)s, %(user_id)s, %(project_id)s, %(provider)s, %(mo
         %(output_tokens)s, %(images)s, %(credits)s, %(cost_usd)s, %(error)s);
 
 -- job_spend --
--- A job's provider calls and their estimated cost, per attempt.
+-- A job's provider calls and their estimated cost, per attempt: its own and its children's (a
+-- pack's images are jobs of their own; a child's attempt counts as that attempt).
 select attempt, count(*) as calls, count(*) filter (where status = 'ok') as ok,
        sum(images) as images, sum(cost_usd)::float8 as cost_usd,
        jsonb_object_agg(provider, n) as by_provider
 from (select attempt, provider, status, images, cost_usd,
              count(*) over (partition by attempt, provider) as n
-      from provider_calls where job_id = %(job_id)s) c
+      from provider_calls
+      where job_id = %(job_id)s
+         or job_id in (select c.id from job_queue p
+                       join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
+                       where p.id = %(job_id)s)) c
 group by attempt
 order by attempt;
 

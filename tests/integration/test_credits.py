@@ -169,10 +169,20 @@ def test_a_pack_run_by_the_service_is_charged_once_and_a_refused_one_never_runs(
     with pytest.raises(psycopg.errors.InsufficientResources):
         enqueue(conn, "alice", "generate-complete-pack")
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    answer = httpx.post(
-        f"{server.url}/process-jobs", json={"wait": True, "limit": 5}, headers=auth, timeout=60
-    ).json()
-    assert [o["status"] for o in answer["outcomes"]] == ["completed"]
+    for _ in range(5):  # the pack, its six images (which reserve nothing), the pack again
+        httpx.post(
+            f"{server.url}/process-jobs", json={"wait": True, "limit": 5}, headers=auth, timeout=60
+        )
+    assert (
+        conn.execute("select status from job_queue where id = %s", (job,)).fetchone()["status"]
+        == "completed"
+    )
+    assert (
+        conn.execute(
+            "select count(*) as n from credit_ledger where job_id <> %s", (job,)
+        ).fetchone()["n"]
+        == 0
+    )
     b = balance(conn, "alice")
     assert (b["available"], b["held"], b["spent"]) == (2, 0, 6)
     assert (
@@ -181,3 +191,21 @@ def test_a_pack_run_by_the_service_is_charged_once_and_a_refused_one_never_runs(
         ).fetchone()["n"]
         == 1
     )
+
+
+def test_a_dependent_cancelled_at_insert_holds_nothing_and_a_retry_reserves_once(credits_on):
+    conn = credits_on
+    conn.execute("select grant_credits('alice', 10)")
+    first = enqueue(conn, "alice")
+    conn.execute("select cancel_job(%s)", (first,))
+    after = conn.execute(
+        "select enqueue_job('generate-image', %s, 'alice', p_depends_on => array[%s]::uuid[]) "
+        "as id",
+        (PAYLOAD, first),
+    ).fetchone()["id"]
+    row = conn.execute("select status from job_queue where id = %s", (after,)).fetchone()
+    assert row["status"] == "cancelled"  # its dependency was cancelled already
+    assert balance(conn, "alice")["held"] == 0
+    conn.execute("select retry_job(%s)", (first,))  # re-opens the dependent: both pay again
+    b = balance(conn, "alice")
+    assert (b["held"], b["available"]) == (2, 8)

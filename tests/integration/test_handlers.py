@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from processor.images.imaging import product_fill
 from tests.fakes import product_photo
-from tests.support import PRODUCT, TOKEN, ThreadedServer, job, make_due
+from tests.support import PRODUCT, TOKEN, ThreadedServer, job, make_due, signed_in
 
 
 def enqueue(conn, job_type: str, payload: dict) -> str:
@@ -36,6 +36,22 @@ def run(server, **body) -> dict:
     return response.json()
 
 
+def run_until_finished(server, conn, job_id: str, rounds: int = 30) -> dict:
+    """Calls /process-jobs (waiting for outcomes) until the job has finished: a pack waits
+    for its image jobs, which the following calls run."""
+    for _ in range(rounds):
+        row = job(conn, job_id)
+        if row["status"] in ("completed", "failed", "cancelled"):
+            return row
+        run(server)
+    raise AssertionError(f"job stayed {job(conn, job_id)['status']}")
+
+
+def children(conn, job_id: str) -> dict[str, dict]:
+    rows = conn.execute("select * from job_queue where parent_id = %s", (job_id,)).fetchall()
+    return {r["node_name"]: r for r in rows}
+
+
 def white_corners(image: Image.Image) -> bool:
     rgb = image.convert("RGB")
     w, h = rgb.size
@@ -48,8 +64,16 @@ def test_a_demo_pack_stores_six_real_images_and_links_them(make_service, conn, t
     server = make_service()
     job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
     outcome = run(server)["outcomes"][0]
-    assert outcome["status"] == "completed", outcome
-    row = job(conn, job_id)
+    assert outcome["status"] == "waiting", outcome  # its six images are jobs of their own
+    kids = children(conn, job_id)
+    assert sorted(kids) == sorted(
+        ["main", "lifestyle", "infographic", "detail", "in_use", "packaging"]
+    )
+    assert {k["job_type"] for k in kids.values()} == {"generate-image"}
+    assert {k["payload"]["kind"] for k in kids.values()} == set(kids)
+    row = run_until_finished(server, conn, job_id)
+    assert row["status"] == "completed", row["error_message"]
+    assert row["retry_count"] == 0 and row["suspensions"] == 1
     images = row["result"]["images"]
     assert [i["slot"] for i in images] == [
         "main",
@@ -76,9 +100,12 @@ def test_a_demo_pack_stores_six_real_images_and_links_them(make_service, conn, t
         opened = Image.open(io.BytesIO(response.content))
         assert opened.size == (image["width"], image["height"])
     recorded = conn.execute(
-        "select count(*) as n from generated_images where job_id = %s", (job_id,)
+        "select count(*) as n from generated_images where job_id = any (%s)",
+        ([k["id"] for k in kids.values()],),
     ).fetchone()["n"]
-    assert recorded == 6
+    assert recorded == 6  # each image recorded by the job that made it
+    page = signed_in(server).get(f"/ui/jobs/{job_id}").text  # the pack's page shows them all
+    assert all(f"p1/{job_id}/{name}" in page for name in files)
 
 
 def test_the_main_image_is_the_product_on_pure_white_filling_about_85_percent(
@@ -155,7 +182,7 @@ def test_a_pack_against_fake_gemini_completes(make_service, conn, fake_gemini):
     fake, env = fake_gemini
     server = make_service(env)
     job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p9", "product": PRODUCT})
-    assert run(server)["outcomes"][0]["status"] == "completed"
+    assert run_until_finished(server, conn, job_id)["status"] == "completed"
     assert fake.image_calls == 6
     providers = {i["provider"] for i in job(conn, job_id)["result"]["images"]}
     assert providers == {"gemini", "gemini + local cut-out"}
@@ -164,32 +191,62 @@ def test_a_pack_against_fake_gemini_completes(make_service, conn, fake_gemini):
     assert fake.calls[0]["model"] == "gemini-3.1-flash-image"
 
 
-def test_a_pack_that_fails_mid_way_regenerates_only_the_missing_images(
+def test_a_pack_whose_image_fails_once_retries_that_image_alone(make_service, conn, fake_gemini):
+    fake, env = fake_gemini
+    fake.fail = {4: (503, None)}
+    server = make_service({**env, "MAX_RUNNING_JOBS": "1"})
+    job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
+    for _ in range(7):  # the pack hands out its images, then they run one by one
+        run(server)
+    kids = children(conn, job_id)
+    [failed] = [k for k in kids.values() if k["retry_count"] == 1]
+    assert failed["status"] == "pending" and "503" in failed["error_message"]
+    assert sorted(k["status"] for k in kids.values()) == ["completed"] * 5 + ["pending"]
+    waiting = job(conn, job_id)
+    assert (waiting["status"], waiting["retry_count"]) == ("waiting", 0)
+    # The pack's row shows its images as they are made.
+    assert (waiting["progress"]["done"], waiting["progress"]["total"]) == (5, 6)
+    assert len(waiting["progress"]["items"]) == 5
+    assert fake.image_calls == 6
+
+    make_due(conn, failed["id"])
+    row = run_until_finished(server, conn, job_id)
+    assert row["status"] == "completed" and row["retry_count"] == 0
+    assert fake.image_calls == 7  # only the failed image was made again
+    assert [i["slot"] for i in row["result"]["images"]] == [
+        "main", "lifestyle", "infographic", "detail", "in_use", "packaging",
+    ]  # fmt: skip
+    assert row["progress"]["done"] == row["progress"]["total"] == 6
+
+
+def test_a_failed_image_fails_the_pack_naming_it_and_retried_alone_completes_it(
     make_service, conn, fake_gemini
 ):
     fake, env = fake_gemini
-    fake.fail = {4: (503, None)}
-    server = make_service({**env, "PACK_CONCURRENCY": "1"})
+    fake.fail = {2: (400, None)}  # refused for good: no retry
+    server = make_service({**env, "MAX_RUNNING_JOBS": "1"})
     job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
-    assert run(server)["outcomes"][0]["status"] == "pending"
-    first = job(conn, job_id)
-    assert first["retry_count"] == 1
-    assert "503" in first["error_message"]
-    assert first["progress"]["done"] == 3
-    assert fake.image_calls == 4  # three images stored, the fourth call failed
+    row = run_until_finished(server, conn, job_id)
+    kids = children(conn, job_id)
+    [bad] = [k for k in kids.values() if k["status"] == "failed"]
+    assert row["status"] == "failed"
+    assert row["error_message"].startswith(f"its child {bad['id']} ({bad['node_name']}) failed: ")
+    fake.fail = {}
+    assert conn.execute("select retry_job(%s) as ok", (bad["id"],)).fetchone()["ok"]
+    assert job(conn, job_id)["status"] == "waiting"  # re-opened with its image
+    row = run_until_finished(server, conn, job_id)
+    assert row["status"] == "completed"
+    assert len(row["result"]["images"]) == 6
 
-    make_due(conn, job_id)
-    assert run(server)["outcomes"][0]["status"] == "completed"
-    assert fake.image_calls == 4 + 3  # only the three missing images were generated again
-    slots = [
-        r["slot"]
-        for r in conn.execute(
-            "select slot from generated_images where job_id = %s order by id", (job_id,)
-        )
-    ]
-    assert sorted(slots) == sorted(
-        ["main", "lifestyle", "infographic", "detail", "in_use", "packaging"]
-    )
+
+def test_cancelling_a_pack_cancels_its_images(make_service, conn):
+    server = make_service()
+    job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
+    run(server, limit=1)
+    assert conn.execute("select cancel_job(%s) as ok", (job_id,)).fetchone()["ok"]
+    kids = children(conn, job_id)
+    assert len(kids) == 6 and {k["status"] for k in kids.values()} == {"cancelled"}
+    assert {k["error_message"] for k in kids.values()} == {f"cancelled with its parent {job_id}"}
 
 
 def test_a_provider_rate_limit_postpones_the_job_without_spending_an_attempt(
@@ -243,9 +300,10 @@ def test_a_pack_with_aplus_includes_the_document(make_service, conn):
         "generate-complete-pack",
         {"project_id": "p1", "product": PRODUCT, "include_aplus": True},
     )
-    run(server)
-    row = job(conn, job_id)
+    row = run_until_finished(server, conn, job_id)
     assert row["status"] == "completed"
+    aplus_job = children(conn, job_id)["aplus"]
+    assert aplus_job["job_type"] == "generate-aplus" and len(aplus_job["depends_on"]) == 6
     assert row["result"]["aplus"]["document"]["headline"] == "Meet the Ceramic Mug"
     assert row["progress"]["done"] == row["progress"]["total"] == 13
 

@@ -426,7 +426,9 @@ def test_a_2xx_that_is_not_json_is_kept_as_text(make_service, conn):
 # --- cancellation stops spending -------------------------------------------------------------
 
 
-def test_a_cancelled_pack_makes_at_most_pack_concurrency_more_provider_calls(make_service, conn):
+def test_a_cancelled_pack_stops_its_images_at_the_calls_in_flight(make_service, conn):
+    """A pack's images are its children: cancelling the pack cancels them, and a running image
+    job, its lease gone, makes no call after the one in flight (one slot: at most one)."""
     fake = FakeGemini(delay=0.3)
     with ThreadedServer(fake.app()) as gemini:
         server = make_service(
@@ -434,35 +436,32 @@ def test_a_cancelled_pack_makes_at_most_pack_concurrency_more_provider_calls(mak
                 "GEMINI_API_KEY": fake.api_key,
                 "GEMINI_BASE_URL": f"{gemini.url}/v1beta",
                 "IMAGE_PROVIDER": "gemini",
-                "PACK_CONCURRENCY": "1",
+                "MAX_RUNNING_JOBS": "1",
+                "LISTEN_FOR_JOBS": "on",
             }
         )
         job_id = enqueue_builtin(
             conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT}
         )
-        post(server, {})
+        stored = (
+            "select count(*) as n from generated_images g join job_queue c on c.id = g.job_id "
+            "where c.parent_id = %s"
+        )
         wait_until(
-            lambda: (
-                conn.execute(
-                    "select count(*) as n from generated_images where job_id = %s", (job_id,)
-                ).fetchone()["n"]
-                >= 2
-            ),
+            lambda: conn.execute(stored, (job_id,)).fetchone()["n"] >= 2,
             timeout=30,
             what="two images stored",
         )
         assert conn.execute("select cancel_job(%s) as ok", (job_id,)).fetchone()["ok"]
         calls_at_cancel = fake.image_calls
-        # The handler notices at its next step and returns; the dispatcher runs nothing more.
-        wait_until(lambda: server_running(server) == 0, timeout=30, what="the pack to stop")
+        wait_until(lambda: server_running(server) == 0, timeout=30, what="the images to stop")
         after = fake.image_calls - calls_at_cancel
-    # Without the lease checks the pack would go on to make all six (3 more calls here).
+    # Without the cancel reaching the children, the other images would all still be made.
     assert after <= 1, f"{after} provider calls after the cancel"
     assert row(conn, job_id)["status"] == "cancelled"
-    stored = conn.execute(
-        "select count(*) as n from generated_images where job_id = %s", (job_id,)
-    ).fetchone()["n"]
-    assert stored < 6
+    kids = conn.execute("select status from job_queue where parent_id = %s", (job_id,)).fetchall()
+    assert {k["status"] for k in kids} <= {"completed", "cancelled"}
+    assert conn.execute(stored, (job_id,)).fetchone()["n"] < 6
 
 
 def server_running(server) -> int:

@@ -262,6 +262,13 @@ def test_workflows_are_the_backends_and_closed_to_the_browser_roles(db):
         (first,),
     ).fetchone()
     assert after["status"] == "waiting"
+    for column, value in (("parent_id", str(first)), ("idempotency_key", f"child:{first}:main")):
+        db.execute("savepoint s")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="processor's own"):
+            db.execute(
+                f"insert into job_queue (job_type, {column}) values ('t', %s)", (value,)
+            )  # a child reserves no credits, and its parent would adopt it
+        db.execute("rollback to savepoint s")
     assert (
         db.execute(
             "select jobs from job_queue_workflows where workflow_id = %s", (first,)

@@ -202,3 +202,19 @@ def test_the_job_page_and_the_api_show_the_graph(make_service, conn):
         ("lifestyle", "pending"),
         ("aplus", "waiting"),
     ]
+
+
+def test_the_processor_runs_the_reaper_for_jobs_waiting_on_deleted_jobs(make_service, conn):
+    server = make_service()
+    gone = enqueue(conn)
+    orphan = enqueue(conn, depends_on=[gone])
+    conn.execute("delete from job_queue where id = %s", (gone,))
+    conn.execute("set session_replication_role = replica")  # (the touch trigger stamps now())
+    conn.execute(
+        "update job_queue set updated_at = now() - interval '2 minutes' where id = %s", (orphan,)
+    )
+    conn.execute("set session_replication_role = origin")
+    post(server)  # a claim runs the lease rescue, and with it the reaper
+    failed = row(conn, orphan)
+    assert failed["status"] == "failed"
+    assert failed["error_message"] == f"its dependency no longer exists (deleted): {gone}"

@@ -549,3 +549,142 @@ def test_timestamps_of_a_released_job_show_when_it_became_due(conn):
     row = job(conn, d)
     assert row["run_at"] > row["created_at"] - timedelta(seconds=1)
     assert row["run_at"] >= conn.execute("select now() - interval '5 seconds' as t").fetchone()["t"]
+
+
+def test_cancelling_a_parent_while_its_child_finishes_never_deadlocks(database_url):
+    """A finisher holds the child, then locks the parent (it counts the parent down). Cancel
+    locks the parent's unfinished children before the parent, so the two only ever wait for
+    each other one way. Forced: the child is held (as a finisher holds it mid-statement) while
+    the cancel starts; then the finisher counts the parent down and commits."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as setup:
+        parent = add_job(setup, "pack")
+        token = start(setup, parent)
+        [child] = setup.execute(
+            "select job_id from suspend_job(%s, %s, %s)",
+            (parent, token, Jsonb([{"name": "main", "job_type": "image"}])),
+        ).fetchall()
+        child = child["job_id"]
+        child_token = start(setup, child)
+    outcome: dict[str, object] = {}
+    with psycopg.connect(database_url) as finisher, psycopg.connect(database_url) as canceller:
+        finisher.execute("select 1 from job_queue where id = %s for no key update", (child,))
+
+        def cancel() -> None:
+            try:
+                outcome["ok"] = canceller.execute("select cancel_job(%s)", (parent,)).fetchone()[0]
+                canceller.commit()
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        t = threading.Thread(target=cancel)
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive()  # waiting for the child, not holding the parent
+        finisher.execute(
+            "select complete_jobs(array[%s]::uuid[], array[%s]::uuid[], array[null]::jsonb[])",
+            (child, child_token),
+        )
+        finisher.commit()
+        t.join(10)
+    assert "error" not in outcome, outcome
+    with psycopg.connect(database_url, row_factory=dict_row) as check:
+        assert status(check, child, parent) == ["completed", "cancelled"]
+
+
+def test_a_retry_reopening_two_levels_at_once_counts_each_dependency_once(conn):
+    """x; y depends on x; d on x and y. x's failure ends both; its retry re-opens both in
+    one pass, and d counts y once (when y has moved), whichever of the two ids is lower."""
+    for _ in range(6):
+        x = add_job(conn, max_retries=0)
+        y = enqueue(conn, depends_on=[x])
+        d = enqueue(conn, depends_on=[x, y])
+        fail(conn, x)
+        assert status(conn, y, d) == ["cancelled", "cancelled"]
+        conn.execute("select retry_job(%s)", (x,))
+        assert [(job(conn, i)["status"], job(conn, i)["waiting_on"]) for i in (y, d)] == [
+            ("waiting", 1),
+            ("waiting", 2),
+        ]
+        complete(conn, x)
+        complete(conn, y)
+        assert status(conn, d) == ["pending"]
+
+
+def test_children_asked_for_again_are_rerun_with_their_own_counts(conn):
+    parent = add_job(conn, "pack", on_dependency_failure="run")
+    token = start(conn, parent)
+    kids = [
+        {"name": "first", "job_type": "t", "max_retries": 0},
+        {"name": "second", "job_type": "t", "depends_on": ["first"]},
+    ]
+    rows = conn.execute(
+        "select name, job_id from suspend_job(%s, %s, %s)", (parent, token, Jsonb(kids))
+    ).fetchall()
+    first, second = (r["job_id"] for r in rows)
+    fail(conn, first)
+    assert status(conn, second, parent) == ["cancelled", "pending"]
+    token = start(conn, parent)
+    conn.execute("select * from suspend_job(%s, %s, %s)", (parent, token, Jsonb(kids)))
+    assert [(job(conn, i)["status"], job(conn, i)["waiting_on"]) for i in (first, second)] == [
+        ("pending", None),
+        ("waiting", 1),
+    ]
+    assert (job(conn, parent)["status"], job(conn, parent)["waiting_on"]) == ("waiting", 2)
+
+
+def test_a_parent_suspending_counts_its_own_unfinished_dependencies_too(conn):
+    x = add_job(conn, max_retries=0)
+    parent = enqueue(conn, "pack", depends_on=[x], on_dependency_failure="run")
+    fail(conn, x)
+    token = start(conn, parent)
+    conn.execute("select retry_job(%s)", (x,))  # its dependency is running again
+    conn.execute(
+        "select * from suspend_job(%s, %s, %s)",
+        (parent, token, Jsonb([{"name": "c", "job_type": "t"}])),
+    )
+    assert (job(conn, parent)["status"], job(conn, parent)["waiting_on"]) == ("waiting", 2)
+
+
+def test_settings_a_caller_forges_do_not_steer_the_settle(conn):
+    """The list of what moved is a table only the owner writes; the flag that defers the settle
+    is set by every entry point itself."""
+    x, y = add_job(conn), add_job(conn)
+    d = enqueue(conn, depends_on=[x, y])
+    complete(conn, x)
+    conn.execute("select set_config('processor.moved', %s, false)", (str(x),))
+    conn.execute("select set_config('processor.settling', 'on', false)")
+    conn.execute("select cancel_workflow(gen_random_uuid())")
+    assert (job(conn, d)["status"], job(conn, d)["waiting_on"]) == ("waiting", 1)
+    conn.execute("select cancel_job(%s)", (y,))  # settles despite the session's 'on'
+    assert job(conn, d)["status"] == "cancelled"
+
+
+def test_retention_keeps_a_finished_job_another_workflow_still_waits_for(conn):
+    old = add_job(conn)
+    complete(conn, old)
+    other = add_job(conn)
+    waits = enqueue(conn, depends_on=[other, old])  # joins other's workflow, not old's
+    conn.execute(
+        "update job_queue set completed_at = now() - interval '90 days' where id = %s", (old,)
+    )
+    conn.execute("select * from prune_jobs()")
+    assert job(conn, old) is not None
+    assert job(conn, waits)["status"] == "waiting"
+
+
+@pytest.mark.parametrize(
+    ("node", "problem"),
+    [
+        ({"run_at": "not a date"}, "run_at must be a time as an ISO 8601 string"),
+        ({"concurrency_key": ""}, "concurrency_key must be 1 to 200 characters"),
+        ({"user_id": "u" * 201}, "user_id must be at most 200 characters"),
+    ],
+)
+def test_node_options_are_checked_with_the_node_named(conn, node, problem):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=problem):
+        workflow(conn, [{"name": "a", "job_type": "t"}, {"name": "b", "job_type": "t", **node}])
+
+
+def test_whole_numbers_written_with_a_fraction_are_taken(conn):
+    ids = workflow(conn, [{"name": "a", "job_type": "t", "priority": 2.0, "max_retries": 1.0}])
+    assert (job(conn, ids["a"])["priority"], job(conn, ids["a"])["max_retries"]) == (2, 1)

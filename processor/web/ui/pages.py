@@ -291,7 +291,9 @@ async def job(request: Request) -> Response:
         response.status_code = 404
         return response
     storage = request.app.state.handler_context.providers.storage
-    images = await fresh_urls(await db.fetch_all("images_for_job", {"job_id": job_id}), storage)
+    images = await fresh_urls(
+        await db.fetch_all("images_shown_for_job", {"job_id": job_id}), storage
+    )
     row["result"] = await fresh_urls(row["result"], storage)
     result = row["result"] if isinstance(row["result"], dict) else {}
     aplus = result.get("aplus") if isinstance(result.get("aplus"), dict) else None
