@@ -281,8 +281,17 @@ declare
     v_reopen uuid[];
     v_plan jsonb;
     v_step jsonb;
+    v_ended integer;
+    v_back integer;
 begin
+    -- (most batches only finished jobs: the steps for failures and re-opened jobs are skipped)
+    select count(*) filter (where j.status in ('failed', 'cancelled')),
+           count(*) filter (where j.status in ('pending', 'processing', 'waiting'))
+    into v_ended, v_back
+    from job_queue j where j.id = any (p_ids);
+
     -- 1. Failed or cancelled: the waiting dependents that cancel on failure, all the way down.
+    if v_ended > 0 then
     with recursive bad as (
         select j.id, j.status from job_queue j
         where j.id = any (p_ids) and j.status in ('failed', 'cancelled') and j.has_dependents
@@ -308,6 +317,7 @@ begin
         completed_at = now(), waiting_on = null, ended_by = locked.cause,
         error_message = job_queue_ended_reason(locked.cause, locked.cause_status, locked.parent)
     from locked where j.id = locked.id;
+    end if;
 
     -- 2. Finished: count down the waiting dependents, in id order.
     with fin as (
@@ -338,6 +348,7 @@ begin
     end if;
 
     -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass).
+    if v_ended > 0 then
     with kids as (
         select c.id from job_queue p
         join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
@@ -350,6 +361,11 @@ begin
         locked_until = null, lease_token = null,
         error_message = format('cancelled with its parent %s', c.parent_id)
     from kids where c.id = kids.id;
+    end if;
+
+    if v_back = 0 then
+        return;  -- (nothing re-opened: steps 4 and 5 have nothing to do)
+    end if;
 
     -- 4. Re-opened: waiting dependents count them again.
     with back as (
@@ -448,10 +464,11 @@ begin
     end if;
     perform set_config('processor.settling', 'on', true);
     loop
-        v_moved := array(select distinct m.job_id from job_queue_moved m
-                         where m.txid = txid_current());
-        exit when cardinality(v_moved) = 0;
-        delete from job_queue_moved where txid = txid_current();
+        with taken as (
+            delete from job_queue_moved where txid = txid_current() returning job_id
+        )
+        select array_agg(distinct job_id) into v_moved from taken;
+        exit when v_moved is null;
         perform job_queue_settle_ids(v_moved);
     end loop;
     perform set_config('processor.settling', '', true);
