@@ -12,7 +12,9 @@ ceil(6 / slots) * d; the report shows how close the stack comes.
 Then --sellers sellers enqueue one pack each at once onto --shared-slots slots (a delay of
 --shared-delay per call), once with fair share on and once with it off (one global order), and
 the report gives each seller's wait for its first image to start: under fair share every seller
-is served in turn, so none waits behind another's whole pack.
+is served in turn, so none waits behind another's whole pack. Last, the fair-share bench's
+noisy neighbour with packs: one seller enqueues --noisy packs, and a second later the others
+one each.
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ def timed_job(url: str, job_type: str, payload: dict) -> float:
     return elapsed
 
 
-def shared(cluster_url: str, env: dict[str, str], sellers: int, fair: bool) -> list[float]:
-    """Seconds from each seller's pack insert to the start of its first image."""
+def shared(
+    cluster_url: str, env: dict[str, str], sellers: int, fair: bool, noisy: int = 0
+) -> list[float]:
+    """Seconds from each seller's pack insert to the start of its first image. With `noisy`,
+    one more seller first enqueues that many packs, and the others come a second later (the
+    noisy neighbour's own wait is left out)."""
     with psycopg.connect(cluster_url, autocommit=True) as conn:
         conn.execute("update job_queue_settings set fair_share = %s", (fair,))
         conn.execute("delete from job_queue")
@@ -63,6 +69,14 @@ def shared(cluster_url: str, env: dict[str, str], sellers: int, fair: bool) -> l
     with ThreadedServer(create_app(Settings.from_env(env)), port):
         time.sleep(0.5)  # listening
         with psycopg.connect(cluster_url) as conn:
+            for _ in range(noisy):
+                conn.execute(
+                    "select enqueue_job('generate-complete-pack', %s, 'noisy')",
+                    (Jsonb({"project_id": "bench", "product": PRODUCT}),),
+                )
+            if noisy:
+                conn.commit()
+                time.sleep(1.0)  # its images are running
             for n in range(sellers):
                 conn.execute(
                     "select enqueue_job('generate-complete-pack', %s, %s)",
@@ -78,7 +92,8 @@ def shared(cluster_url: str, env: dict[str, str], sellers: int, fair: bool) -> l
             rows = conn.execute(
                 "select extract(epoch from min(c.processed_at) - p.created_at) "
                 "from job_queue p join job_queue c on c.parent_id = p.id "
-                "where p.job_type = 'generate-complete-pack' group by p.id, p.created_at"
+                "where p.job_type = 'generate-complete-pack' and p.user_id <> 'noisy' "
+                "group by p.id, p.created_at"
             ).fetchall()
     return sorted(float(r[0]) for r in rows)
 
@@ -90,6 +105,7 @@ def main() -> None:
     parser.add_argument("--sellers", type=int, default=10)
     parser.add_argument("--shared-slots", type=int, default=4)
     parser.add_argument("--shared-delay", type=float, default=0.5)
+    parser.add_argument("--noisy", type=int, default=5)
     args = parser.parse_args()
     configure("console", "warning")
     levels = [int(c) for c in args.slots.split(",")]
@@ -159,6 +175,17 @@ def main() -> None:
             print(
                 f"  fair share {'on ' if fair else 'off'}: first images started "
                 f"{waits[0]:.2f} to {waits[-1]:.2f} s after the insert "
+                f"(median {waits[len(waits) // 2]:.2f} s)"
+            )
+        print(
+            f"noisy neighbour: one seller enqueues {args.noisy} packs, then {args.sellers - 1} "
+            "others one each, a second later"
+        )
+        for fair in (True, False):
+            waits = shared(cluster.url, env, args.sellers - 1, fair, noisy=args.noisy)
+            print(
+                f"  fair share {'on ' if fair else 'off'}: the others' first images started "
+                f"{waits[0]:.2f} to {waits[-1]:.2f} s after their insert "
                 f"(median {waits[len(waits) // 2]:.2f} s)"
             )
 

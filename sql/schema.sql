@@ -468,6 +468,10 @@ begin
         raise exception 'enqueue_job: concurrency_key must be 1 to 200 characters, got %',
             length(p_concurrency_key) using errcode = '22023';
     end if;
+    if p_idempotency_key like 'child:%' then
+        raise exception 'enqueue_job: idempotency keys starting with "child:" are the processor''s own'
+            using errcode = '42501';
+    end if;
     if p_on_dependency_failure is null or p_on_dependency_failure not in ('cancel', 'run') then
         raise exception 'enqueue_job: on_dependency_failure must be cancel or run, got %',
             coalesce(p_on_dependency_failure, 'null') using errcode = '22023';
@@ -508,6 +512,10 @@ begin
         raise exception 'enqueue_workflow: traceparent must be a W3C trace context '
             '(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>), got %', left(p_traceparent, 80)
             using errcode = '22023';
+    end if;
+    if p_idempotency_key like 'child:%' then
+        raise exception 'enqueue_workflow: idempotency keys starting with "child:" are the processor''s own'
+            using errcode = '42501';
     end if;
     if p_idempotency_key is not null then
         select j.workflow_id into v_workflow from job_queue j
@@ -1023,6 +1031,27 @@ begin
     if new.max_retries is null or new.max_retries not between 0 and 25 then
         raise exception 'job_queue: max_retries must be an integer from 0 to 25, got %', new.max_retries
             using errcode = '22023';
+    end if;
+    return new;
+end;
+$$;
+
+--
+-- Name: job_queue_child_follows_parent(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_child_follows_parent() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_parent job_queue;
+begin
+    select * into v_parent from job_queue where id = new.parent_id;
+    if found and v_parent.status in ('completed', 'failed', 'cancelled')
+       and v_parent.ended_by is distinct from new.id then
+        raise exception 'job_queue: job % is a child of job %, which has ended (%): retry the parent instead',
+            new.id, new.parent_id, v_parent.status using errcode = '55000';
     end if;
     return new;
 end;
@@ -2525,6 +2554,8 @@ declare
     v_step jsonb;
     v_ended integer;
     v_back integer;
+    v_changed boolean;
+    v_stuck text;
 begin
     -- (most batches only finished jobs: the steps for failures and re-opened jobs are skipped)
     select count(*) filter (where j.status in ('failed', 'cancelled')),
@@ -2535,13 +2566,14 @@ begin
     -- 1. Failed or cancelled: the waiting dependents that cancel on failure, all the way down.
     if v_ended > 0 then
     with recursive bad as (
-        select j.id, j.status from job_queue j
+        select j.id, j.status, j.parent_id from job_queue j
         where j.id = any (p_ids) and j.status in ('failed', 'cancelled') and j.has_dependents
     ), doomed(id, cause, cause_status) as (
         select d.id, b.id, b.status from bad b
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
                            where d.depends_on @> array[b.id] offset 0) d
-        where d.status = 'waiting' and d.on_dependency_failure = 'cancel'
+        where d.status = 'waiting'
+          and (d.on_dependency_failure = 'cancel' or b.parent_id = d.id)  -- (a child fails its parent)
         union
         select d.id, x.id, 'cancelled' from doomed x
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
@@ -2589,19 +2621,26 @@ begin
         perform job_queue_wake();
     end if;
 
-    -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass).
+    -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass). A
+    -- parent failed by a child: its children that have not started, ended by it (they re-open
+    -- with it); the running ones finish, as a pack's images in flight always have.
     if v_ended > 0 then
     with kids as (
-        select c.id from job_queue p
+        select c.id, p.status = 'failed' as by_failure from job_queue p
         join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
-        where p.id = any (p_ids) and p.status = 'cancelled' and p.depends_on is not null
-          and c.status in ('pending', 'processing', 'waiting')
+        where p.id = any (p_ids) and p.depends_on is not null
+          and (p.status = 'cancelled'
+               and c.status in ('pending', 'processing', 'waiting')
+               or p.status = 'failed' and p.ended_by is not null
+                  and c.status in ('pending', 'waiting'))
         order by c.id for no key update of c
     )
     update job_queue c
     set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
         locked_until = null, lease_token = null,
-        error_message = format('cancelled with its parent %s', c.parent_id)
+        ended_by = case when kids.by_failure then c.parent_id end,
+        error_message = format(case when kids.by_failure then 'cancelled: its parent %s failed'
+                                    else 'cancelled with its parent %s' end, c.parent_id)
     from kids where c.id = kids.id;
     end if;
 
@@ -2642,11 +2681,38 @@ begin
             select d.id, d.depends_on, d.on_dependency_failure from job_queue d
             where d.id = any (v_reopen) order by d.id
         loop
-            v_deps := job_queue_lock_dependencies(v_row.depends_on, false, v_reopen);
+            -- (skipped: re-opened in this pass, or ended by this very job, a parent's children
+            -- that had not started: they re-open with it in the next pass)
+            v_deps := job_queue_lock_dependencies(
+                v_row.depends_on, false,
+                v_reopen || array(select k.id from job_queue k
+                                  where k.id = any (v_row.depends_on) and k.ended_by = v_row.id));
             v_plan := v_plan || jsonb_build_object(v_row.id::text, jsonb_build_object(
                 'ended', case when v_row.on_dependency_failure = 'cancel' then v_deps.ended end,
                 'ended_status', v_deps.ended_status,
-                'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped));
+                'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped,
+                'rule', v_row.on_dependency_failure, 'depends_on', to_jsonb(v_row.depends_on)));
+        end loop;
+        -- One that waits on another re-opened here that stays ended, stays ended too (under
+        -- the cancel rule), until nothing changes.
+        loop
+            v_changed := false;
+            for v_row in select d.id from job_queue d where d.id = any (v_reopen) loop
+                v_step := v_plan -> v_row.id::text;
+                continue when v_step ->> 'ended' is not null or v_step ->> 'rule' <> 'cancel';
+                select x.key into v_stuck
+                from jsonb_each(v_plan) x
+                where x.value ->> 'ended' is not null
+                  and (v_step -> 'depends_on') ? x.key
+                limit 1;
+                if v_stuck is not null then
+                    v_plan := jsonb_set(v_plan, array[v_row.id::text, 'ended'], to_jsonb(v_stuck));
+                    v_plan := jsonb_set(v_plan, array[v_row.id::text, 'ended_status'],
+                                        '"cancelled"');
+                    v_changed := true;
+                end if;
+            end loop;
+            exit when not v_changed;
         end loop;
         for v_row in select d.id from job_queue d where d.id = any (v_reopen) order by d.id loop
             v_step := v_plan -> v_row.id::text;
@@ -2660,22 +2726,18 @@ begin
                 where d.id = v_row.id;
                 continue;
             end if;
-            begin
-                update job_queue
-                set status = case when (v_step ->> 'unfinished')::integer > 0
+            -- (with credits on, one whose owner cannot pay again refuses the whole retry, saying
+            -- who: half a graph re-opened would count its jobs wrong)
+            update job_queue
+            set status = case when (v_step ->> 'unfinished')::integer > 0
+                                   or (v_step ->> 'skipped')::integer > 0
+                              then 'waiting' else 'pending' end,
+                waiting_on = case when (v_step ->> 'unfinished')::integer > 0
                                        or (v_step ->> 'skipped')::integer > 0
-                                  then 'waiting' else 'pending' end,
-                    waiting_on = case when (v_step ->> 'unfinished')::integer > 0
-                                           or (v_step ->> 'skipped')::integer > 0
-                                      then (v_step ->> 'unfinished')::integer end,
-                    run_at = greatest(run_at, now()),
-                    completed_at = null, error_message = null, ended_by = null
-                where id = v_row.id;
-            exception when sqlstate '53000' then  -- its owner cannot pay again (credits)
-                update job_queue
-                set error_message = left('not re-opened: ' || sqlerrm, 1000)
-                where id = v_row.id;
-            end;
+                                  then (v_step ->> 'unfinished')::integer end,
+                run_at = greatest(run_at, now()),
+                completed_at = null, error_message = null, ended_by = null
+            where id = v_row.id;
         end loop;
     end if;
 end;
@@ -3781,6 +3843,12 @@ begin
     v_merged := array(select d from unnest(coalesce(v_job.depends_on, '{}') || v_children)
                           with ordinality u(d, n) group by d order by min(n));
     v_deps := job_queue_lock_dependencies(v_merged);
+    if v_deps.unfinished = 0 then
+        -- (every child asked for has finished and none was made or run again: calling the
+        -- handler again would only ask again)
+        raise exception 'suspend_job: every child the handler asked for has already finished: answer with the result (the children''s outcomes are in "dependencies")'
+            using errcode = '22023';
+    end if;
     update job_queue
     set depends_on = v_merged,
         progress_base = case when jsonb_typeof(v_job.progress -> 'items') = 'array'
@@ -4897,6 +4965,12 @@ CREATE TRIGGER job_queue_awaits_on_retry BEFORE UPDATE OF status ON public.job_q
 CREATE TRIGGER job_queue_check_row BEFORE INSERT OR UPDATE OF payload, max_retries, job_type, user_id, idempotency_key ON public.job_queue FOR EACH ROW EXECUTE FUNCTION public.job_queue_check_row();
 
 --
+-- Name: job_queue job_queue_child_follows_parent; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_child_follows_parent BEFORE UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.parent_id IS NOT NULL) AND (old.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (new.status = ANY (ARRAY['pending'::text, 'waiting'::text])))) EXECUTE FUNCTION public.job_queue_child_follows_parent();
+
+--
 -- Name: job_queue job_queue_children_by_the_processor; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4920,7 +4994,7 @@ CREATE TRIGGER job_queue_credits_on_status AFTER UPDATE OF status ON public.job_
 -- Name: job_queue job_queue_dependency_moved; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER job_queue_dependency_moved AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.has_dependents OR ((new.status = 'cancelled'::text) AND (new.depends_on IS NOT NULL))) AND ((old.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text])) <> (new.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text]))))) EXECUTE FUNCTION public.job_queue_dependency_moved();
+CREATE TRIGGER job_queue_dependency_moved AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.has_dependents OR (new.depends_on IS NOT NULL)) AND ((old.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text])) <> (new.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text]))))) EXECUTE FUNCTION public.job_queue_dependency_moved();
 
 --
 -- Name: job_queue job_queue_freed; Type: TRIGGER; Schema: public; Owner: -
@@ -5189,6 +5263,12 @@ REVOKE ALL ON FUNCTION public.job_queue_await_dependencies() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_check_row() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_child_follows_parent(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_child_follows_parent() FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_children_by_the_processor(); Type: ACL; Schema: public; Owner: -

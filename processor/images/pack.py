@@ -13,6 +13,7 @@ from typing import Any
 from processor.images import aplus
 from processor.images.common import Assets, Children, HandlerContext, JobCall, public_image
 from processor.images.payload import KINDS, parse
+from processor.providers.errors import Permanent
 
 PACK_SLOTS = KINDS  # main + the five secondary kinds, one image each
 APLUS = "aplus"  # the A+ child's name
@@ -22,18 +23,24 @@ async def process_pack(ctx: HandlerContext, call: JobCall) -> dict[str, Any] | C
     job = parse(call.payload, kind_allowed=False)
     assets = Assets(ctx, call, job.project_id)
     # Images this pack stored itself (a pack begun before packs had children) still count.
-    images = {slot: public_image(row) for slot, row in (await assets.images()).items()}
-    # (a child that failed or was cancelled counts as missing: asked for again, it runs again,
-    # as when the pack itself is retried)
+    own = await assets.images()
+    images = {slot: public_image(own[slot]) for slot in PACK_SLOTS if slot in own}
+    # Its own children only, completed ones (one that failed or was cancelled counts as
+    # missing: asked for again, it runs again, as when the pack itself is retried).
+    mine = str(call.job_id)
     outcomes = {
         str(d["name"]): d
         for d in call.dependencies or []
-        if d.get("name") and d.get("status") == "completed"
+        if d.get("parent_id") == mine and d.get("name") and d.get("status") == "completed"
     }
     for name, outcome in outcomes.items():
-        image = (outcome.get("result") or {}).get("image")
-        if name in PACK_SLOTS and isinstance(image, dict):
-            images[name] = image
+        if name not in PACK_SLOTS:
+            continue
+        made = outcome.get("result")
+        image = made.get("image") if isinstance(made, dict) else None
+        if not isinstance(image, dict):
+            raise Permanent(name, f"the {name} image job completed without an image in its result")
+        images[name] = image
     total = len(PACK_SLOTS) + (aplus.TOTAL_ITEMS if job.include_aplus else 0)
     missing = [slot for slot in PACK_SLOTS if slot not in images]
     document = (outcomes.get(APLUS, {}).get("result") or {}).get("aplus")

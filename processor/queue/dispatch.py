@@ -210,7 +210,7 @@ class Dispatcher:
                 return Verdict(
                     ok=False, retryable=True, error=f"its dependencies could not be read: {exc}"
                 )
-            size = len(job.payload_json) + len(outcomes)
+            size = len(job.payload_json.encode()) + len(outcomes.encode()) + 300  # (+ the rest)
             if size > self.settings.max_request_bytes:
                 return Verdict(
                     ok=False,

@@ -283,6 +283,8 @@ declare
     v_step jsonb;
     v_ended integer;
     v_back integer;
+    v_changed boolean;
+    v_stuck text;
 begin
     -- (most batches only finished jobs: the steps for failures and re-opened jobs are skipped)
     select count(*) filter (where j.status in ('failed', 'cancelled')),
@@ -293,13 +295,14 @@ begin
     -- 1. Failed or cancelled: the waiting dependents that cancel on failure, all the way down.
     if v_ended > 0 then
     with recursive bad as (
-        select j.id, j.status from job_queue j
+        select j.id, j.status, j.parent_id from job_queue j
         where j.id = any (p_ids) and j.status in ('failed', 'cancelled') and j.has_dependents
     ), doomed(id, cause, cause_status) as (
         select d.id, b.id, b.status from bad b
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
                            where d.depends_on @> array[b.id] offset 0) d
-        where d.status = 'waiting' and d.on_dependency_failure = 'cancel'
+        where d.status = 'waiting'
+          and (d.on_dependency_failure = 'cancel' or b.parent_id = d.id)  -- (a child fails its parent)
         union
         select d.id, x.id, 'cancelled' from doomed x
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
@@ -347,19 +350,26 @@ begin
         perform job_queue_wake();
     end if;
 
-    -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass).
+    -- 3. Cancelled parents: their unfinished children (theirs follow in the next pass). A
+    -- parent failed by a child: its children that have not started, ended by it (they re-open
+    -- with it); the running ones finish, as a pack's images in flight always have.
     if v_ended > 0 then
     with kids as (
-        select c.id from job_queue p
+        select c.id, p.status = 'failed' as by_failure from job_queue p
         join job_queue c on c.id = any (p.depends_on) and c.parent_id = p.id
-        where p.id = any (p_ids) and p.status = 'cancelled' and p.depends_on is not null
-          and c.status in ('pending', 'processing', 'waiting')
+        where p.id = any (p_ids) and p.depends_on is not null
+          and (p.status = 'cancelled'
+               and c.status in ('pending', 'processing', 'waiting')
+               or p.status = 'failed' and p.ended_by is not null
+                  and c.status in ('pending', 'waiting'))
         order by c.id for no key update of c
     )
     update job_queue c
     set status = 'cancelled', completed_at = now(), waiting_on = null, locked_by = null,
         locked_until = null, lease_token = null,
-        error_message = format('cancelled with its parent %s', c.parent_id)
+        ended_by = case when kids.by_failure then c.parent_id end,
+        error_message = format(case when kids.by_failure then 'cancelled: its parent %s failed'
+                                    else 'cancelled with its parent %s' end, c.parent_id)
     from kids where c.id = kids.id;
     end if;
 
@@ -400,11 +410,38 @@ begin
             select d.id, d.depends_on, d.on_dependency_failure from job_queue d
             where d.id = any (v_reopen) order by d.id
         loop
-            v_deps := job_queue_lock_dependencies(v_row.depends_on, false, v_reopen);
+            -- (skipped: re-opened in this pass, or ended by this very job, a parent's children
+            -- that had not started: they re-open with it in the next pass)
+            v_deps := job_queue_lock_dependencies(
+                v_row.depends_on, false,
+                v_reopen || array(select k.id from job_queue k
+                                  where k.id = any (v_row.depends_on) and k.ended_by = v_row.id));
             v_plan := v_plan || jsonb_build_object(v_row.id::text, jsonb_build_object(
                 'ended', case when v_row.on_dependency_failure = 'cancel' then v_deps.ended end,
                 'ended_status', v_deps.ended_status,
-                'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped));
+                'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped,
+                'rule', v_row.on_dependency_failure, 'depends_on', to_jsonb(v_row.depends_on)));
+        end loop;
+        -- One that waits on another re-opened here that stays ended, stays ended too (under
+        -- the cancel rule), until nothing changes.
+        loop
+            v_changed := false;
+            for v_row in select d.id from job_queue d where d.id = any (v_reopen) loop
+                v_step := v_plan -> v_row.id::text;
+                continue when v_step ->> 'ended' is not null or v_step ->> 'rule' <> 'cancel';
+                select x.key into v_stuck
+                from jsonb_each(v_plan) x
+                where x.value ->> 'ended' is not null
+                  and (v_step -> 'depends_on') ? x.key
+                limit 1;
+                if v_stuck is not null then
+                    v_plan := jsonb_set(v_plan, array[v_row.id::text, 'ended'], to_jsonb(v_stuck));
+                    v_plan := jsonb_set(v_plan, array[v_row.id::text, 'ended_status'],
+                                        '"cancelled"');
+                    v_changed := true;
+                end if;
+            end loop;
+            exit when not v_changed;
         end loop;
         for v_row in select d.id from job_queue d where d.id = any (v_reopen) order by d.id loop
             v_step := v_plan -> v_row.id::text;
@@ -418,22 +455,18 @@ begin
                 where d.id = v_row.id;
                 continue;
             end if;
-            begin
-                update job_queue
-                set status = case when (v_step ->> 'unfinished')::integer > 0
+            -- (with credits on, one whose owner cannot pay again refuses the whole retry, saying
+            -- who: half a graph re-opened would count its jobs wrong)
+            update job_queue
+            set status = case when (v_step ->> 'unfinished')::integer > 0
+                                   or (v_step ->> 'skipped')::integer > 0
+                              then 'waiting' else 'pending' end,
+                waiting_on = case when (v_step ->> 'unfinished')::integer > 0
                                        or (v_step ->> 'skipped')::integer > 0
-                                  then 'waiting' else 'pending' end,
-                    waiting_on = case when (v_step ->> 'unfinished')::integer > 0
-                                           or (v_step ->> 'skipped')::integer > 0
-                                      then (v_step ->> 'unfinished')::integer end,
-                    run_at = greatest(run_at, now()),
-                    completed_at = null, error_message = null, ended_by = null
-                where id = v_row.id;
-            exception when sqlstate '53000' then  -- its owner cannot pay again (credits)
-                update job_queue
-                set error_message = left('not re-opened: ' || sqlerrm, 1000)
-                where id = v_row.id;
-            end;
+                                  then (v_step ->> 'unfinished')::integer end,
+                run_at = greatest(run_at, now()),
+                completed_at = null, error_message = null, ended_by = null
+            where id = v_row.id;
         end loop;
     end if;
 end;
@@ -492,8 +525,7 @@ $$;
 
 create trigger job_queue_dependency_moved
     after update on job_queue
-    for each row when ((new.has_dependents
-                        or (new.status = 'cancelled' and new.depends_on is not null))
+    for each row when ((new.has_dependents or new.depends_on is not null)
                        and (old.status in ('pending', 'processing', 'waiting'))
                            <> (new.status in ('pending', 'processing', 'waiting')))
     execute function job_queue_dependency_moved();
@@ -985,6 +1017,10 @@ begin
             '(00-<32 hex trace id>-<16 hex span id>-<2 hex flags>), got %', left(p_traceparent, 80)
             using errcode = '22023';
     end if;
+    if p_idempotency_key like 'child:%' then
+        raise exception 'enqueue_workflow: idempotency keys starting with "child:" are the processor''s own'
+            using errcode = '42501';
+    end if;
     if p_idempotency_key is not null then
         select j.workflow_id into v_workflow from job_queue j
         where j.idempotency_key = p_idempotency_key;
@@ -1049,6 +1085,12 @@ begin
     v_merged := array(select d from unnest(coalesce(v_job.depends_on, '{}') || v_children)
                           with ordinality u(d, n) group by d order by min(n));
     v_deps := job_queue_lock_dependencies(v_merged);
+    if v_deps.unfinished = 0 then
+        -- (every child asked for has finished and none was made or run again: calling the
+        -- handler again would only ask again)
+        raise exception 'suspend_job: every child the handler asked for has already finished: answer with the result (the children''s outcomes are in "dependencies")'
+            using errcode = '22023';
+    end if;
     update job_queue
     set depends_on = v_merged,
         progress_base = case when jsonb_typeof(v_job.progress -> 'items') = 'array'
@@ -1276,6 +1318,10 @@ begin
     if p_concurrency_key is not null and length(p_concurrency_key) not between 1 and 200 then
         raise exception 'enqueue_job: concurrency_key must be 1 to 200 characters, got %',
             length(p_concurrency_key) using errcode = '22023';
+    end if;
+    if p_idempotency_key like 'child:%' then
+        raise exception 'enqueue_job: idempotency keys starting with "child:" are the processor''s own'
+            using errcode = '42501';
     end if;
     if p_on_dependency_failure is null or p_on_dependency_failure not in ('cancel', 'run') then
         raise exception 'enqueue_job: on_dependency_failure must be cancel or run, got %',
@@ -1707,6 +1753,33 @@ create trigger job_queue_children_by_the_processor
     for each row when (new.parent_id is not null or new.idempotency_key like 'child:%')
     execute function job_queue_children_by_the_processor();
 
+-- A child runs only for a parent that still waits for it: retrying a child whose parent has
+-- ended is refused (retry the parent), unless the parent ended because of this child (then
+-- the retry re-opens the parent too). Otherwise a child would run with nobody to pay for it or
+-- use its result.
+create function job_queue_child_follows_parent() returns trigger
+    language plpgsql
+    set search_path = pg_catalog, public, pg_temp
+as $$
+declare
+    v_parent job_queue;
+begin
+    select * into v_parent from job_queue where id = new.parent_id;
+    if found and v_parent.status in ('completed', 'failed', 'cancelled')
+       and v_parent.ended_by is distinct from new.id then
+        raise exception 'job_queue: job % is a child of job %, which has ended (%): retry the parent instead',
+            new.id, new.parent_id, v_parent.status using errcode = '55000';
+    end if;
+    return new;
+end;
+$$;
+
+create trigger job_queue_child_follows_parent
+    before update of status on job_queue
+    for each row when (new.parent_id is not null and old.status in ('failed', 'cancelled')
+                       and new.status in ('pending', 'waiting'))
+    execute function job_queue_child_follows_parent();
+
 -- A child's progress, added to its waiting parent's: the parent's own when it handed the
 -- children out, plus each child's done and items. Skipped (never waited for) while another
 -- transaction holds the parent: the next write, or the parent's own last one, catches up.
@@ -1775,6 +1848,7 @@ select processor_keep_private(array[
     'function job_queue_parent_progress(uuid)',
     'function job_queue_lock_children(uuid)',
     'function job_queue_children_by_the_processor()',
+    'function job_queue_child_follows_parent()',
     'function job_queue_recount(uuid[])',
     'function job_queue_is_time(text)',
     'function job_queue_retry_ids(uuid[])',

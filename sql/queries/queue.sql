@@ -75,7 +75,7 @@ select 1 as ok;
 -- handler call carries (one value: the dispatcher splices it into the body undecoded). A
 -- dependency deleted meanwhile is listed with status "deleted".
 select coalesce(json_agg(json_build_object(
-           'job_id', u.id, 'name', d.node_name, 'job_type', d.job_type,
+           'job_id', u.id, 'name', d.node_name, 'job_type', d.job_type, 'parent_id', d.parent_id,
            'status', coalesce(d.status, 'deleted'), 'result', d.result,
            'error', d.error_message) order by u.n), '[]')::text as dependencies
 from job_queue j

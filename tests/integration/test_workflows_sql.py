@@ -463,12 +463,10 @@ def test_suspending_creates_children_once_and_the_parent_waits_without_its_slot(
     complete(conn, kids["aplus"])
     assert job(conn, parent)["status"] == "pending"
     token = start(conn, parent)
-    again = conn.execute(
-        "select * from suspend_job(%s, %s, %s)", (parent, token, Jsonb(children))
-    ).fetchall()
-    assert {r["job_id"] for r in again} == set(kids.values())
-    assert not any(r["created"] for r in again)
-    assert job(conn, parent)["status"] == "pending"  # all already finished: due at once
+    # Asking again for children that have all finished would only call it again: refused, so
+    # the processor fails the job with the reason instead of looping.
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="already finished"):
+        conn.execute("select * from suspend_job(%s, %s, %s)", (parent, token, Jsonb(children)))
     assert conn.execute("select count(*) as n from job_queue").fetchone()["n"] == 3
 
 
@@ -480,7 +478,9 @@ def test_a_failed_child_is_run_again_when_the_retried_parent_asks_for_it(conn):
         (parent, token, Jsonb([{"name": "main", "job_type": "image", "max_retries": 0}])),
     ).fetchall()
     fail(conn, kid["job_id"])
-    assert job(conn, parent)["status"] == "pending"  # it runs and sees the failure
+    assert job(conn, parent)["status"] == "failed"  # a child's failure fails its parent
+    conn.execute("select retry_job(%s)", (parent,))
+    assert job(conn, parent)["status"] == "pending"  # nothing unfinished to wait for
     token = start(conn, parent)
     conn.execute(
         "select * from suspend_job(%s, %s, %s)",
@@ -622,7 +622,8 @@ def test_children_asked_for_again_are_rerun_with_their_own_counts(conn):
     ).fetchall()
     first, second = (r["job_id"] for r in rows)
     fail(conn, first)
-    assert status(conn, second, parent) == ["cancelled", "pending"]
+    assert status(conn, second, parent) == ["cancelled", "failed"]
+    conn.execute("select retry_job(%s)", (parent,))
     token = start(conn, parent)
     conn.execute("select * from suspend_job(%s, %s, %s)", (parent, token, Jsonb(kids)))
     assert [(job(conn, i)["status"], job(conn, i)["waiting_on"]) for i in (first, second)] == [
@@ -688,3 +689,56 @@ def test_node_options_are_checked_with_the_node_named(conn, node, problem):
 def test_whole_numbers_written_with_a_fraction_are_taken(conn):
     ids = workflow(conn, [{"name": "a", "job_type": "t", "priority": 2.0, "max_retries": 1.0}])
     assert (job(conn, ids["a"])["priority"], job(conn, ids["a"])["max_retries"]) == (2, 1)
+
+
+def test_a_reopened_job_that_waits_on_one_staying_ended_stays_ended_too(conn):
+    """X, Y; A on X and Y; B on X and A. X and Y fail; retrying X re-opens A and B in one pass,
+    but A stays cancelled (Y still failed), so B must stay cancelled too, not run."""
+    x, y = add_job(conn, max_retries=0), add_job(conn, max_retries=0)
+    a = enqueue(conn, depends_on=[x, y])
+    b = enqueue(conn, depends_on=[x, a])
+    fail(conn, x)
+    fail(conn, y)
+    conn.execute("select retry_job(%s)", (x,))
+    assert status(conn, a, b) == ["cancelled", "cancelled"]
+    complete(conn, x)
+    assert status(conn, a, b) == ["cancelled", "cancelled"]
+
+
+def test_a_child_of_an_ended_parent_is_not_retried_alone(conn):
+    parent = add_job(conn, "pack")
+    token = start(conn, parent)
+    [kid] = conn.execute(
+        "select job_id from suspend_job(%s, %s, %s)",
+        (parent, token, Jsonb([{"name": "main", "job_type": "image"}])),
+    ).fetchall()
+    conn.execute("select cancel_job(%s)", (parent,))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="retry the parent"):
+        conn.execute("select retry_job(%s)", (kid["job_id"],))
+
+
+def test_a_childs_failure_fails_its_parent_whatever_its_rule_and_stops_unstarted_siblings(conn):
+    parent = add_job(conn, "pack", on_dependency_failure="run")
+    token = start(conn, parent)
+    kids = {
+        r["name"]: r["job_id"]
+        for r in conn.execute(
+            "select name, job_id from suspend_job(%s, %s, %s)",
+            (parent, token, Jsonb([{"name": n, "job_type": "image", "max_retries": 0}
+                                   for n in ("a", "b", "c")])),
+        ).fetchall()
+    }  # fmt: skip
+    start(conn, kids["b"])  # running: it finishes, as an image in flight always has
+    fail(conn, kids["a"])
+    assert status(conn, parent, kids["b"], kids["c"]) == ["failed", "processing", "cancelled"]
+    assert job(conn, kids["c"])["ended_by"] == parent
+    conn.execute("select retry_job(%s)", (kids["a"],))  # the failed one, alone
+    assert status(conn, parent, kids["a"], kids["c"]) == ["waiting", "pending", "pending"]
+    assert job(conn, parent)["waiting_on"] == 3
+
+
+def test_child_keys_are_refused_from_the_enqueue_functions_too(conn):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="processor's own"):
+        enqueue(conn, idempotency_key="child:00000000-0000-0000-0000-000000000000:main")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="processor's own"):
+        workflow(conn, [{"name": "a", "job_type": "t"}], idempotency_key="child:x:a")
