@@ -338,9 +338,12 @@ $$;
 CREATE FUNCTION public.complete_jobs(p_ids uuid[], p_lease_tokens uuid[], p_results jsonb[]) RETURNS SETOF uuid
     LANGUAGE plpgsql
     AS $$
+declare
+    v_done uuid[];
 begin
-    perform set_config('processor.settling', 'on', true);
-    return query
+    -- 'batch': the row trigger stays quiet (its WHEN reads it); the jobs others wait for are
+    -- settled together after the UPDATE, in one pass.
+    perform set_config('processor.settling', 'batch', true);
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_results) as o(id, lease_token, result)
     ), held as (
@@ -349,19 +352,27 @@ begin
         where j.status = 'processing'
         order by j.id
         for update of j
+    ), done as (
+        update job_queue j
+        set status = 'completed',
+            result = held.result,
+            completed_at = now(),
+            locked_by = null,
+            locked_until = null,
+            lease_token = null
+        from held
+        where j.id = held.id
+        returning j.id, j.has_dependents
     )
-    update job_queue j
-    set status = 'completed',
-        result = held.result,
-        completed_at = now(),
-        locked_by = null,
-        locked_until = null,
-        lease_token = null
-    from held
-    where j.id = held.id
-    returning j.id;
+    select coalesce(array_agg(id), '{}'),
+           coalesce(array_agg(id) filter (where has_dependents), '{}')
+    into v_done, p_ids
+    from done;
     perform set_config('processor.settling', '', true);
-    perform job_queue_settle();
+    if cardinality(p_ids) > 0 then
+        perform job_queue_settle_done(p_ids);
+    end if;
+    return query select unnest(v_done);
 end;
 $$;
 
@@ -2532,6 +2543,22 @@ begin
         perform job_queue_settle_ids(v_moved);
     end loop;
     perform set_config('processor.settling', '', true);
+end;
+$$;
+
+--
+-- Name: job_queue_settle_done(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_settle_done(p_ids uuid[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    perform set_config('processor.settling', 'on', true);
+    perform job_queue_settle_ids(p_ids);
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
 end;
 $$;
 
@@ -4994,7 +5021,7 @@ CREATE TRIGGER job_queue_credits_on_status AFTER UPDATE OF status ON public.job_
 -- Name: job_queue job_queue_dependency_moved; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER job_queue_dependency_moved AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.has_dependents OR (new.depends_on IS NOT NULL)) AND ((old.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text])) <> (new.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text]))))) EXECUTE FUNCTION public.job_queue_dependency_moved();
+CREATE TRIGGER job_queue_dependency_moved AFTER UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.has_dependents OR (new.depends_on IS NOT NULL)) AND (current_setting('processor.settling'::text, true) IS DISTINCT FROM 'batch'::text) AND ((old.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text])) <> (new.status = ANY (ARRAY['pending'::text, 'processing'::text, 'waiting'::text]))))) EXECUTE FUNCTION public.job_queue_dependency_moved();
 
 --
 -- Name: job_queue job_queue_freed; Type: TRIGGER; Schema: public; Owner: -
@@ -5461,6 +5488,12 @@ REVOKE ALL ON FUNCTION public.job_queue_settings_credits_switch() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_settle() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_settle_done(p_ids uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_settle_done(p_ids uuid[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_settle_ids(p_ids uuid[]); Type: ACL; Schema: public; Owner: -

@@ -508,6 +508,20 @@ begin
 end;
 $$;
 
+-- complete_jobs' own rows: the jobs others wait for that it just completed, settled at once
+-- (and whatever that moves in turn).
+create function job_queue_settle_done(p_ids uuid[]) returns void
+    language plpgsql security definer
+    set search_path = pg_catalog, public, pg_temp
+as $$
+begin
+    perform set_config('processor.settling', 'on', true);
+    perform job_queue_settle_ids(p_ids);
+    perform set_config('processor.settling', '', true);
+    perform job_queue_settle();
+end;
+$$;
+
 -- AFTER UPDATE of a job others depend on (or a parent cancelled) that finished or was
 -- re-opened: noted, and settled at once unless a batch or an outer settle is under way.
 create function job_queue_dependency_moved() returns trigger
@@ -526,6 +540,8 @@ $$;
 create trigger job_queue_dependency_moved
     after update on job_queue
     for each row when ((new.has_dependents or new.depends_on is not null)
+                       -- (complete_jobs settles its own rows: no trigger per completed job)
+                       and current_setting('processor.settling', true) is distinct from 'batch'
                        and (old.status in ('pending', 'processing', 'waiting'))
                            <> (new.status in ('pending', 'processing', 'waiting')))
     execute function job_queue_dependency_moved();
@@ -535,9 +551,12 @@ create or replace function complete_jobs(p_ids uuid[], p_lease_tokens uuid[], p_
     returns setof uuid
     language plpgsql
 as $$
+declare
+    v_done uuid[];
 begin
-    perform set_config('processor.settling', 'on', true);
-    return query
+    -- 'batch': the row trigger stays quiet (its WHEN reads it); the jobs others wait for are
+    -- settled together after the UPDATE, in one pass.
+    perform set_config('processor.settling', 'batch', true);
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_results) as o(id, lease_token, result)
     ), held as (
@@ -546,19 +565,27 @@ begin
         where j.status = 'processing'
         order by j.id
         for update of j
+    ), done as (
+        update job_queue j
+        set status = 'completed',
+            result = held.result,
+            completed_at = now(),
+            locked_by = null,
+            locked_until = null,
+            lease_token = null
+        from held
+        where j.id = held.id
+        returning j.id, j.has_dependents
     )
-    update job_queue j
-    set status = 'completed',
-        result = held.result,
-        completed_at = now(),
-        locked_by = null,
-        locked_until = null,
-        lease_token = null
-    from held
-    where j.id = held.id
-    returning j.id;
+    select coalesce(array_agg(id), '{}'),
+           coalesce(array_agg(id) filter (where has_dependents), '{}')
+    into v_done, p_ids
+    from done;
     perform set_config('processor.settling', '', true);
-    perform job_queue_settle();
+    if cardinality(p_ids) > 0 then
+        perform job_queue_settle_done(p_ids);
+    end if;
+    return query select unnest(v_done);
 end;
 $$;
 
@@ -1856,6 +1883,7 @@ select processor_keep_private(array[
     'function job_queue_wake()',
     'function job_queue_settle_ids(uuid[])',
     'function job_queue_settle()',
+    'function job_queue_settle_done(uuid[])',
     'function job_queue_dependency_moved()',
     'function job_queue_insert_graph(text, jsonb, text, integer, text, text, uuid, uuid, text, text, integer)',
     'function enqueue_workflow(jsonb, text, bigint, text, text, text)',
