@@ -2459,6 +2459,9 @@ begin
     perform set_config('processor.settling', '', true);
     perform job_queue_settle();
     perform job_queue_recount(v_done);
+    if cardinality(v_done) > 0 then
+        perform job_queue_wake();
+    end if;
     return cardinality(v_done);
 end;
 $$;
@@ -3622,6 +3625,9 @@ begin
     v_done := found;
     perform set_config('processor.settling', '', true);
     perform job_queue_settle();
+    if v_done then
+        perform job_queue_wake();  -- (due now: picked up as an inserted job is)
+    end if;
     return v_done;
 end;
 $$;
@@ -3696,6 +3702,9 @@ begin
     perform set_config('processor.settling', '', true);
     perform job_queue_settle();
     perform job_queue_recount(v_retried);
+    if cardinality(v_retried) > 0 then
+        perform job_queue_wake();
+    end if;
 end;
 $$;
 

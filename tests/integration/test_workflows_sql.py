@@ -742,3 +742,13 @@ def test_child_keys_are_refused_from_the_enqueue_functions_too(conn):
         enqueue(conn, idempotency_key="child:00000000-0000-0000-0000-000000000000:main")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="processor's own"):
         workflow(conn, [{"name": "a", "job_type": "t"}], idempotency_key="child:x:a")
+
+
+def test_a_retry_wakes_the_processors_as_an_insert_does(conn, database_url):
+    a = add_job(conn, max_retries=0)
+    fail(conn, a)
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("listen job_queue_insert")
+        conn.execute("select retry_job(%s)", (a,))
+        heard = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.channel for n in heard] == ["job_queue_insert"]
