@@ -29,6 +29,7 @@ import time
 import httpx
 import psycopg
 from common import private_database
+from pickup_latency import pct
 from psycopg.types.json import Jsonb
 from side_by_side import handler_process, service
 
@@ -116,10 +117,6 @@ def chain(url: str, handler: str, n: int) -> list[float]:
         ).fetchall()
     at = {r[0]: (r[1], r[2]) for r in rows}
     return [(at[ids[i + 1]][0] - at[ids[i]][1]).total_seconds() * 1000 for i in range(len(ids) - 1)]
-
-
-def pct(values: list[float], p: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def main() -> None:
