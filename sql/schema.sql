@@ -340,9 +340,11 @@ CREATE FUNCTION public.complete_jobs(p_ids uuid[], p_lease_tokens uuid[], p_resu
     AS $$
 declare
     v_done uuid[];
+    v_outer text := current_setting('processor.settling', true);
 begin
     -- 'batch': the row trigger stays quiet (its WHEN reads it); the jobs others wait for are
-    -- settled together after the UPDATE, in one pass.
+    -- settled together after the UPDATE, in one pass (or, inside a settle already under way,
+    -- left to it).
     perform set_config('processor.settling', 'batch', true);
     with outcome as (
         select * from unnest(p_ids, p_lease_tokens, p_results) as o(id, lease_token, result)
@@ -368,9 +370,14 @@ begin
            coalesce(array_agg(id) filter (where has_dependents), '{}')
     into v_done, p_ids
     from done;
-    perform set_config('processor.settling', '', true);
-    if cardinality(p_ids) > 0 then
-        perform job_queue_settle_done(p_ids);
+    if v_outer = 'on' then
+        perform set_config('processor.settling', 'on', true);
+        perform job_queue_note_moved(p_ids);
+    else
+        perform set_config('processor.settling', '', true);
+        if cardinality(p_ids) > 0 then
+            perform job_queue_settle_done(p_ids);
+        end if;
     end if;
     return query select unnest(v_done);
 end;
@@ -1623,6 +1630,17 @@ end;
 $$;
 
 --
+-- Name: job_queue_note_moved(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_note_moved(p_ids uuid[]) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    insert into job_queue_moved (job_id) select unnest(p_ids)
+$$;
+
+--
 -- Name: job_queue_parent_progress(uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2198,7 +2216,8 @@ declare
     v_missing text;
 begin
     for v_job in
-        select j.id, j.updated_at, j.depends_on, j.waiting_on from job_queue j
+        select j.id, j.updated_at, j.depends_on, j.waiting_on, j.on_dependency_failure
+        from job_queue j
         where j.status = 'waiting' and j.id > v_id
         order by j.id limit p_limit
     loop
@@ -2211,7 +2230,12 @@ begin
                                           where d.id = any (v_job.depends_on)
                                             and d.status in ('pending', 'processing', 'waiting'))
                   and cardinality(v_job.depends_on)
-                      = (select count(*) from job_queue d where d.id = any (v_job.depends_on));
+                      = (select count(*) from job_queue d where d.id = any (v_job.depends_on))
+                  and not exists (select 1 from job_queue d
+                                  where d.id = any (v_job.depends_on)
+                                    and d.status in ('failed', 'cancelled')
+                                    and (v_job.on_dependency_failure = 'cancel'
+                                         or d.parent_id = v_job.id));
         v_deps := job_queue_lock_dependencies(coalesce(v_job.depends_on, '{}'));
         perform 1 from job_queue where id = v_job.id and status = 'waiting'
         for no key update skip locked;
@@ -2224,6 +2248,17 @@ begin
             set status = 'failed', completed_at = now(), waiting_on = null,
                 error_message = format('its dependency no longer exists (deleted): %s', v_missing)
             where id = v_job.id;
+        elsif v_deps.ended is not null
+              and (v_job.on_dependency_failure = 'cancel'
+                   or exists (select 1 from job_queue c
+                              where c.id = v_deps.ended and c.parent_id = v_job.id)) then
+            -- (a dependency that failed meanwhile, unseen: what its finish would have done)
+            update job_queue d
+            set status = case when c.parent_id = d.id then 'failed' else 'cancelled' end,
+                completed_at = now(), waiting_on = null, ended_by = c.id,
+                error_message = job_queue_ended_reason(c.id, c.status, c.parent_id = d.id)
+            from job_queue c
+            where d.id = v_job.id and c.id = v_deps.ended;
         else
             update job_queue
             set waiting_on = nullif(v_deps.unfinished, 0),
@@ -2586,6 +2621,8 @@ declare
     v_back integer;
     v_changed boolean;
     v_stuck text;
+    v_child record;
+    v_parent record;
 begin
     -- (most batches only finished jobs: the steps for failures and re-opened jobs are skipped)
     select count(*) filter (where j.status in ('failed', 'cancelled')),
@@ -2598,19 +2635,22 @@ begin
     with recursive bad as (
         select j.id, j.status, j.parent_id from job_queue j
         where j.id = any (p_ids) and j.status in ('failed', 'cancelled') and j.has_dependents
-    ), doomed(id, cause, cause_status) as (
-        select d.id, b.id, b.status from bad b
+    ), doomed(id, cause, cause_status, depth) as (
+        select d.id, b.id, b.status, 1 from bad b
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
                            where d.depends_on @> array[b.id] offset 0) d
         where d.status = 'waiting'
           and (d.on_dependency_failure = 'cancel' or b.parent_id = d.id)  -- (a child fails its parent)
         union
-        select d.id, x.id, 'cancelled' from doomed x
+        select d.id, x.id, 'cancelled', x.depth + 1 from doomed x
+        join job_queue xj on xj.id = x.id
         cross join lateral (select d.id, d.status, d.on_dependency_failure from job_queue d
                            where d.depends_on @> array[x.id] offset 0) d
-        where d.status = 'waiting' and d.on_dependency_failure = 'cancel'
+        where d.status = 'waiting'
+          and (d.on_dependency_failure = 'cancel' or xj.parent_id = d.id)
     ), one as (
-        select distinct on (id) id, cause, cause_status from doomed order by id, cause
+        -- (the nearest cause: the one whose retry re-opens this job)
+        select distinct on (id) id, cause, cause_status from doomed order by id, depth, cause
     ), locked as (
         select j.id, one.cause, one.cause_status, c.parent_id is not distinct from j.id as parent
         from job_queue j join one on one.id = j.id join job_queue c on c.id = one.cause
@@ -2708,7 +2748,7 @@ begin
         perform 1 from job_queue where id = any (v_reopen) order by id for no key update;
         v_plan := '{}';
         for v_row in
-            select d.id, d.depends_on, d.on_dependency_failure from job_queue d
+            select d.id, d.depends_on, d.on_dependency_failure, d.parent_id from job_queue d
             where d.id = any (v_reopen) order by d.id
         loop
             -- (skipped: re-opened in this pass, or ended by this very job, a parent's children
@@ -2717,11 +2757,26 @@ begin
                 v_row.depends_on, false,
                 v_reopen || array(select k.id from job_queue k
                                   where k.id = any (v_row.depends_on) and k.ended_by = v_row.id));
+            -- (a child of its own that failed ends it whatever its rule; a parent that has
+            -- ended and is not re-opened here keeps its child ended)
+            select k.id, k.status into v_child from job_queue k
+            where k.id = any (v_row.depends_on) and k.parent_id = v_row.id
+              and k.status in ('failed', 'cancelled') and k.id <> all (v_reopen)
+              and k.ended_by is distinct from v_row.id
+            limit 1;
+            select p.id, p.status into v_parent from job_queue p
+            where p.id = v_row.parent_id and p.status in ('completed', 'failed', 'cancelled')
+              and p.id <> all (v_reopen);
             v_plan := v_plan || jsonb_build_object(v_row.id::text, jsonb_build_object(
-                'ended', case when v_row.on_dependency_failure = 'cancel' then v_deps.ended end,
-                'ended_status', v_deps.ended_status,
+                'ended', coalesce(v_child.id, v_parent.id,
+                                  case when v_row.on_dependency_failure = 'cancel'
+                                       then v_deps.ended end),
+                'ended_status', coalesce(v_child.status, v_parent.status, v_deps.ended_status),
                 'unfinished', v_deps.unfinished, 'skipped', v_deps.skipped,
-                'rule', v_row.on_dependency_failure, 'depends_on', to_jsonb(v_row.depends_on)));
+                'rule', v_row.on_dependency_failure, 'parent', v_row.parent_id,
+                'depends_on', to_jsonb(v_row.depends_on)));
+            v_child := null;
+            v_parent := null;
         end loop;
         -- One that waits on another re-opened here that stays ended, stays ended too (under
         -- the cancel rule), until nothing changes.
@@ -2729,11 +2784,15 @@ begin
             v_changed := false;
             for v_row in select d.id from job_queue d where d.id = any (v_reopen) loop
                 v_step := v_plan -> v_row.id::text;
-                continue when v_step ->> 'ended' is not null or v_step ->> 'rule' <> 'cancel';
+                continue when v_step ->> 'ended' is not null;
+                -- (its parent stays ended; or, under the cancel rule or as the parent of it, a
+                -- dependency does)
                 select x.key into v_stuck
                 from jsonb_each(v_plan) x
                 where x.value ->> 'ended' is not null
-                  and (v_step -> 'depends_on') ? x.key
+                  and (x.key = v_step ->> 'parent'
+                       or (v_step -> 'depends_on') ? x.key
+                          and (v_step ->> 'rule' = 'cancel' or x.value ->> 'parent' = v_row.id::text))
                 limit 1;
                 if v_stuck is not null then
                     v_plan := jsonb_set(v_plan, array[v_row.id::text, 'ended'], to_jsonb(v_stuck));
@@ -2744,7 +2803,11 @@ begin
             end loop;
             exit when not v_changed;
         end loop;
-        for v_row in select d.id from job_queue d where d.id = any (v_reopen) order by d.id loop
+        -- (in the order they were made: a parent before its children, a dependency before
+        -- what depends on it)
+        for v_row in
+            select d.id from job_queue d where d.id = any (v_reopen) order by d.created_at, d.id
+        loop
             v_step := v_plan -> v_row.id::text;
             if v_step ->> 'ended' is not null then
                 update job_queue d
@@ -3693,7 +3756,8 @@ begin
                 retried := true;
                 reason := null;
                 v_retried := v_retried || v_job.id;
-            exception when sqlstate '53000' then  -- insufficient credits (credit_reserve)
+            exception when sqlstate '53000' or sqlstate '55000' then
+                -- (insufficient credits; a child whose parent has ended: retry the parent)
                 retried := false;
                 reason := sqlerrm;
             end;
@@ -5395,6 +5459,12 @@ REVOKE ALL ON FUNCTION public.job_queue_next_turn(p_group text, p_job_type text,
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_note_limits() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_note_moved(p_ids uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_note_moved(p_ids uuid[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_parent_progress(p_parent uuid); Type: ACL; Schema: public; Owner: -

@@ -752,3 +752,74 @@ def test_a_retry_wakes_the_processors_as_an_insert_does(conn, database_url):
         conn.execute("select retry_job(%s)", (a,))
         heard = list(listener.notifies(timeout=2, stop_after=1))
     assert [n.channel for n in heard] == ["job_queue_insert"]
+
+
+def suspended(conn, parent, children):
+    token = start(conn, parent)
+    rows = conn.execute(
+        "select name, job_id from suspend_job(%s, %s, %s)", (parent, token, Jsonb(children))
+    ).fetchall()
+    return {r["name"]: r["job_id"] for r in rows}
+
+
+def test_retrying_a_child_that_a_sibling_waits_on_reopens_parent_and_sibling(conn):
+    for _ in range(4):  # (the ids' order varies: every order must work)
+        parent = add_job(conn, "pack")
+        kids = suspended(
+            conn,
+            parent,
+            [
+                {"name": "c1", "job_type": "t", "max_retries": 0},
+                {"name": "c2", "job_type": "t", "depends_on": ["c1"]},
+            ],
+        )
+        fail(conn, kids["c1"])
+        assert job(conn, parent)["ended_by"] == kids["c1"]  # the nearest cause
+        assert conn.execute("select retry_job(%s) as ok", (kids["c1"],)).fetchone()["ok"]
+        assert status(conn, parent, kids["c1"], kids["c2"]) == ["waiting", "pending", "waiting"]
+        complete(conn, kids["c1"])
+        complete(conn, kids["c2"])
+        assert status(conn, parent) == ["pending"]
+
+
+def test_a_parent_with_another_failed_child_stays_failed_whatever_its_rule(conn):
+    parent = add_job(conn, "pack", on_dependency_failure="run")
+    kids = suspended(
+        conn, parent, [{"name": n, "job_type": "t", "max_retries": 0} for n in ("c1", "c3")]
+    )
+    start(conn, kids["c3"])
+    fail(conn, kids["c1"])
+    conn.execute(
+        "update job_queue set status = 'failed', completed_at = now(), "
+        "locked_by = null, lease_token = null where id = %s",
+        (kids["c3"],),
+    )
+    conn.execute("select retry_job(%s)", (kids["c1"],))
+    assert status(conn, parent) == ["failed"]  # c3 failed too: not re-opened
+    assert job(conn, parent)["ended_by"] == kids["c3"]
+
+
+def test_the_reaper_ends_a_job_whose_dependency_failed_unseen(conn):
+    a = add_job(conn, max_retries=0)
+    b = enqueue(conn, depends_on=[a])
+    with conn.transaction():  # the owner, with the row trigger quiet: nothing settled
+        conn.execute("select set_config('processor.settling', 'batch', true)")
+        conn.execute(
+            "update job_queue set status = 'failed', completed_at = now() where id = %s", (a,)
+        )
+    assert (job(conn, b)["status"], job(conn, b)["waiting_on"]) == ("waiting", 1)
+    age_waiting(conn)
+    assert conn.execute("select job_queue_reap_waiting() as n").fetchone()["n"] == 1
+    row = job(conn, b)
+    assert (row["status"], row["ended_by"]) == ("cancelled", a)
+
+
+def test_retry_jobs_skips_children_of_an_ended_parent_saying_so(conn):
+    parent = add_job(conn, "pack")
+    kids = suspended(conn, parent, [{"name": "c1", "job_type": "t"}])
+    conn.execute("select cancel_job(%s)", (parent,))
+    rows = conn.execute(
+        "select job_id, retried, reason from retry_jobs('cancelled', p_job_type => 't')"
+    ).fetchall()
+    assert [(r["job_id"], r["retried"]) for r in rows] == [(kids["c1"], False)]
+    assert "retry the parent instead" in rows[0]["reason"]
