@@ -803,6 +803,42 @@ CREATE FUNCTION public.job_credits_held(p_job_id uuid) RETURNS integer
 $$;
 
 --
+-- Name: job_estimated_cost(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_estimated_cost(p_job_id uuid) RETURNS numeric
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_job job_queue;
+    v_needed integer;
+    v_left integer;
+    v_price numeric;
+begin
+    select * into v_job from job_queue where id = p_job_id;
+    if not found then
+        return null;
+    end if;
+    v_needed := job_items_needed(v_job.job_type, v_job.payload);
+    v_left := case when v_needed is null then null
+                   else greatest(v_needed - job_items_stored(v_job.id), 0) end;
+    select usd into v_price from job_type_prices where job_type = v_job.job_type;
+    if v_price is not null then
+        return round(case when v_needed > 0 then v_price * v_left / v_needed else v_price end, 6);
+    end if;
+    if v_left is null then
+        return null;
+    end if;
+    select max(c.cost_usd) into v_price from provider_calls c
+    join job_queue q on q.id = c.job_id
+    left join job_queue p on p.id = q.parent_id
+    where (q.job_type = v_job.job_type or p.job_type = v_job.job_type) and c.status = 'ok';
+    return round(v_price * v_left, 6);
+end;
+$$;
+
+--
 -- Name: job_group_cap(text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -979,6 +1015,24 @@ begin
         new.waiting_on := null;
     end if;
     return new;
+end;
+$$;
+
+--
+-- Name: job_queue_budget_period(text, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_period(p_what text, p_period interval) RETURNS interval
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    if p_period is null or p_period not in (interval '1 hour', interval '1 day', interval '7 days',
+                                            interval '1 month') then
+        raise exception '%: period must be 1 hour, 1 day, 1 week or 1 month, got %', p_what,
+            coalesce(p_period::text, 'null') using errcode = '22023';
+    end if;
+    return p_period;
 end;
 $$;
 
@@ -2530,6 +2584,33 @@ end;
 $$;
 
 --
+-- Name: job_queue_set_budget(text, text, text, numeric, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_set_budget(p_what text, p_scope text, p_key text, p_usd numeric, p_period interval) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    if p_key is null or length(p_key) not between 1 and 200 then
+        raise exception '%: the key must be 1 to 200 characters', p_what using errcode = '22023';
+    end if;
+    if p_usd is null then
+        delete from spend_budgets where scope = p_scope and key = p_key;
+        return;
+    end if;
+    if p_usd < 0 or p_usd > 1e9 then
+        raise exception '%: usd must be a number from 0 to 1000000000, got %', p_what, p_usd
+            using errcode = '22023';
+    end if;
+    insert into spend_budgets (scope, key, usd, period)
+    values (p_scope, p_key, p_usd, job_queue_budget_period(p_what, p_period))
+    on conflict (scope, key) do update
+        set usd = excluded.usd, period = excluded.period, updated_at = now();
+end;
+$$;
+
+--
 -- Name: job_queue_settings_credits_switch(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2959,6 +3040,17 @@ begin
     return coalesce((select pass from job_queue_turns where priority = p_priority
                      order by pass desc limit 1), 0);
 end;
+$$;
+
+--
+-- Name: job_queue_valid_time_zone(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_valid_time_zone(p_zone text) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    select exists (select 1 from pg_timezone_names where name = p_zone)
 $$;
 
 --
@@ -3873,6 +3965,16 @@ end;
 $$;
 
 --
+-- Name: set_job_type_budget(text, numeric, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_job_type_budget(p_job_type text, p_usd numeric, p_period interval DEFAULT '1 day'::interval) RETURNS void
+    LANGUAGE sql
+    AS $$
+    select job_queue_set_budget('set_job_type_budget', 'type', p_job_type, p_usd, p_period)
+$$;
+
+--
 -- Name: set_job_type_limit(text, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -3898,6 +4000,80 @@ begin
     insert into job_type_limits (job_type, max_running) values (p_job_type, p_max_running)
     on conflict (job_type) do update
     set max_running = excluded.max_running, updated_at = now();
+end;
+$$;
+
+--
+-- Name: set_job_type_price(text, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_job_type_price(p_job_type text, p_usd numeric) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+begin
+    if p_job_type is null or length(btrim(p_job_type)) = 0 or length(p_job_type) > 200 then
+        raise exception 'set_job_type_price: job_type must be 1 to 200 characters'
+            using errcode = '22023';
+    end if;
+    if p_usd is null then
+        delete from job_type_prices where job_type = p_job_type;
+        return;
+    end if;
+    if p_usd < 0 or p_usd > 1e6 then
+        raise exception 'set_job_type_price: usd must be a number from 0 to 1000000, got %', p_usd
+            using errcode = '22023';
+    end if;
+    insert into job_type_prices (job_type, usd) values (p_job_type, p_usd)
+    on conflict (job_type) do update set usd = excluded.usd, updated_at = now();
+end;
+$$;
+
+--
+-- Name: set_service_budget(numeric, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_service_budget(p_usd numeric, p_period interval DEFAULT '1 day'::interval) RETURNS void
+    LANGUAGE sql
+    AS $$
+    select job_queue_set_budget('set_service_budget', 'service', '*', p_usd, p_period)
+$$;
+
+--
+-- Name: set_spend_budget(text, numeric, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_spend_budget(p_key text, p_usd numeric, p_period interval DEFAULT '1 day'::interval) RETURNS void
+    LANGUAGE sql
+    AS $$
+    select job_queue_set_budget('set_spend_budget', 'group', p_key, p_usd, p_period)
+$$;
+
+--
+-- Name: FUNCTION set_spend_budget(p_key text, p_usd numeric, p_period interval); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.set_spend_budget(p_key text, p_usd numeric, p_period interval) IS 'A fair-share group''s budget (its concurrency_key, else user_id; * for every group without its own) in USD per period; null removes it.';
+
+--
+-- Name: spend_budget_window(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.spend_budget_window(p_period interval, p_at timestamp with time zone DEFAULT now(), OUT starts timestamp with time zone, OUT resets timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_zone text := coalesce((select budget_time_zone from job_queue_settings where id), 'UTC');
+    v_unit text;
+begin
+    v_unit := case job_queue_budget_period('spend_budget_window', p_period)
+                  when interval '1 hour' then 'hour' when interval '1 day' then 'day'
+                  when interval '7 days' then 'week' else 'month' end;
+    starts := date_trunc(v_unit, p_at at time zone v_zone) at time zone v_zone;
+    resets := ((date_trunc(v_unit, p_at at time zone v_zone)
+                + case v_unit when 'week' then interval '7 days' else p_period end)
+               at time zone v_zone);
 end;
 $$;
 
@@ -4269,6 +4445,8 @@ CREATE TABLE public.job_queue_settings (
     slots_per_processor integer DEFAULT 20 NOT NULL,
     rebuild_every interval DEFAULT '00:00:30'::interval NOT NULL,
     max_workflow_nodes integer DEFAULT 10000 NOT NULL,
+    budget_time_zone text DEFAULT 'UTC'::text NOT NULL,
+    CONSTRAINT job_queue_settings_budget_time_zone CHECK (public.job_queue_valid_time_zone(budget_time_zone)),
     CONSTRAINT job_queue_settings_id_check CHECK (id),
     CONSTRAINT job_queue_settings_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
     CONSTRAINT job_queue_settings_max_payload_depth_check CHECK (((max_payload_depth >= 1) AND (max_payload_depth <= 1000))),
@@ -4306,6 +4484,12 @@ COMMENT ON COLUMN public.job_queue_settings.rebuild_every IS 'How often a claim 
 --
 
 COMMENT ON COLUMN public.job_queue_settings.max_workflow_nodes IS 'The most jobs enqueue_workflow takes in one graph, and a handler may create as children of one job.';
+
+--
+-- Name: COLUMN job_queue_settings.budget_time_zone; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_settings.budget_time_zone IS 'The time zone whose calendar spend budgets'' periods follow (a day starts at its midnight).';
 
 --
 -- Name: job_queue_stats; Type: VIEW; Schema: public; Owner: -
@@ -4489,6 +4673,24 @@ CREATE VIEW public.job_trigger_health AS
     job_trigger_health.last_at,
     job_trigger_health.last_message
    FROM public.job_trigger_health() job_trigger_health(source, outcome, count, last_at, last_message);
+
+--
+-- Name: job_type_prices; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_type_prices (
+    job_type text NOT NULL,
+    usd numeric(14,6) NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_type_prices_job_type_check CHECK (((length(job_type) >= 1) AND (length(job_type) <= 200))),
+    CONSTRAINT job_type_prices_usd_check CHECK ((usd >= (0)::numeric))
+);
+
+--
+-- Name: TABLE job_type_prices; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_type_prices IS 'The price of one whole job of a type, in USD (set_job_type_price): a budget''s estimate of what a job will cost.';
 
 --
 -- Name: processor_deliveries; Type: TABLE; Schema: public; Owner: -
@@ -4694,6 +4896,55 @@ CREATE VIEW public.provider_spend_daily WITH (security_invoker='on') AS
   GROUP BY (date_trunc('day'::text, provider_calls.created_at)), provider_calls.provider, provider_calls.model;
 
 --
+-- Name: spend_budgets; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.spend_budgets (
+    scope text NOT NULL,
+    key text NOT NULL,
+    usd numeric(14,4) NOT NULL,
+    period interval NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT spend_budgets_key_check CHECK (((length(key) >= 1) AND (length(key) <= 200))),
+    CONSTRAINT spend_budgets_period_check CHECK ((period = ANY (ARRAY['01:00:00'::interval, '1 day'::interval, '7 days'::interval, '1 mon'::interval]))),
+    CONSTRAINT spend_budgets_scope_check CHECK ((scope = ANY (ARRAY['group'::text, 'type'::text, 'service'::text]))),
+    CONSTRAINT spend_budgets_usd_check CHECK ((usd >= (0)::numeric))
+);
+
+--
+-- Name: TABLE spend_budgets; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.spend_budgets IS 'What a fair-share group (scope group; key * for every group without its own), a job type or the whole service may spend on AI providers per calendar period (job_queue_settings.budget_time_zone). Set with set_spend_budget, set_job_type_budget, set_service_budget.';
+
+--
+-- Name: spend_budgets_now; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.spend_budgets_now WITH (security_invoker='on') AS
+ SELECT b.scope,
+    b.key,
+    b.usd AS budget_usd,
+    b.period,
+    w.starts,
+    w.resets,
+        CASE
+            WHEN ((b.scope = 'group'::text) AND (b.key = '*'::text)) THEN NULL::numeric
+            ELSE COALESCE(( SELECT sum(c.cost_usd) AS sum
+               FROM (public.provider_calls c
+                 LEFT JOIN public.job_queue j ON ((j.id = c.job_id)))
+              WHERE ((c.created_at >= w.starts) AND (c.created_at < w.resets) AND ((b.scope = 'service'::text) OR ((b.scope = 'type'::text) AND (j.job_type = b.key)) OR ((b.scope = 'group'::text) AND (COALESCE(j.concurrency_key, j.user_id) = b.key))))), (0)::numeric)
+        END AS spent_usd
+   FROM (public.spend_budgets b
+     CROSS JOIN LATERAL public.spend_budget_window(b.period) w(starts, resets));
+
+--
+-- Name: VIEW spend_budgets_now; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.spend_budgets_now IS 'Every spend budget with what was spent against it in its current period and when that period resets.';
+
+--
 -- Name: aplus_contents aplus_contents_job_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4799,6 +5050,13 @@ ALTER TABLE ONLY public.job_type_limits
     ADD CONSTRAINT job_type_limits_pkey PRIMARY KEY (job_type);
 
 --
+-- Name: job_type_prices job_type_prices_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_type_prices
+    ADD CONSTRAINT job_type_prices_pkey PRIMARY KEY (job_type);
+
+--
 -- Name: processor_deliveries processor_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4853,6 +5111,13 @@ ALTER TABLE ONLY public.provider_limits
 
 ALTER TABLE ONLY public.provider_slots
     ADD CONSTRAINT provider_slots_pkey PRIMARY KEY (id);
+
+--
+-- Name: spend_budgets spend_budgets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.spend_budgets
+    ADD CONSTRAINT spend_budgets_pkey PRIMARY KEY (scope, key);
 
 --
 -- Name: aplus_contents_project_idx; Type: INDEX; Schema: public; Owner: -
@@ -5317,6 +5582,12 @@ REVOKE ALL ON FUNCTION public.job_credit_cost(p_job_type text, p_payload jsonb) 
 REVOKE ALL ON FUNCTION public.job_credits_held(p_job_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_estimated_cost(p_job_id uuid); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_estimated_cost(p_job_id uuid) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_group_cap(p_group text); Type: ACL; Schema: public; Owner: -
 --
 
@@ -5357,6 +5628,12 @@ REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_job_type text, p_prio
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_await_dependencies() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_period(p_what text, p_period interval); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_period(p_what text, p_period interval) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
@@ -5557,6 +5834,12 @@ REVOKE ALL ON FUNCTION public.job_queue_retry_ids(p_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_workflow_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_set_budget(p_what text, p_scope text, p_key text, p_usd numeric, p_period interval); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_set_budget(p_what text, p_scope text, p_key text, p_usd numeric, p_period interval) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_settings_credits_switch(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -5603,6 +5886,12 @@ REVOKE ALL ON FUNCTION public.job_queue_touch() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_type_base(p_job_type text, p_priority integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_valid_time_zone(p_zone text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_valid_time_zone(p_zone text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_wake(); Type: ACL; Schema: public; Owner: -
@@ -5767,10 +6056,40 @@ REVOKE ALL ON FUNCTION public.set_credits_unlimited(p_user_id text, p_unlimited 
 REVOKE ALL ON FUNCTION public.set_job_progress(p_job_id uuid, p_lease_token uuid, p_progress jsonb) FROM PUBLIC;
 
 --
+-- Name: FUNCTION set_job_type_budget(p_job_type text, p_usd numeric, p_period interval); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_job_type_budget(p_job_type text, p_usd numeric, p_period interval) FROM PUBLIC;
+
+--
 -- Name: FUNCTION set_job_type_limit(p_job_type text, p_max_running integer); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.set_job_type_limit(p_job_type text, p_max_running integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION set_job_type_price(p_job_type text, p_usd numeric); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_job_type_price(p_job_type text, p_usd numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION set_service_budget(p_usd numeric, p_period interval); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_service_budget(p_usd numeric, p_period interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION set_spend_budget(p_key text, p_usd numeric, p_period interval); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_spend_budget(p_key text, p_usd numeric, p_period interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION spend_budget_window(p_period interval, p_at timestamp with time zone, OUT starts timestamp with time zone, OUT resets timestamp with time zone); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.spend_budget_window(p_period interval, p_at timestamp with time zone, OUT starts timestamp with time zone, OUT resets timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION suspend_job(p_job_id uuid, p_lease_token uuid, p_children jsonb, p_max_suspensions integer); Type: ACL; Schema: public; Owner: -

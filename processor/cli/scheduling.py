@@ -1,10 +1,14 @@
 """The scheduling commands: limits (what runs, what waits, and the caps), set-limit and
-set-type-limit (caps and weights, kept in the database for every processor), pause and resume."""
+set-type-limit (caps and weights, kept in the database for every processor), pause and resume;
+budgets, set-budget and set-price (what groups, types and the service may spend per period)."""
 
 from __future__ import annotations
 
 import argparse
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from rich.table import Table
 
 from processor import db
 from processor.cli import console
@@ -86,6 +90,79 @@ def _pause_action(query: str) -> Any:
     return action
 
 
+PERIODS = {"hour": "1 hour", "day": "1 day", "week": "7 days", "month": "1 month"}
+
+
+def _usd(text: str) -> Decimal | None:
+    """An amount in USD, or `none` to remove (as SQL says it: null)."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = Decimal(text.removeprefix("$"))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(
+            f"must be an amount in USD (such as 5 or 4.80), or none, got {text!r}"
+        ) from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be an amount of at least 0, got {text!r}")
+    return value
+
+
+def cmd_budgets(args: argparse.Namespace) -> int:
+    with db.connect(database_url()) as conn:
+        rows = db.run(conn, "spend_budgets_now")
+    if not rows:
+        print("no budgets (processor set-budget)")
+        return 0
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("budget for", "spent", "of", "used", "per", "resets"):
+        table.add_column(name, justify="right" if name in ("spent", "of", "used") else "left")
+    for r in rows:
+        who = {"group": "group", "type": "type", "service": "the service"}[r["scope"]]
+        if r["key"] != "*" or r["scope"] == "group":
+            who += " " + ("(every group)" if r["key"] == "*" else r["key"])
+        spent = r["spent_usd"]
+        used = "-" if spent is None or not r["budget_usd"] else f"{spent / r['budget_usd']:.0%}"
+        table.add_row(
+            console.inert(who),
+            "-" if spent is None else f"${spent:.2f}",
+            f"${r['budget_usd']:.2f}",
+            used,
+            {v: k for k, v in PERIODS.items()}.get(
+                r["period"].replace("mon", "month"), r["period"]
+            ),
+            f"{r['resets']:%Y-%m-%d %H:%M} UTC",
+        )
+    console.emit(console.output(), table)
+    return 0
+
+
+def cmd_set_budget(args: argparse.Namespace) -> int:
+    period = PERIODS[args.period]
+    with db.connect(database_url()) as conn:
+        if args.service:
+            db.run(conn, "set_service_budget", {"usd": args.usd, "period": period})
+            who = "the service"
+        elif args.type is not None:
+            db.run(
+                conn, "set_job_type_budget", {"key": args.type, "usd": args.usd, "period": period}
+            )
+            who = f"type {args.type}"
+        else:
+            db.run(conn, "set_spend_budget", {"key": args.group, "usd": args.usd, "period": period})
+            who = "every group without its own" if args.group == "*" else f"group {args.group}"
+    print(f"{who}: no budget" if args.usd is None else f"{who}: ${args.usd} per {args.period}")
+    return 0
+
+
+def cmd_set_price(args: argparse.Namespace) -> int:
+    with db.connect(database_url()) as conn:
+        db.run(conn, "set_job_type_price", {"job_type": args.job_type, "usd": args.usd})
+    what = "no price" if args.usd is None else f"${args.usd} a job"
+    print(f"{args.job_type}: {what}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     p = add_command(sub, "limits", "job types, the busiest fairness groups, caps and weights")
     p.add_argument("--groups", type=bounded_int(1, 1000), default=10, help="groups to show")
@@ -106,6 +183,23 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-running", type=_cap, default=None, help="its running cap (none: no cap)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_set_type_limit)
+
+    p = add_command(sub, "budgets", "spend budgets: spent in their period, and when they reset")
+    p.set_defaults(func=cmd_budgets)
+
+    p = add_command(sub, "set-budget", "what a group, a job type or the service may spend")
+    p.add_argument("usd", metavar="USD", type=_usd, help="the amount per period, or none")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--group", help="a concurrency_key or user id; '*' for every group")
+    target.add_argument("--type", help="a job type")
+    target.add_argument("--service", action="store_true", help="everything the service runs")
+    p.add_argument("--period", choices=sorted(PERIODS), default="day", help="calendar period")
+    p.set_defaults(func=cmd_set_budget)
+
+    p = add_command(sub, "set-price", "the price of one whole job of a type, for estimates")
+    p.add_argument("job_type", metavar="TYPE", help="the job type")
+    p.add_argument("usd", metavar="USD", type=_usd, help="its price in USD, or none")
+    p.set_defaults(func=cmd_set_price)
 
     for name, query, help_text in (
         ("pause", "pause_job_type", "stop claiming a job type (its jobs stay pending)"),

@@ -35,3 +35,22 @@ order by provider;
 
 -- spend_total --
 select count(*) as calls, coalesce(sum(cost_usd), 0)::float8 as cost_usd from provider_calls;
+
+-- spend_budgets_now --
+-- Every budget with what it has spent in its period, the fullest first.
+select scope, key, budget_usd::float8 as budget_usd, period::text as period, resets,
+       spent_usd::float8 as spent_usd
+from spend_budgets_now
+order by spent_usd / nullif(budget_usd, 0) desc nulls last, scope, key;
+
+-- set_spend_budget --
+select set_spend_budget(%(key)s, %(usd)s::numeric, %(period)s::interval);
+
+-- set_job_type_budget --
+select set_job_type_budget(%(key)s, %(usd)s::numeric, %(period)s::interval);
+
+-- set_service_budget --
+select set_service_budget(%(usd)s::numeric, %(period)s::interval);
+
+-- set_job_type_price --
+select set_job_type_price(%(job_type)s, %(usd)s::numeric);
