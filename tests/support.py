@@ -375,6 +375,20 @@ def row(conn, job_id) -> dict:
     return conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
 
 
+FINISHED = {"completed", "failed", "cancelled"}
+
+
+def run_until(server, conn, job_id, statuses: set[str] = FINISHED, rounds: int = 30) -> dict:
+    """Calls /process-jobs (waiting for outcomes) until the job's status is one of `statuses`:
+    a job that waits for others (a pack for its images) needs several calls."""
+    for _ in range(rounds):
+        current = row(conn, job_id)
+        if current["status"] in statuses:
+            return current
+        post(server, {"wait": True})
+    raise AssertionError(f"job stayed {row(conn, job_id)['status']}, wanted {statuses}")
+
+
 def wait_for(conn, job_id, statuses: set[str], timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while True:

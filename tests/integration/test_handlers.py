@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from processor.images.imaging import product_fill
 from tests.fakes import product_photo
-from tests.support import PRODUCT, TOKEN, ThreadedServer, job, make_due, signed_in
+from tests.support import PRODUCT, TOKEN, ThreadedServer, job, make_due, run_until, signed_in
 
 
 def enqueue(conn, job_type: str, payload: dict) -> str:
@@ -34,17 +34,6 @@ def run(server, **body) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def run_until_finished(server, conn, job_id: str, rounds: int = 30) -> dict:
-    """Calls /process-jobs (waiting for outcomes) until the job has finished: a pack waits
-    for its image jobs, which the following calls run."""
-    for _ in range(rounds):
-        row = job(conn, job_id)
-        if row["status"] in ("completed", "failed", "cancelled"):
-            return row
-        run(server)
-    raise AssertionError(f"job stayed {job(conn, job_id)['status']}")
 
 
 def children(conn, job_id: str) -> dict[str, dict]:
@@ -71,7 +60,7 @@ def test_a_demo_pack_stores_six_real_images_and_links_them(make_service, conn, t
     )
     assert {k["job_type"] for k in kids.values()} == {"generate-image"}
     assert {k["payload"]["kind"] for k in kids.values()} == set(kids)
-    row = run_until_finished(server, conn, job_id)
+    row = run_until(server, conn, job_id)
     assert row["status"] == "completed", row["error_message"]
     assert row["retry_count"] == 0 and row["suspensions"] == 1
     images = row["result"]["images"]
@@ -182,7 +171,7 @@ def test_a_pack_against_fake_gemini_completes(make_service, conn, fake_gemini):
     fake, env = fake_gemini
     server = make_service(env)
     job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p9", "product": PRODUCT})
-    assert run_until_finished(server, conn, job_id)["status"] == "completed"
+    assert run_until(server, conn, job_id)["status"] == "completed"
     assert fake.image_calls == 6
     providers = {i["provider"] for i in job(conn, job_id)["result"]["images"]}
     assert providers == {"gemini", "gemini + local cut-out"}
@@ -210,7 +199,7 @@ def test_a_pack_whose_image_fails_once_retries_that_image_alone(make_service, co
     assert fake.image_calls == 6
 
     make_due(conn, failed["id"])
-    row = run_until_finished(server, conn, job_id)
+    row = run_until(server, conn, job_id)
     assert row["status"] == "completed" and row["retry_count"] == 0
     assert fake.image_calls == 7  # only the failed image was made again
     assert [i["slot"] for i in row["result"]["images"]] == [
@@ -226,7 +215,7 @@ def test_a_failed_image_fails_the_pack_naming_it_and_retried_alone_completes_it(
     fake.fail = {2: (400, None)}  # refused for good: no retry
     server = make_service({**env, "MAX_RUNNING_JOBS": "1"})
     job_id = enqueue(conn, "generate-complete-pack", {"project_id": "p1", "product": PRODUCT})
-    row = run_until_finished(server, conn, job_id)
+    row = run_until(server, conn, job_id)
     kids = children(conn, job_id)
     [bad] = [k for k in kids.values() if k["status"] == "failed"]
     assert row["status"] == "failed"
@@ -234,7 +223,7 @@ def test_a_failed_image_fails_the_pack_naming_it_and_retried_alone_completes_it(
     fake.fail = {}
     assert conn.execute("select retry_job(%s) as ok", (bad["id"],)).fetchone()["ok"]
     assert job(conn, job_id)["status"] == "waiting"  # re-opened with its image
-    row = run_until_finished(server, conn, job_id)
+    row = run_until(server, conn, job_id)
     assert row["status"] == "completed"
     assert len(row["result"]["images"]) == 6
 
@@ -300,7 +289,7 @@ def test_a_pack_with_aplus_includes_the_document(make_service, conn):
         "generate-complete-pack",
         {"project_id": "p1", "product": PRODUCT, "include_aplus": True},
     )
-    row = run_until_finished(server, conn, job_id)
+    row = run_until(server, conn, job_id)
     assert row["status"] == "completed"
     aplus_job = children(conn, job_id)["aplus"]
     assert aplus_job["job_type"] == "generate-aplus" and len(aplus_job["depends_on"]) == 6

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from processor.cli.commands import main
 from processor.providers.metering import estimate
 from processor.settings import DEFAULT_PRICES
-from tests.support import TOKEN, scrape
+from tests.support import TOKEN, run_until, scrape
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PRODUCT = {"name": "Ceramic Mug", "features": ["Holds 350 ml", "Dishwasher safe"]}
@@ -23,16 +23,6 @@ def run(server) -> dict:
     return httpx.post(
         f"{server.url}/process-jobs", json={"wait": True}, headers=AUTH, timeout=60
     ).json()
-
-
-def run_pack(server, conn, job_id) -> str:
-    """Runs a pack to its end: it hands out its images, they run, it puts them together."""
-    for _ in range(10):
-        status = conn.execute("select status from job_queue where id = %s", (job_id,)).fetchone()
-        if status["status"] in ("completed", "failed", "cancelled"):
-            return status["status"]
-        run(server)
-    raise AssertionError(f"the pack stayed {status['status']}")
 
 
 PACK_CALLS = (
@@ -50,7 +40,7 @@ def test_every_call_of_a_pack_is_in_the_ledger_and_every_view_adds_up(
         "select enqueue_job('generate-complete-pack', %s, 'user-1') as id",
         (Jsonb({"project_id": "p9", "product": PRODUCT, "include_aplus": True}),),
     ).fetchone()["id"]
-    assert run_pack(server, conn, job_id) == "completed"
+    assert run_until(server, conn, job_id)["status"] == "completed"
     rows = conn.execute(PACK_CALLS, {"id": job_id}).fetchall()
     # 6 listing images + 6 A+ module images + 1 A+ text call, all to the fake Gemini, each
     # recorded by the image or A+ job of the pack that made it.
@@ -208,7 +198,7 @@ def test_a_bulk_replay_of_a_failed_pack_pays_only_for_its_missing_images(
         "select enqueue_job('generate-complete-pack', %s, 'user-1', p_max_retries => 0) as id",
         (Jsonb({"project_id": "p1", "product": PRODUCT}),),
     ).fetchone()["id"]
-    assert run_pack(server, conn, job_id) == "failed"
+    assert run_until(server, conn, job_id)["status"] == "failed"
     [dry] = conn.execute(
         "select * from retry_jobs(p_job_type => 'generate-complete-pack', p_dry_run => true)"
     ).fetchall()
@@ -227,7 +217,7 @@ def test_a_bulk_replay_of_a_failed_pack_pays_only_for_its_missing_images(
 
     [done] = conn.execute("select * from retry_jobs(p_job_type => 'generate-complete-pack')")
     assert done["retried"]
-    assert run_pack(server, conn, job_id) == "completed"
+    assert run_until(server, conn, job_id)["status"] == "completed"
     # The replay waits for the sixth image, then asks again for the one that failed: only
     # those two are made.
     second = conn.execute(

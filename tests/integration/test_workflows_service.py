@@ -10,7 +10,7 @@ import uuid
 import httpx
 from psycopg.types.json import Jsonb
 
-from tests.support import TOKEN, post, row, scrape, signed_in, wait_for
+from tests.support import TOKEN, post, row, run_until, scrape, signed_in, wait_for
 
 
 def enqueue(conn, respond: dict | None = None, job_type: str = "ok", **kw: object) -> uuid.UUID:
@@ -19,15 +19,6 @@ def enqueue(conn, respond: dict | None = None, job_type: str = "ok", **kw: objec
         f"select enqueue_job(%(job_type)s, %(payload)s{args}) as id",
         {"job_type": job_type, "payload": Jsonb({"respond": respond} if respond else {}), **kw},
     ).fetchone()["id"]
-
-
-def run_until(server, conn, job_id, statuses: set[str], rounds: int = 20) -> dict:
-    for _ in range(rounds):
-        current = row(conn, job_id)
-        if current["status"] in statuses:
-            return current
-        post(server, {"wait": True})
-    raise AssertionError(f"job stayed {row(conn, job_id)['status']}, wanted {statuses}")
 
 
 def test_a_dependents_call_carries_what_its_dependencies_came_to(make_service, conn, handler):
