@@ -185,6 +185,8 @@ CREATE TABLE public.job_queue (
     ended_by uuid,
     suspensions integer DEFAULT 0 NOT NULL,
     progress_base jsonb,
+    budget_reserved numeric(14,6),
+    budget_estimate numeric(14,6),
     CONSTRAINT job_queue_concurrency_key_length CHECK (((concurrency_key IS NULL) OR ((length(concurrency_key) >= 1) AND (length(concurrency_key) <= 200)))),
     CONSTRAINT job_queue_depends_on_size CHECK ((cardinality(depends_on) <= 10000)),
     CONSTRAINT job_queue_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
@@ -298,6 +300,18 @@ COMMENT ON COLUMN public.job_queue.suspensions IS 'How many times the handler an
 COMMENT ON COLUMN public.job_queue.progress_base IS 'While a job waits for its children: its own progress when it handed them out, and their ids (set_job_progress adds theirs to it).';
 
 --
+-- Name: COLUMN job_queue.budget_reserved; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.budget_reserved IS 'While it runs under a spend budget: what it still holds of its budgets (its estimate less what its calls have cost so far). Only processing jobs count; set null when it stops.';
+
+--
+-- Name: COLUMN job_queue.budget_estimate; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue.budget_estimate IS 'What the claim that started it under a spend budget estimated it would cost (null with budget_reserved set: no estimate).';
+
+--
 -- Name: claim_jobs(text, integer, text[], interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -309,13 +323,33 @@ CREATE FUNCTION public.claim_jobs(p_worker text, p_limit integer DEFAULT 1, p_jo
     AS $$
 declare
     v_ids uuid[];
+    v_reserving jsonb;
 begin
     -- A limit of 0 (or null, or less) claims nothing: it is how a caller says it has no room.
     if coalesce(p_limit, 0) <= 0 then
         return;
     end if;
     v_ids := job_queue_pick(p_limit, p_job_types);
-    -- (v_ids: rows the pick locked while pending; by key alone, see above)
+    -- (v_ids: rows the pick locked while pending; by key alone, as in 0022)
+    v_reserving := nullif(current_setting('processor.reserving', true), '')::jsonb;
+    if v_reserving is null then
+        -- (budget_reserved: whatever a row was written with, a job starts holding nothing)
+        return query
+        with claimed as (
+            update job_queue j
+            set status = 'processing',
+                locked_by = p_worker,
+                locked_until = now() + p_lease,
+                lease_token = gen_random_uuid(),
+                processed_at = now(),
+                budget_reserved = null
+            where j.id = any (v_ids)
+            returning j.*
+        )
+        select * from claimed order by priority desc, run_at, created_at;
+        return;
+    end if;
+    perform set_config('processor.reserving', '', true);
     return query
     with claimed as (
         update job_queue j
@@ -323,7 +357,10 @@ begin
             locked_by = p_worker,
             locked_until = now() + p_lease,
             lease_token = gen_random_uuid(),
-            processed_at = now()
+            processed_at = now(),
+            budget_reserved = case when v_reserving ? j.id::text
+                                   then coalesce((v_reserving ->> j.id::text)::numeric, 0) end,
+            budget_estimate = (v_reserving ->> j.id::text)::numeric
         where j.id = any (v_ids)
         returning j.*
     )
@@ -807,35 +844,9 @@ $$;
 --
 
 CREATE FUNCTION public.job_estimated_cost(p_job_id uuid) RETURNS numeric
-    LANGUAGE plpgsql STABLE
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    LANGUAGE sql STABLE
     AS $$
-declare
-    v_job job_queue;
-    v_needed integer;
-    v_left integer;
-    v_price numeric;
-begin
-    select * into v_job from job_queue where id = p_job_id;
-    if not found then
-        return null;
-    end if;
-    v_needed := job_items_needed(v_job.job_type, v_job.payload);
-    v_left := case when v_needed is null then null
-                   else greatest(v_needed - job_items_stored(v_job.id), 0) end;
-    select usd into v_price from job_type_prices where job_type = v_job.job_type;
-    if v_price is not null then
-        return round(case when v_needed > 0 then v_price * v_left / v_needed else v_price end, 6);
-    end if;
-    if v_left is null then
-        return null;
-    end if;
-    select max(c.cost_usd) into v_price from provider_calls c
-    join job_queue q on q.id = c.job_id
-    left join job_queue p on p.id = q.parent_id
-    where (q.job_type = v_job.job_type or p.job_type = v_job.job_type) and c.status = 'ok';
-    return round(v_price * v_left, 6);
-end;
+    select f.est from job_queue_budget_fit(array[p_job_id]) f
 $$;
 
 --
@@ -916,6 +927,22 @@ CREATE FUNCTION public.job_items_stored(p_job_id uuid) RETURNS integer
     )
     select (select count(*) from generated_images where job_id in (select id from mine))::integer
          + (select count(*) from aplus_contents where job_id in (select id from mine))::integer
+$$;
+
+--
+-- Name: job_items_stored(uuid, uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_items_stored(p_job_id uuid, p_depends_on uuid[]) RETURNS integer
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_ids uuid[] := p_job_id || array(select c.id from job_queue c
+                                      where c.id = any (p_depends_on) and c.parent_id = p_job_id);
+begin
+    return (select count(*) from generated_images i where i.job_id = any (v_ids))::integer
+         + (select count(*) from aplus_contents a where a.job_id = any (v_ids))::integer;
+end;
 $$;
 
 --
@@ -1019,6 +1046,301 @@ end;
 $$;
 
 --
+-- Name: job_queue_budget_fit(uuid[], text[], text[], numeric[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_fit(p_ids uuid[], p_before_groups text[] DEFAULT '{}'::text[], p_before_types text[] DEFAULT '{}'::text[], p_before_est numeric[] DEFAULT '{}'::numeric[]) RETURNS TABLE(job_id uuid, est numeric, budgeted boolean, blocked text)
+    LANGUAGE plpgsql STABLE
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_zone text;
+    v_default_usd numeric;  -- the default group budget (*)
+    v_default_period interval;
+    v_typed boolean;  -- whether any type has a budget
+    v_keys text[] := '{}';  -- the budgets met so far ('g:<group>', 't:<type>', 's:*') ...
+    v_rooms numeric[] := '{}';  -- ... what is left of each (null: no budget) ...
+    v_blinds boolean[] := '{}';  -- ... and whether a job under it runs without an estimate
+    v_before integer := coalesce(cardinality(p_before_groups), 0);
+    v_group text;
+    v_type text;
+    v_j_groups text[];  -- the jobs asked about, as the one statement found them
+    v_j_types text[];
+    v_j_needed integer[];
+    v_j_children boolean[];
+    v_j_started boolean[];
+    v_j_prices numeric[];
+    v_j_rooms numeric[];
+    v_j_blinds boolean[];
+    v_j_budgeted boolean[];
+    v_group_room numeric;  -- what the job's statement found of its group's budget
+    v_group_blind boolean;
+    v_group_budget boolean;
+    v_started boolean;
+    v_depends_on uuid[];
+    v_price numeric;
+    v_needed integer;
+    v_usd numeric;
+    v_blind boolean;
+    v_scope text;
+    v_name text;
+    v_at integer[];  -- the job's budgets: positions in v_keys
+    v_pos integer;
+    i integer;
+    k integer;
+begin
+    select st.budget_time_zone, d.usd, d.period,
+           exists (select 1 from spend_budgets where scope = 'type')
+    into v_zone, v_default_usd, v_default_period, v_typed
+    from job_queue_settings st
+    left join spend_budgets d on d.scope = 'group' and d.key = '*'
+    where st.id;
+    -- The jobs asked about, their prices, and what is left of their groups' budgets: one
+    -- statement for all of them.
+    select array_agg(j.group_key order by u.n), array_agg(j.job_type order by u.n),
+           array_agg(job_items_needed(j.job_type, j.payload) order by u.n),
+           array_agg(j.depends_on is not null order by u.n),
+           array_agg(j.processed_at is not null order by u.n),
+           array_agg(coalesce(p.usd, c.usd) order by u.n),
+           array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0) order by u.n),
+           array_agg(coalesce(r.blind, false) order by u.n),
+           array_agg(g.usd is not null order by u.n)
+    into v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
+         v_j_blinds, v_j_budgeted
+    from unnest(p_ids) with ordinality u(id, n)
+    left join lateral (select coalesce(q.concurrency_key, q.user_id, '') as group_key,
+                              q.job_type, q.payload, q.depends_on, q.processed_at
+                       from job_queue q where q.id = u.id) j on true
+    left join job_type_prices p on p.job_type = j.job_type
+    left join job_type_costs c on c.job_type = j.job_type
+    left join lateral (
+        select x.usd, x.period from spend_budgets x
+        where x.scope = 'group' and x.key = j.group_key
+        union all
+        select v_default_usd, v_default_period
+        where j.group_key <> '' and v_default_usd is not null
+        limit 1) g on true
+    left join lateral (
+        select sum(q.budget_reserved) as held,
+               bool_or(q.budget_reserved is not null and q.budget_estimate is null) as blind
+        from job_queue q
+        where g.usd is not null and q.status = 'processing'
+          and coalesce(q.concurrency_key, q.user_id, '') = j.group_key) r on true
+    left join spend_counters gc
+        on g.usd is not null and gc.scope = 'group' and gc.key = j.group_key
+       and gc.starts = job_queue_period_start(g.period, v_zone);
+    -- The jobs taken before, then the jobs asked about, in order: each takes its estimate off
+    -- the budgets it falls under, if it fits them.
+    for i in 1 .. v_before + coalesce(cardinality(p_ids), 0) loop
+        if i <= v_before then
+            job_id := null;
+            v_group := p_before_groups[i];
+            v_type := p_before_types[i];
+            est := p_before_est[i];
+        else
+            job_id := p_ids[i - v_before];
+            k := i - v_before;
+            continue when v_j_types[k] is null;  -- (gone)
+            v_group := v_j_groups[k];
+            v_type := v_j_types[k];
+            v_needed := v_j_needed[k];
+            v_depends_on := case when v_j_children[k] then
+                                (select j.depends_on from job_queue j where j.id = job_id) end;
+            v_started := v_j_started[k];
+            v_price := v_j_prices[k];
+            v_group_room := v_j_rooms[k];
+            v_group_blind := v_j_blinds[k];
+            v_group_budget := v_j_budgeted[k];
+            -- (what is stored is counted only for a job that ran before: nothing stores images
+            -- or A+ under a job, or makes its children, but its own runs)
+            est := case when v_price is null then null
+                        when v_needed > 0 and v_started
+                            then round(v_price * greatest(v_needed - job_items_stored(
+                                           job_id, v_depends_on), 0) / v_needed, 6)
+                        else round(v_price, 6) end;
+        end if;
+        v_at := '{}';
+        for k in 1 .. 3 loop
+            v_scope := (array['group', 'type', 'service'])[k];
+            continue when v_scope = 'type' and not v_typed;
+            v_name := case k when 1 then v_group when 2 then v_type else '*' end;
+            v_pos := array_position(v_keys, left(v_scope, 1) || ':' || v_name);
+            if v_pos is null then
+                -- One statement a budget: it, less what its running jobs hold, less what its
+                -- calls cost in the period (a group's came with its job).
+                if k = 1 and job_id is not null then
+                    v_usd := case when v_group_budget then v_group_room end;
+                    v_blind := v_group_blind;
+                elsif k = 1 then
+                    select b.usd - coalesce(r.held, 0) - coalesce(c.spent_usd, 0), r.blind
+                    into v_usd, v_blind
+                    from (select x.usd, x.period from spend_budgets x
+                          where x.scope = 'group' and x.key = v_group
+                          union all
+                          select v_default_usd, v_default_period
+                          where v_group <> '' and v_default_usd is not null
+                          limit 1) b
+                    cross join lateral (
+                        select sum(q.budget_reserved) as held,
+                               coalesce(bool_or(q.budget_reserved is not null
+                                                and q.budget_estimate is null), false) as blind
+                        from job_queue q
+                        where q.status = 'processing'
+                          and coalesce(q.concurrency_key, q.user_id, '') = v_group) r
+                    left join spend_counters c
+                        on c.scope = 'group' and c.key = v_group
+                       and c.starts = job_queue_period_start(b.period, v_zone);
+                elsif k = 2 then
+                    select b.usd - coalesce(r.held, 0) - coalesce(c.spent_usd, 0), r.blind
+                    into v_usd, v_blind
+                    from spend_budgets b
+                    cross join lateral (
+                        select sum(q.budget_reserved) as held,
+                               coalesce(bool_or(q.budget_reserved is not null
+                                                and q.budget_estimate is null), false) as blind
+                        from job_queue q
+                        where q.status = 'processing' and q.job_type = v_type) r
+                    left join spend_counters c
+                        on c.scope = 'type' and c.key = v_type
+                       and c.starts = job_queue_period_start(b.period, v_zone)
+                    where b.scope = 'type' and b.key = v_type;
+                else
+                    select b.usd - coalesce(r.held, 0) - coalesce(c.spent_usd, 0), r.blind
+                    into v_usd, v_blind
+                    from spend_budgets b
+                    cross join lateral (
+                        select sum(q.budget_reserved) as held,
+                               coalesce(bool_or(q.budget_reserved is not null
+                                                and q.budget_estimate is null), false) as blind
+                        from job_queue q
+                        where q.status = 'processing') r
+                    left join spend_counters c
+                        on c.scope = 'service' and c.key = '*'
+                       and c.starts = job_queue_period_start(b.period, v_zone)
+                    where b.scope = 'service' and b.key = '*';
+                end if;
+                if v_usd is null then  -- (no budget: no row, or none of its own nor *)
+                    v_blind := false;
+                end if;
+                v_keys := v_keys || (left(v_scope, 1) || ':' || v_name);
+                v_rooms := v_rooms || v_usd;
+                v_blinds := v_blinds || coalesce(v_blind, false);
+                v_pos := cardinality(v_keys);
+            end if;
+            continue when v_rooms[v_pos] is null;
+            v_at := v_at || v_pos;
+        end loop;
+        if job_id is not null then
+            budgeted := cardinality(v_at) > 0;
+            blocked := null;
+            foreach k in array v_at loop
+                if not job_queue_budget_fits(v_rooms[k], v_blinds[k], est) then
+                    blocked := split_part(v_keys[k], ':', 1);
+                    blocked := case blocked when 'g' then 'group' when 't' then 'type'
+                                            else 'service' end;
+                    exit;
+                end if;
+            end loop;
+            return next;
+            continue when blocked is not null;  -- a job that does not start takes nothing
+        end if;
+        foreach k in array v_at loop
+            v_rooms[k] := v_rooms[k] - coalesce(est, 0);
+            v_blinds[k] := v_blinds[k] or est is null;
+        end loop;
+    end loop;
+end;
+$$;
+
+--
+-- Name: job_queue_budget_fits(numeric, boolean, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_fits(p_room numeric, p_blind boolean, p_est numeric) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select p_room is null
+        or p_room > 0 and (coalesce(p_est <= p_room, false) or p_est is null and not p_blind)
+$$;
+
+--
+-- Name: job_queue_budget_hand(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_hand(p_reserving jsonb) RETURNS void
+    LANGUAGE sql
+    AS $$
+    select set_config('processor.reserving', coalesce(p_reserving, '{}')::text, true)
+$$;
+
+--
+-- Name: job_queue_budget_left(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_left(p_scope text, p_key text, OUT budget numeric, OUT spent numeric, OUT reserved numeric, OUT period interval, OUT starts timestamp with time zone, OUT resets timestamp with time zone, OUT own boolean) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_starts timestamptz;
+begin
+    select b.usd, b.period, true into budget, period, own
+    from spend_budgets b where b.scope = p_scope and b.key = p_key;
+    if not found and p_scope = 'group' and p_key <> '' then
+        select b.usd, b.period, false into budget, period, own
+        from spend_budgets b where b.scope = 'group' and b.key = '*';
+    end if;
+    if budget is null then
+        return;
+    end if;
+    select w.starts, w.resets into v_starts, resets from spend_budget_window(period) w;
+    starts := v_starts;
+    spent := coalesce((select c.spent_usd from spend_counters c
+                       where c.scope = p_scope and c.key = p_key and c.starts = v_starts), 0);
+    if p_scope = 'group' then
+        reserved := coalesce((select sum(q.budget_reserved) from job_queue q
+                              where q.status = 'processing'
+                                and coalesce(q.concurrency_key, q.user_id, '') = p_key), 0);
+    elsif p_scope = 'type' then
+        reserved := coalesce((select sum(q.budget_reserved) from job_queue q
+                              where q.status = 'processing' and q.job_type = p_key), 0);
+    else
+        reserved := coalesce((select sum(q.budget_reserved) from job_queue q
+                              where q.status = 'processing'), 0);
+    end if;
+end;
+$$;
+
+--
+-- Name: job_queue_budget_note_held(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_note_held(p_scope text, p_key text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_left record;
+begin
+    select * into v_left from job_queue_budget_left(p_scope, p_key);
+    if v_left.budget is null then
+        return;
+    end if;
+    insert into spend_budget_reached (scope, key, starts)
+    values (p_scope, p_key, v_left.starts)
+    on conflict do nothing;
+    if p_scope = 'group' then
+        update job_queue_scheduler set budget_resets_at = v_left.resets
+        where budget_resets_at > v_left.resets;
+    end if;
+end;
+$$;
+
+--
 -- Name: job_queue_budget_period(text, interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1033,6 +1355,124 @@ begin
             coalesce(p_period::text, 'null') using errcode = '22023';
     end if;
     return p_period;
+end;
+$$;
+
+--
+-- Name: job_queue_budget_reason(uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_reason(p_job_id uuid, p_group text, p_job_type text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET jit TO 'off'
+    AS $_$
+declare
+    v_scopes text[] := array['group', 'type', 'service'];
+    v_names text[] := array[p_group, p_job_type, '*'];
+    v_left record;
+    v_room numeric;
+    v_est numeric;
+    v_zone text := coalesce((select budget_time_zone from job_queue_settings where id), 'UTC');
+    v_running integer;
+    i integer;
+begin
+    v_est := job_estimated_cost(p_job_id);
+    for i in 1 .. 3 loop
+        select * into v_left from job_queue_budget_left(v_scopes[i], v_names[i]);
+        continue when v_left.budget is null;
+        v_room := v_left.budget - v_left.spent - v_left.reserved;
+        continue when v_room > 0 and (v_est is null or v_est <= v_room);
+        select count(*) into v_running from job_queue q
+        where q.status = 'processing' and q.budget_reserved > 0
+          and case v_scopes[i]
+                  when 'group' then coalesce(q.concurrency_key, q.user_id, '') = p_group
+                  when 'type' then q.job_type = p_job_type
+                  else true end;
+        return format('%s budget: $%s of $%s spent %s%s%s; resets at %s',
+            case v_scopes[i] when 'group' then p_group || '''s'
+                             when 'type' then 'job type ' || p_job_type || '''s'
+                             else 'the service''s' end,
+            to_char(v_left.spent + v_left.reserved, 'FM999999990.00'),
+            to_char(v_left.budget, 'FM999999990.00'),
+            case v_left.period when interval '1 hour' then 'this hour'
+                               when interval '1 day' then 'today'
+                               when interval '7 days' then 'this week'
+                               else 'this month' end,
+            case when v_left.reserved > 0
+                 then format(' ($%s of it reserved by %s running %s)',
+                             to_char(v_left.reserved, 'FM999999990.00'), v_running,
+                             case when v_running = 1 then 'job' else 'jobs' end)
+                 else '' end,
+            case when v_room <= 0 then ''
+                 else format('; this job needs about $%s', to_char(v_est, 'FM999999990.00')) end,
+            to_char(v_left.resets at time zone v_zone,
+                    case when v_left.resets - now() <= interval '1 day' then 'HH24:MI'
+                         else 'YYYY-MM-DD HH24:MI' end) || ' ' || v_zone);
+    end loop;
+    return null;
+end;
+$_$;
+
+--
+-- Name: job_queue_budget_take(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_take(p_id uuid, p_group text, p_job_type text, p_state jsonb, OUT state jsonb, OUT blocked text, OUT est numeric, OUT budgeted boolean) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+begin
+    state := coalesce(p_state, '{}');
+    select f.est, f.budgeted, f.blocked into est, budgeted, blocked
+    from job_queue_budget_fit(
+        array[p_id],
+        array(select jsonb_array_elements_text(coalesce(state -> 'g', '[]'))),
+        array(select jsonb_array_elements_text(coalesce(state -> 't', '[]'))),
+        array(select (x #>> '{}')::numeric
+              from jsonb_array_elements(coalesce(state -> 'e', '[]')) x)) f;
+    if blocked is null and budgeted then
+        state := state || jsonb_build_object(
+            'g', coalesce(state -> 'g', '[]') || to_jsonb(p_group),
+            't', coalesce(state -> 't', '[]') || to_jsonb(p_job_type),
+            'e', coalesce(state -> 'e', '[]') || coalesce(to_jsonb(est), 'null'),
+            'r', coalesce(state -> 'r', '{}') || jsonb_build_object(p_id::text, est));
+    end if;
+end;
+$$;
+
+--
+-- Name: job_queue_budget_zone_changed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budget_zone_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_budget record;
+begin
+    perform job_queue_lock_limits('budget_time_zone');
+    for v_budget in select scope, key from spend_budgets order by scope, key loop
+        perform job_queue_seed_spend(v_budget.scope, v_budget.key);
+    end loop;
+    perform job_queue_release_all_held();
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_budgeted(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_budgeted(p_group text, p_job_type text) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return exists (select 1 from spend_budgets where scope = 'group' and key = p_group)
+        or exists (select 1 from spend_budgets where scope = 'type' and key = p_job_type)
+        or exists (select 1 from spend_budgets where scope = 'service')
+        or p_group <> '' and exists (select 1 from spend_budgets
+                                     where scope = 'group' and key = '*');
 end;
 $$;
 
@@ -1144,6 +1584,37 @@ begin
             using errcode = '42501';
     end if;
     return new;
+end;
+$$;
+
+--
+-- Name: job_queue_count_spend(text, text, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_count_spend(p_scope text, p_key text, p_usd numeric, p_at timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_period interval;
+    v_starts timestamptz;
+begin
+    select period into v_period from spend_budgets where scope = p_scope and key = p_key;
+    if not found and p_scope = 'group' and p_key <> '' then
+        select period into v_period from spend_budgets where scope = 'group' and key = '*';
+    end if;
+    if v_period is null then
+        return;
+    end if;
+    v_starts := (spend_budget_window(v_period, p_at)).starts;
+    insert into spend_counters as c (scope, key, starts, spent_usd)
+    values (p_scope, p_key, v_starts, p_usd)
+    on conflict (scope, key) do update
+        set spent_usd = case when c.starts = excluded.starts then c.spent_usd + excluded.spent_usd
+                             when c.starts < excluded.starts then excluded.spent_usd
+                             else c.spent_usd end,
+            starts = greatest(c.starts, excluded.starts);
 end;
 $$;
 
@@ -1264,6 +1735,29 @@ begin
            + 1.0 / coalesce(p_weight,
                             (select weight from job_concurrency_limits where key = p_group),
                             (select weight from job_concurrency_limits where key = '*'), 1);
+end;
+$$;
+
+--
+-- Name: job_queue_hold_for_budget(text, text, uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_hold_for_budget(p_group text, p_job_type text, p_except uuid[]) RETURNS void
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
+    AS $$
+begin
+    update job_queue set turn = '-infinity'
+    where id in (select id from job_queue
+                 where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                   and coalesce(concurrency_key, user_id, '') = p_group
+                   and job_type = p_job_type
+                   and id <> all (p_except)
+                 order by priority, turn
+                 for update skip locked);
+    perform job_queue_budget_note_held('group', p_group);
 end;
 $$;
 
@@ -1678,7 +2172,8 @@ begin
     update job_queue_limited
     set limited = exists (select 1 from job_type_limits
                           where paused_at is not null or max_running is not null)
-                  or exists (select 1 from job_concurrency_limits where max_running is not null);
+                  or exists (select 1 from job_concurrency_limits where max_running is not null),
+        budgeted = exists (select 1 from spend_budgets);
     return null;
 end;
 $$;
@@ -1731,6 +2226,19 @@ end;
 $$;
 
 --
+-- Name: job_queue_period_start(interval, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_period_start(p_period interval, p_zone text) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    select date_trunc(case p_period when interval '1 hour' then 'hour'
+                                    when interval '1 day' then 'day'
+                                    when interval '7 days' then 'week' else 'month' end,
+                      now() at time zone p_zone) at time zone p_zone
+$$;
+
+--
 -- Name: job_queue_pick(integer, text[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1758,6 +2266,8 @@ declare
     v_out uuid[];
     v_rounds integer;
     v_timeout text;
+    v_budgeted boolean;
+    v_fallback boolean;
 begin
     if coalesce(p_limit, 0) <= 0 then
         return '{}';
@@ -1777,25 +2287,37 @@ begin
     -- Read after the lock (a statement of its own: a fresh snapshot), so a cap committed
     -- before the lock was got is seen. One statement for the settings and the probe for jobs
     -- not in line yet (one index entry, however many wait for later).
-    select st.fair_share, (select limited from job_queue_limited),
-           (select sc.rebuilt_at <= now() - st.rebuild_every from job_queue_scheduler sc),
+    select st.fair_share, l.limited, l.budgeted,
+           (select sc.rebuilt_at <= now() - st.rebuild_every or sc.budget_resets_at <= now()
+            from job_queue_scheduler sc),
            exists (select 1 from job_queue
                    where status = 'pending' and turn is null and run_at <= now())
-    into v_fair, v_limited, v_release, v_unplaced
-    from job_queue_settings st where st.id;
+    into v_fair, v_limited, v_budgeted, v_release, v_unplaced
+    from job_queue_settings st cross join job_queue_limited l where st.id;
 
+    v_fallback := true;
     if p_job_types is null and v_fair and not (v_limited or v_release or v_unplaced) then
-        -- The common case: nothing to place, count, release or skip (with no cap and no pause
-        -- in force no type is out of line). The lowest turns, one statement.
-        select array_agg(id), array_agg(job_type), array_agg(priority), array_agg(turn)
-        into v_ids, v_types, v_prio, v_turns
-        from (select id, job_type, priority, turn from job_queue
-              where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
-                and run_at <= now()
-              order by priority desc, turn
-              limit p_limit
-              for update skip locked) s;
-    else
+        if not v_budgeted then
+            -- The common case: nothing to place, count, release or skip (with no cap and no
+            -- pause in force no type is out of line). The lowest turns, one statement.
+            select array_agg(id), array_agg(job_type), array_agg(priority), array_agg(turn)
+            into v_ids, v_types, v_prio, v_turns
+            from (select id, job_type, priority, turn from job_queue
+                  where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                    and run_at <= now()
+                  order by priority desc, turn
+                  limit p_limit
+                  for update skip locked) s;
+            v_fallback := false;
+        else
+            -- Budgets and nothing else: the same lowest turns, each reserved or its group held
+            -- (or, at a type's or the service's budget, the general path below).
+            select b.ids, b.types, b.prio, b.turns, b.fallback
+            into v_ids, v_types, v_prio, v_turns, v_fallback
+            from job_queue_pick_within_budgets(p_limit) b;
+        end if;
+    end if;
+    if v_fallback then
         v_paused := '{}';
         v_capped := false;
         v_counting := false;
@@ -1814,7 +2336,7 @@ begin
                                           for update skip locked));
         end if;
         if v_release then
-            update job_queue_scheduler set rebuilt_at = now()
+            update job_queue_scheduler set rebuilt_at = now(), budget_resets_at = 'infinity'
             where ctid = (select ctid from job_queue_scheduler for update skip locked);
             if found then
                 perform job_queue_release_all_held();
@@ -1828,10 +2350,13 @@ begin
                    exists (select 1 from job_concurrency_limits where max_running is not null)
                    or exists (select 1 from job_type_limits where max_running is not null)
             into v_paused, v_capped;
-            -- Caps are counted by one claimer at a time; one that cannot take the lock within
-            -- 100 ms (another sits in an open transaction) takes only work without a cap.
-            v_counting := v_capped and pg_try_advisory_xact_lock(hashtext('processor:caps'));
-            if v_capped and not v_counting then
+        end if;
+        if v_capped or v_budgeted then
+            -- Caps and budgets are counted by one claimer at a time; one that cannot take the
+            -- lock within 100 ms (another sits in an open transaction) takes only work without
+            -- a cap or a budget.
+            v_counting := pg_try_advisory_xact_lock(hashtext('processor:caps'));
+            if not v_counting then
                 v_timeout := current_setting('lock_timeout');
                 begin
                     perform set_config('lock_timeout', '100ms', true);
@@ -1842,15 +2367,17 @@ begin
                     v_counting := false;
                 end;
             end if;
+        end if;
+        if v_limited then
             -- Read after the lock that counts them: a cap lowered meanwhile is the cap it holds.
             select coalesce(jsonb_object_agg(job_type, max_running), '{}') into v_type_caps
             from job_type_limits where max_running is not null;
         end if;
 
         if not coalesce(v_fair, true) then
-            return job_queue_pick_in_order(p_limit, p_job_types, v_paused, v_capped,
-                                           v_counting, v_type_caps);
-        elsif v_capped or p_job_types is not null then
+            return job_queue_pick_in_order(p_limit, p_job_types, v_paused,
+                                           v_capped or v_budgeted, v_counting, v_type_caps);
+        elsif v_capped or v_budgeted or p_job_types is not null then
             select ids, types, prio, turns into v_ids, v_types, v_prio, v_turns
             from job_queue_pick_limited(p_limit, p_job_types, v_paused, v_counting,
                                         v_type_caps);
@@ -1935,6 +2462,14 @@ declare
     v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
     v_cap integer;
     v_group_caps boolean;
+    v_budgets boolean := exists (select 1 from spend_budgets);
+    v_budget jsonb := '{}';
+    v_blocked text;
+    v_out_groups text[] := '{}';  -- groups and types a budget stopped in this call
+    v_out_types text[] := '{}';
+    v_outs integer := 0;  -- how many of those the round began with
+    v_rounds integer := 0;
+    v_stop boolean := false;
 begin
     if not p_capped then
         select coalesce(array_agg(id), '{}') into v_ids from (
@@ -1948,44 +2483,86 @@ begin
         return v_ids;
     end if;
     v_group_caps := exists (select 1 from job_concurrency_limits where max_running is not null);
-    for v_row in
-        select id, job_type, coalesce(concurrency_key, user_id, '') as group_key
-        from job_queue
-        where status = 'pending' and run_at <= now()
-          and (p_job_types is null or job_type = any (p_job_types))
-          and job_type <> all (p_paused)
-        order by priority desc, run_at, created_at
-        limit 1000 + 4 * p_limit
+    -- Rounds: a round that met a budget without room reads again without that group or type
+    -- (a seller's thousand jobs over its budget do not hide the next seller's), four at most.
+    <<rounds>>
     loop
-        v_cap := case when v_group_caps then job_group_cap(v_row.group_key) end;
-        continue when not p_counting and (v_cap is not null or p_type_caps ? v_row.job_type);
-        if v_cap is not null then
-            if not v_counts ? ('g:' || v_row.group_key) then
-                v_counts := v_counts || jsonb_build_object('g:' || v_row.group_key,
-                                                           job_group_running(v_row.group_key));
+        v_outs := cardinality(v_out_groups) + cardinality(v_out_types);
+        v_rounds := v_rounds + 1;
+        for v_row in
+            select id, job_type, coalesce(concurrency_key, user_id, '') as group_key
+            from job_queue
+            where status = 'pending' and run_at <= now()
+              and (p_job_types is null or job_type = any (p_job_types))
+              and job_type <> all (p_paused)
+              and job_type <> all (v_out_types)
+              and coalesce(concurrency_key, user_id, '') <> all (v_out_groups)
+              and id <> all (v_ids)
+            order by priority desc, run_at, created_at
+            limit 1000 + 4 * p_limit
+        loop
+            continue when v_row.group_key = any (v_out_groups)
+                          or v_row.job_type = any (v_out_types);
+            v_cap := case when v_group_caps then job_group_cap(v_row.group_key) end;
+            continue when not p_counting
+                          and (v_cap is not null or p_type_caps ? v_row.job_type
+                               or v_budgets
+                                  and job_queue_budgeted(v_row.group_key, v_row.job_type));
+            if v_cap is not null then
+                if not v_counts ? ('g:' || v_row.group_key) then
+                    v_counts := v_counts || jsonb_build_object('g:' || v_row.group_key,
+                                                               job_group_running(v_row.group_key));
+                end if;
+                continue when (v_counts ->> ('g:' || v_row.group_key))::integer >= v_cap;
             end if;
-            continue when (v_counts ->> ('g:' || v_row.group_key))::integer >= v_cap;
-        end if;
-        v_cap := (p_type_caps ->> v_row.job_type)::integer;
-        if v_cap is not null then
-            if not v_counts ? ('t:' || v_row.job_type) then
-                v_counts := v_counts || jsonb_build_object('t:' || v_row.job_type,
-                                                           job_type_running(v_row.job_type));
+            v_cap := (p_type_caps ->> v_row.job_type)::integer;
+            if v_cap is not null then
+                if not v_counts ? ('t:' || v_row.job_type) then
+                    v_counts := v_counts || jsonb_build_object('t:' || v_row.job_type,
+                                                               job_type_running(v_row.job_type));
+                end if;
+                continue when (v_counts ->> ('t:' || v_row.job_type))::integer >= v_cap;
             end if;
-            continue when (v_counts ->> ('t:' || v_row.job_type))::integer >= v_cap;
-        end if;
-        perform 1 from job_queue
-        where id = v_row.id and status = 'pending'
-        for update skip locked;
-        continue when not found;
-        v_ids := v_ids || v_row.id;
-        v_counts := v_counts
-            || jsonb_build_object('g:' || v_row.group_key,
-                   coalesce((v_counts ->> ('g:' || v_row.group_key))::integer, 0) + 1)
-            || jsonb_build_object('t:' || v_row.job_type,
-                   coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
-        exit when cardinality(v_ids) >= p_limit;
-    end loop;
+            perform 1 from job_queue
+            where id = v_row.id and status = 'pending'
+            for update skip locked;
+            continue when not found;
+            if v_budgets then
+                -- In one global order a job over its budget is passed over (no group is held), and
+                -- the rest of its group (or type) in this call with it, unread; the service's
+                -- budget ends the call.
+                select b.state, b.blocked into v_budget, v_blocked
+                from job_queue_budget_take(v_row.id, v_row.group_key, v_row.job_type, v_budget) b;
+                if v_blocked is not null then
+                    perform job_queue_budget_note_held(
+                        v_blocked, case v_blocked when 'group' then v_row.group_key
+                                                  when 'type' then v_row.job_type else '*' end);
+                    if v_blocked = 'service' then
+                        v_stop := true;
+                        exit;
+                    end if;
+                    if v_blocked = 'group' then
+                        v_out_groups := v_out_groups || v_row.group_key;
+                    else
+                        v_out_types := v_out_types || v_row.job_type;
+                    end if;
+                    continue;
+                end if;
+            end if;
+            v_ids := v_ids || v_row.id;
+            v_counts := v_counts
+                || jsonb_build_object('g:' || v_row.group_key,
+                       coalesce((v_counts ->> ('g:' || v_row.group_key))::integer, 0) + 1)
+                || jsonb_build_object('t:' || v_row.job_type,
+                       coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
+            exit when cardinality(v_ids) >= p_limit;
+        end loop;
+        exit rounds when v_stop or cardinality(v_ids) >= p_limit or v_rounds >= 4
+                         or cardinality(v_out_groups) + cardinality(v_out_types) = v_outs;
+    end loop rounds;
+    if v_budgets then
+        perform job_queue_budget_hand(v_budget -> 'r');
+    end if;
     return v_ids;
 end;
 $$;
@@ -2004,6 +2581,9 @@ declare
     v_counts jsonb := '{}';  -- running + taken, per 'g:<group>' and 't:<type>'
     v_group_caps boolean := exists (select 1 from job_concurrency_limits
                                     where max_running is not null);
+    v_budgets boolean := exists (select 1 from spend_budgets);
+    v_budget jsonb := '{}';  -- what is left of each budget met (job_queue_budget_take)
+    v_blocked text;
     v_row record;
     v_now record;
     v_cap integer;
@@ -2035,7 +2615,7 @@ begin
       and job_type <> all (p_paused)
       and (not p_type_caps ? job_type
            or p_counting and job_type_running(job_type) < (p_type_caps ->> job_type)::integer);
-    if not v_group_caps then
+    if not v_group_caps and not v_budgets then
         -- No group to count: one statement, each type's line read as far as its room.
         select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
                coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}')
@@ -2072,6 +2652,11 @@ begin
             v_cap := job_group_cap(v_row.g);
             if v_cap is not null and not p_counting then
                 v_passed := v_passed || v_row.id;  -- capped work is the counting claimer's
+                v_moved := true;
+                continue;
+            end if;
+            if v_budgets and not p_counting and job_queue_budgeted(v_row.g, v_row.job_type) then
+                v_passed := v_passed || v_row.id;  -- and so is budgeted work
                 v_moved := true;
                 continue;
             end if;
@@ -2122,6 +2707,26 @@ begin
                 v_moved := true;
                 continue;
             end if;
+            if v_budgets then
+                select b.state, b.blocked into v_budget, v_blocked
+                from job_queue_budget_take(v_row.id, v_row.g, v_row.job_type, v_budget) b;
+                if v_blocked = 'group' then
+                    -- Its group's budget has no room for it: the group's jobs of this type in
+                    -- line are held, as at a cap, until the budget is raised or resets, or a
+                    -- job of the group ends (job_queue_release_held checks the budget).
+                    perform job_queue_hold_for_budget(v_row.g, v_row.job_type, ids);
+                    v_passed := v_passed || v_row.id;
+                    v_moved := true;
+                    continue;
+                elsif v_blocked is not null then
+                    -- Its type's or the service's budget: the type is done for this call.
+                    perform job_queue_budget_note_held(
+                        v_blocked, case v_blocked when 'type' then v_row.job_type else '*' end);
+                    v_types := array_remove(v_types, v_row.job_type);
+                    v_moved := true;
+                    continue;
+                end if;
+            end if;
             ids := ids || v_row.id;
             types := types || v_row.job_type;
             prio := prio || v_row.priority;
@@ -2139,6 +2744,104 @@ begin
         -- the claim ends); four rounds in a row without taking one end it too.
         exit when cardinality(ids) >= p_limit or not v_moved or v_idle >= 4;
     end loop;
+    if v_budgets then
+        perform job_queue_budget_hand(v_budget -> 'r');
+    end if;
+end;
+$$;
+
+--
+-- Name: job_queue_pick_within_budgets(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_pick_within_budgets(p_limit integer, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[], OUT fallback boolean) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_timeout text;
+    v_passed uuid[] := '{}';
+    v_held text[] := '{}';  -- (group, type) pairs this call held: their other rows are passed
+    v_got uuid[];
+    v_got_types text[];
+    v_got_prio integer[];
+    v_got_turns double precision[];
+    v_got_groups text[];
+    v_est numeric[];
+    v_budgeted boolean[];
+    v_blocked text[];
+    v_reserving jsonb := '{}';  -- what this call reserves: {job id: estimate}
+    v_reserve_groups text[] := '{}';  -- (and for the rounds after: the jobs' groups, ...)
+    v_reserve_types text[] := '{}';
+    v_reserve_est numeric[] := '{}';
+    v_rounds integer := 0;
+    v_holding boolean;
+    i integer;
+begin
+    ids := '{}'; types := '{}'; prio := '{}'; turns := '{}'; fallback := false;
+    if not pg_try_advisory_xact_lock(hashtext('processor:caps')) then
+        v_timeout := current_setting('lock_timeout');
+        begin
+            perform set_config('lock_timeout', '100ms', true);
+            perform pg_advisory_xact_lock(hashtext('processor:caps'));
+            perform set_config('lock_timeout', v_timeout, true);
+        exception when lock_not_available then
+            fallback := true;
+            return;
+        end;
+    end if;
+    loop
+        select coalesce(array_agg(id), '{}'), coalesce(array_agg(job_type), '{}'),
+               coalesce(array_agg(priority), '{}'), coalesce(array_agg(turn), '{}'),
+               coalesce(array_agg(g), '{}')
+        into v_got, v_got_types, v_got_prio, v_got_turns, v_got_groups
+        from (select id, job_type, priority, turn, coalesce(concurrency_key, user_id, '') as g
+              from job_queue
+              where status = 'pending' and turn > '-infinity' and turn <> 'infinity'
+                and run_at <= now() and id <> all (ids) and id <> all (v_passed)
+              order by priority desc, turn
+              limit p_limit - cardinality(ids)
+              for update skip locked) s;
+        exit when cardinality(v_got) = 0;
+        v_holding := false;
+        select array_agg(f.est), array_agg(f.budgeted), array_agg(f.blocked)
+        into v_est, v_budgeted, v_blocked
+        from job_queue_budget_fit(v_got, v_reserve_groups, v_reserve_types, v_reserve_est) f;
+        for i in 1 .. cardinality(v_got) loop
+            if jsonb_build_array(v_got_groups[i], v_got_types[i])::text = any (v_held) then
+                v_passed := v_passed || v_got[i];
+                continue;
+            end if;
+            if v_blocked[i] is null then
+                ids := ids || v_got[i];
+                types := types || v_got_types[i];
+                prio := prio || v_got_prio[i];
+                turns := turns || v_got_turns[i];
+                if v_budgeted[i] then
+                    v_reserve_groups := v_reserve_groups || v_got_groups[i];
+                    v_reserve_types := v_reserve_types || v_got_types[i];
+                    v_reserve_est := v_reserve_est || v_est[i];
+                    v_reserving := v_reserving
+                                   || jsonb_build_object(v_got[i]::text, v_est[i]);
+                end if;
+            elsif v_blocked[i] = 'group' then
+                perform job_queue_hold_for_budget(v_got_groups[i], v_got_types[i], ids);
+                v_held := v_held || jsonb_build_array(v_got_groups[i], v_got_types[i])::text;
+                v_passed := v_passed || v_got[i];
+                v_holding := true;
+                -- The jobs after it were weighed with it counted: the next round weighs them
+                -- again without it.
+                exit;
+            else
+                fallback := true;  -- nothing reserved yet: the general path starts afresh
+                return;
+            end if;
+        end loop;
+        v_rounds := v_rounds + 1;
+        -- (a round that held nothing read every job in line it could)
+        exit when cardinality(ids) >= p_limit or v_rounds >= 4 or not v_holding;
+    end loop;
+    -- The reservations go to claim_jobs, which writes them in the update that starts the jobs.
+    perform job_queue_budget_hand(v_reserving);
 end;
 $$;
 
@@ -2395,6 +3098,47 @@ end;
 $$;
 
 --
+-- Name: job_queue_refresh_type_costs(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_refresh_type_costs() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_count integer;
+begin
+    if not pg_try_advisory_xact_lock(hashtext('processor:type_costs')) then
+        return 0;
+    end if;
+    with recent as (
+        select id, job_type, depends_on from job_queue
+        where completed_at is not null
+        order by completed_at desc
+        limit 5000
+    ),
+    costs as (
+        select r.job_type,
+               coalesce((select sum(c.cost_usd) from provider_calls c where c.job_id = r.id), 0)
+               + coalesce((select sum(c.cost_usd) from job_queue k
+                           join provider_calls c on c.job_id = k.id
+                           where k.id = any (r.depends_on) and k.parent_id = r.id), 0) as usd
+        from recent r
+        join job_queue q on q.id = r.id and q.status = 'completed'
+    )
+    insert into job_type_costs (job_type, usd, jobs, computed_at)
+    select job_type, percentile_disc(0.9) within group (order by usd), count(*), now()
+    from costs
+    group by job_type
+    on conflict (job_type) do update
+        set usd = excluded.usd, jobs = excluded.jobs, computed_at = excluded.computed_at;
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+--
 -- Name: job_queue_release_all_held(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2433,15 +3177,19 @@ $$;
 CREATE FUNCTION public.job_queue_release_freed() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_sort TO 'off'
     AS $$
 declare
     v_group text := coalesce(new.concurrency_key, new.user_id, '');
     v_timeout text := current_setting('lock_timeout');
+    v_limited boolean;
+    v_budgeted boolean;
 begin
-    if not (select limited from job_queue_limited) then
+    select limited, budgeted into v_limited, v_budgeted from job_queue_limited;
+    if not (v_limited or v_budgeted) then
         return null;
     end if;
-    if job_group_cap(v_group) is not null
+    if (v_budgeted or v_limited and job_group_cap(v_group) is not null)
        and not pg_try_advisory_xact_lock_shared(hashtext('processor:caps')) then
         begin
             perform set_config('lock_timeout', '100ms', true);
@@ -2451,9 +3199,15 @@ begin
             return null;
         end;
     end if;
-    if exists (select 1 from job_queue
-               where status = 'pending' and turn = '-infinity'
-                 and coalesce(concurrency_key, user_id, '') = v_group) then
+    -- In job_queue_held_idx's order, sorting off: with statistics taken before any job was
+    -- held, the planner otherwise read job_queue_held_type_idx and sorted, which reads every
+    -- held job of every group (6 ms a completion with 20,000 jobs held).
+    perform 1 from job_queue
+    where status = 'pending' and turn = '-infinity'
+      and coalesce(concurrency_key, user_id, '') = v_group
+    order by priority desc, run_at, created_at
+    limit 1;
+    if found then
         perform job_queue_release_held(v_group);
     end if;
     return null;
@@ -2468,14 +3222,34 @@ CREATE FUNCTION public.job_queue_release_held(p_group text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     SET jit TO 'off'
+    SET enable_sort TO 'off'
     AS $$
 declare
     v_cap integer := job_group_cap(p_group);
     v_room integer;
+    v_left record;
+    v_usd numeric;
 begin
     v_room := v_cap - job_group_running(p_group);  -- null without a cap: no limit below
     if v_room <= 0 then
         return 0;
+    end if;
+    if exists (select 1 from spend_budgets where scope = 'group') then
+        select * into v_left from job_queue_budget_left('group', p_group);
+        v_usd := v_left.budget - v_left.spent - v_left.reserved;
+        -- The next held job of each type (held jobs of several types are held together): the
+        -- group stays held while none of them fits.
+        if v_usd <= 0
+           or v_usd < (select min(job_estimated_cost(n.id))
+                       from (select distinct on (q.job_type) q.id from job_queue q
+                             where q.status = 'pending' and q.turn = '-infinity'
+                               and coalesce(q.concurrency_key, q.user_id, '') = p_group
+                             order by q.job_type, q.priority desc, q.run_at, q.created_at) n)
+        then
+            update job_queue_scheduler set budget_resets_at = v_left.resets
+            where budget_resets_at > v_left.resets;
+            return 0;
+        end if;
     end if;
     return job_queue_place(array(
         select q.id from job_queue q
@@ -2556,6 +3330,64 @@ end;
 $$;
 
 --
+-- Name: job_queue_seed_spend(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_seed_spend(p_scope text, p_key text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+declare
+    v_left record;
+    v_timeout text := current_setting('lock_timeout');
+begin
+    begin
+        perform set_config('lock_timeout', '500ms', true);
+        perform pg_advisory_xact_lock(hashtext('processor:spend'));
+        perform set_config('lock_timeout', v_timeout, true);
+    exception when lock_not_available then
+        raise exception 'a provider call is being recorded in a transaction still open; its '
+                        'cost could be counted twice or not at all. Try again when it ends.'
+            using errcode = '55P03';
+    end;
+    if p_scope = 'group' and p_key = '*' then
+        select * into v_left from job_queue_budget_left('group', '*');
+        if v_left.budget is null then
+            delete from spend_counters c
+            where c.scope = 'group'
+              and not exists (select 1 from spend_budgets b
+                              where b.scope = 'group' and b.key = c.key);
+            return;
+        end if;
+        insert into spend_counters as k (scope, key, starts, spent_usd)
+        select 'group', g, v_left.starts, sum(cost)
+        from (select coalesce(j.concurrency_key, j.user_id, c.user_id, '') as g,
+                     c.cost_usd as cost
+              from provider_calls c left join job_queue j on j.id = c.job_id
+              where c.created_at >= v_left.starts and c.created_at < v_left.resets) s
+        where g <> ''
+          and not exists (select 1 from spend_budgets b where b.scope = 'group' and b.key = g)
+        group by g
+        on conflict (scope, key) do update
+            set starts = excluded.starts, spent_usd = excluded.spent_usd
+            where k.starts <> excluded.starts;
+        return;
+    end if;
+    select * into v_left from job_queue_budget_left(p_scope, p_key);
+    if v_left.budget is null then
+        delete from spend_counters where scope = p_scope and key = p_key;
+        return;
+    end if;
+    insert into spend_counters as k (scope, key, starts, spent_usd)
+    values (p_scope, p_key, v_left.starts,
+            job_queue_spent_since(p_scope, p_key, v_left.starts, v_left.resets))
+    on conflict (scope, key) do update
+        set starts = excluded.starts, spent_usd = excluded.spent_usd
+        where k.starts <> excluded.starts;
+end;
+$$;
+
+--
 -- Name: job_queue_select_for_action(text[], text, text, timestamp with time zone, timestamp with time zone, text, integer, uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2595,18 +3427,26 @@ begin
     if p_key is null or length(p_key) not between 1 and 200 then
         raise exception '%: the key must be 1 to 200 characters', p_what using errcode = '22023';
     end if;
-    if p_usd is null then
-        delete from spend_budgets where scope = p_scope and key = p_key;
-        return;
-    end if;
-    if p_usd < 0 or p_usd > 1e9 then
+    if p_usd is not null and (p_usd < 0 or p_usd > 1e9) then
         raise exception '%: usd must be a number from 0 to 1000000000, got %', p_what, p_usd
             using errcode = '22023';
     end if;
-    insert into spend_budgets (scope, key, usd, period)
-    values (p_scope, p_key, p_usd, job_queue_budget_period(p_what, p_period))
-    on conflict (scope, key) do update
-        set usd = excluded.usd, period = excluded.period, updated_at = now();
+    perform job_queue_lock_limits(p_what);
+    if p_usd is null then
+        delete from spend_budgets where scope = p_scope and key = p_key;
+    else
+        insert into spend_budgets (scope, key, usd, period)
+        values (p_scope, p_key, p_usd, job_queue_budget_period(p_what, p_period))
+        on conflict (scope, key) do update
+            set usd = excluded.usd, period = excluded.period, updated_at = now();
+    end if;
+    perform job_queue_seed_spend(p_scope, p_key);
+    perform job_queue_refresh_type_costs();  -- the ledger's estimates, from the first claim on
+    if p_scope = 'group' and p_key <> '*' then
+        perform job_queue_release_held(p_key);
+    elsif p_scope = 'group' then
+        perform job_queue_release_all_held();
+    end if;
 end;
 $$;
 
@@ -2918,6 +3758,61 @@ end;
 $$;
 
 --
+-- Name: job_queue_spend_recorded(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_spend_recorded() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+declare
+    v_group text;
+    v_type text;
+begin
+    -- The lock first: a budget being set (its seed, under the lock exclusively) either sees
+    -- this call in the ledger or is seen by it.
+    perform pg_advisory_xact_lock_shared(hashtext('processor:spend'));
+    if not exists (select 1 from spend_budgets) then
+        return null;
+    end if;
+    select coalesce(j.concurrency_key, j.user_id, new.user_id, ''), j.job_type
+    into v_group, v_type
+    from job_queue j where j.id = new.job_id;
+    if not found then
+        v_group := coalesce(new.user_id, '');
+    end if;
+    if new.cost_usd > 0 then
+        update job_queue set budget_reserved = greatest(budget_reserved - new.cost_usd, 0)
+        where id = new.job_id and status = 'processing' and budget_reserved > 0;
+    end if;
+    perform job_queue_count_spend('group', v_group, new.cost_usd, new.created_at);
+    if v_type is not null then
+        perform job_queue_count_spend('type', v_type, new.cost_usd, new.created_at);
+    end if;
+    perform job_queue_count_spend('service', '*', new.cost_usd, new.created_at);
+    return null;
+end;
+$$;
+
+--
+-- Name: job_queue_spent_since(text, text, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.job_queue_spent_since(p_scope text, p_key text, p_starts timestamp with time zone, p_resets timestamp with time zone) RETURNS numeric
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+    select coalesce(sum(c.cost_usd), 0)
+    from provider_calls c
+    left join job_queue j on j.id = c.job_id
+    where c.created_at >= p_starts and c.created_at < p_resets
+      and (p_scope = 'service'
+           or p_scope = 'type' and j.job_type = p_key
+           or p_scope = 'group' and coalesce(j.concurrency_key, j.user_id, c.user_id, '') = p_key)
+$$;
+
+--
 -- Name: job_queue_sweep_paused(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -3007,6 +3902,9 @@ CREATE FUNCTION public.job_queue_touch() RETURNS trigger
     AS $$
 begin
     new.updated_at := now();
+    if old.status = 'processing' and new.status <> 'processing' then
+        new.budget_reserved := null;
+    end if;
     return new;
 end;
 $$;
@@ -3179,6 +4077,10 @@ begin
         return format('its group %s is at its cap: %s of %s running',
                       case when v_group = '' then '(none)' else v_group end, v_running, v_cap);
     end if;
+    v_list := job_queue_budget_reason(v_job.id, v_group, v_job.job_type);
+    if v_list is not null then
+        return v_list;
+    end if;
     return 'due: waiting for a free processor slot';
 end;
 $$;
@@ -3298,6 +4200,11 @@ declare
     v_group text;
     v_cap integer;
     v_timeout text;
+    v_blocked text;
+    v_limited boolean;
+    v_budgeted boolean;
+    v_est numeric;
+    v_under_budget boolean := false;
 begin
     select * into v_job from job_queue where id = p_job_id and status = 'pending' for update;
     if not found or v_job.run_at > now() then
@@ -3316,7 +4223,8 @@ begin
             return;
         end;
     end if;
-    if (select limited from job_queue_limited) then
+    select limited, budgeted into v_limited, v_budgeted from job_queue_limited;
+    if v_limited or v_budgeted then
         if exists (select 1 from job_type_limits
                    where job_type = v_job.job_type and paused_at is not null) then
             return;
@@ -3337,6 +4245,16 @@ begin
         if v_cap is not null and job_type_running(v_job.job_type) >= v_cap then
             return;
         end if;
+        if v_budgeted then
+            select b.blocked, b.est, b.budgeted into v_blocked, v_est, v_under_budget
+            from job_queue_budget_take(v_job.id, v_group, v_job.job_type, '{}') b;
+            if v_blocked is not null then
+                perform job_queue_budget_note_held(
+                    v_blocked, case v_blocked when 'group' then v_group
+                                              when 'type' then v_job.job_type else '*' end);
+                return;
+            end if;
+        end if;
     end if;
     return query
     update job_queue
@@ -3344,7 +4262,9 @@ begin
         locked_by = p_worker,
         locked_until = now() + p_lease,
         lease_token = gen_random_uuid(),
-        processed_at = now()
+        processed_at = now(),
+        budget_reserved = case when v_under_budget then coalesce(v_est, 0) end,
+        budget_estimate = case when v_under_budget then v_est else budget_estimate end
     where id = p_job_id and status = 'pending'
     returning *;
 end;
@@ -4370,6 +5290,7 @@ COMMENT ON VIEW public.job_queue_groups IS 'Fairness groups with pending or runn
 CREATE TABLE public.job_queue_limited (
     id boolean DEFAULT true NOT NULL,
     limited boolean DEFAULT false NOT NULL,
+    budgeted boolean DEFAULT false NOT NULL,
     CONSTRAINT job_queue_limited_id_check CHECK (id)
 );
 
@@ -4378,6 +5299,12 @@ CREATE TABLE public.job_queue_limited (
 --
 
 COMMENT ON TABLE public.job_queue_limited IS 'Whether a group or type has a cap, or a type is paused (kept by triggers on job_concurrency_limits and job_type_limits): without one, claims need not count or filter.';
+
+--
+-- Name: COLUMN job_queue_limited.budgeted; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_limited.budgeted IS 'Whether any spend budget is set (kept by a trigger on spend_budgets): without one, claims reserve nothing.';
 
 --
 -- Name: job_queue_moved; Type: TABLE; Schema: public; Owner: -
@@ -4420,6 +5347,7 @@ CREATE VIEW public.job_queue_recent_failures WITH (security_invoker='on') AS
 CREATE TABLE public.job_queue_scheduler (
     id boolean DEFAULT true NOT NULL,
     rebuilt_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    budget_resets_at timestamp with time zone DEFAULT 'infinity'::timestamp with time zone NOT NULL,
     CONSTRAINT job_queue_scheduler_id_check CHECK (id)
 );
 
@@ -4428,6 +5356,12 @@ CREATE TABLE public.job_queue_scheduler (
 --
 
 COMMENT ON TABLE public.job_queue_scheduler IS 'When a claim last put back in line the held jobs of every group with room under its cap.';
+
+--
+-- Name: COLUMN job_queue_scheduler.budget_resets_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_queue_scheduler.budget_resets_at IS 'The earliest reset of a budget that holds a group: a claim after it puts held jobs back in line.';
 
 --
 -- Name: job_queue_settings; Type: TABLE; Schema: public; Owner: -
@@ -4675,6 +5609,23 @@ CREATE VIEW public.job_trigger_health AS
    FROM public.job_trigger_health() job_trigger_health(source, outcome, count, last_at, last_message);
 
 --
+-- Name: job_type_costs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_type_costs (
+    job_type text NOT NULL,
+    usd numeric(14,6) NOT NULL,
+    jobs integer NOT NULL,
+    computed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: TABLE job_type_costs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.job_type_costs IS 'The ledger''s price of a whole job per type, for types without a price of their own (job_type_prices): the 90th percentile of what recent completed jobs cost, children included (job_queue_refresh_type_costs).';
+
+--
 -- Name: job_type_prices; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -4896,6 +5847,24 @@ CREATE VIEW public.provider_spend_daily WITH (security_invoker='on') AS
   GROUP BY (date_trunc('day'::text, provider_calls.created_at)), provider_calls.provider, provider_calls.model;
 
 --
+-- Name: spend_budget_reached; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.spend_budget_reached (
+    scope text NOT NULL,
+    key text NOT NULL,
+    starts timestamp with time zone NOT NULL,
+    reached_at timestamp with time zone DEFAULT now() NOT NULL,
+    logged_at timestamp with time zone
+);
+
+--
+-- Name: TABLE spend_budget_reached; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.spend_budget_reached IS 'When a budget first held work back in a period (one row per budget and period); a processor writes one log line for each and sets logged_at.';
+
+--
 -- Name: spend_budgets; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -4918,6 +5887,23 @@ CREATE TABLE public.spend_budgets (
 COMMENT ON TABLE public.spend_budgets IS 'What a fair-share group (scope group; key * for every group without its own), a job type or the whole service may spend on AI providers per calendar period (job_queue_settings.budget_time_zone). Set with set_spend_budget, set_job_type_budget, set_service_budget.';
 
 --
+-- Name: spend_counters; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.spend_counters (
+    scope text NOT NULL,
+    key text NOT NULL,
+    starts timestamp with time zone NOT NULL,
+    spent_usd numeric(16,6) DEFAULT 0 NOT NULL
+);
+
+--
+-- Name: TABLE spend_counters; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.spend_counters IS 'What the provider calls cost in the current period of each budget (a group''s own or the default *, a type''s, the service''s), from starts on; seeded from the ledger when a budget is set and kept by a trigger on provider_calls.';
+
+--
 -- Name: spend_budgets_now; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -4926,23 +5912,38 @@ CREATE VIEW public.spend_budgets_now WITH (security_invoker='on') AS
     b.key,
     b.usd AS budget_usd,
     b.period,
-    w.starts,
-    w.resets,
+    l.starts,
+    l.resets,
         CASE
             WHEN ((b.scope = 'group'::text) AND (b.key = '*'::text)) THEN NULL::numeric
-            ELSE COALESCE(( SELECT sum(c.cost_usd) AS sum
-               FROM (public.provider_calls c
-                 LEFT JOIN public.job_queue j ON ((j.id = c.job_id)))
-              WHERE ((c.created_at >= w.starts) AND (c.created_at < w.resets) AND ((b.scope = 'service'::text) OR ((b.scope = 'type'::text) AND (j.job_type = b.key)) OR ((b.scope = 'group'::text) AND (COALESCE(j.concurrency_key, j.user_id) = b.key))))), (0)::numeric)
-        END AS spent_usd
+            ELSE l.spent
+        END AS spent_usd,
+        CASE
+            WHEN ((b.scope = 'group'::text) AND (b.key = '*'::text)) THEN NULL::numeric
+            ELSE l.reserved
+        END AS reserved_usd,
+    true AS own
    FROM (public.spend_budgets b
-     CROSS JOIN LATERAL public.spend_budget_window(b.period) w(starts, resets));
+     CROSS JOIN LATERAL public.job_queue_budget_left(b.scope, b.key) l(budget, spent, reserved, period, starts, resets, own))
+UNION ALL
+ SELECT 'group'::text AS scope,
+    c.key,
+    l.budget AS budget_usd,
+    l.period,
+    l.starts,
+    l.resets,
+    l.spent AS spent_usd,
+    l.reserved AS reserved_usd,
+    false AS own
+   FROM (public.spend_counters c
+     CROSS JOIN LATERAL public.job_queue_budget_left('group'::text, c.key) l(budget, spent, reserved, period, starts, resets, own))
+  WHERE ((c.scope = 'group'::text) AND (l.own IS FALSE));
 
 --
 -- Name: VIEW spend_budgets_now; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON VIEW public.spend_budgets_now IS 'Every spend budget with what was spent against it in its current period and when that period resets.';
+COMMENT ON VIEW public.spend_budgets_now IS 'Every spend budget with what is spent (the ledger) and reserved (running jobs'' estimates) against it in its current period and when it resets; own false: a group under the default budget *.';
 
 --
 -- Name: aplus_contents aplus_contents_job_id_key; Type: CONSTRAINT; Schema: public; Owner: -
@@ -5043,6 +6044,13 @@ ALTER TABLE ONLY public.job_queue_turns
     ADD CONSTRAINT job_queue_turns_pkey PRIMARY KEY (job_type, priority);
 
 --
+-- Name: job_type_costs job_type_costs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_type_costs
+    ADD CONSTRAINT job_type_costs_pkey PRIMARY KEY (job_type);
+
+--
 -- Name: job_type_limits job_type_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -5113,11 +6121,25 @@ ALTER TABLE ONLY public.provider_slots
     ADD CONSTRAINT provider_slots_pkey PRIMARY KEY (id);
 
 --
+-- Name: spend_budget_reached spend_budget_reached_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.spend_budget_reached
+    ADD CONSTRAINT spend_budget_reached_pkey PRIMARY KEY (scope, key, starts);
+
+--
 -- Name: spend_budgets spend_budgets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.spend_budgets
     ADD CONSTRAINT spend_budgets_pkey PRIMARY KEY (scope, key);
+
+--
+-- Name: spend_counters spend_counters_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.spend_counters
+    ADD CONSTRAINT spend_counters_pkey PRIMARY KEY (scope, key);
 
 --
 -- Name: aplus_contents_project_idx; Type: INDEX; Schema: public; Owner: -
@@ -5386,6 +6408,12 @@ CREATE TRIGGER job_queue_placed_on_insert BEFORE INSERT ON public.job_queue FOR 
 CREATE TRIGGER job_queue_placed_on_update BEFORE UPDATE ON public.job_queue FOR EACH ROW WHEN (((new.status = 'pending'::text) AND ((old.status <> 'pending'::text) OR (new.run_at <> old.run_at) OR (new.priority <> old.priority) OR (new.job_type <> old.job_type) OR (new.concurrency_key IS DISTINCT FROM old.concurrency_key) OR (new.user_id IS DISTINCT FROM old.user_id)))) EXECUTE FUNCTION public.job_queue_place_row();
 
 --
+-- Name: job_queue_settings job_queue_settings_budget_zone; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER job_queue_settings_budget_zone AFTER UPDATE OF budget_time_zone ON public.job_queue_settings FOR EACH ROW WHEN ((old.budget_time_zone IS DISTINCT FROM new.budget_time_zone)) EXECUTE FUNCTION public.job_queue_budget_zone_changed();
+
+--
 -- Name: job_queue_settings job_queue_settings_credits_switch; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -5402,6 +6430,18 @@ CREATE TRIGGER job_queue_touch BEFORE UPDATE ON public.job_queue FOR EACH ROW EX
 --
 
 CREATE TRIGGER job_type_limits_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON public.job_type_limits FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_note_limits();
+
+--
+-- Name: provider_calls provider_calls_spend; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER provider_calls_spend AFTER INSERT ON public.provider_calls FOR EACH ROW EXECUTE FUNCTION public.job_queue_spend_recorded();
+
+--
+-- Name: spend_budgets spend_budgets_noted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER spend_budgets_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON public.spend_budgets FOR EACH STATEMENT EXECUTE FUNCTION public.job_queue_note_limits();
 
 --
 -- Name: aplus_contents aplus_contents_job_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -5618,6 +6658,12 @@ REVOKE ALL ON FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb)
 REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_items_stored(p_job_id uuid, p_depends_on uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_items_stored(p_job_id uuid, p_depends_on uuid[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_advance_frontier(p_job_type text, p_priority integer, p_pass double precision); Type: ACL; Schema: public; Owner: -
 --
 
@@ -5630,10 +6676,64 @@ REVOKE ALL ON FUNCTION public.job_queue_advance_frontier(p_job_type text, p_prio
 REVOKE ALL ON FUNCTION public.job_queue_await_dependencies() FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_budget_fit(p_ids uuid[], p_before_groups text[], p_before_types text[], p_before_est numeric[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_fit(p_ids uuid[], p_before_groups text[], p_before_types text[], p_before_est numeric[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_fits(p_room numeric, p_blind boolean, p_est numeric); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_fits(p_room numeric, p_blind boolean, p_est numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_hand(p_reserving jsonb); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_hand(p_reserving jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_left(p_scope text, p_key text, OUT budget numeric, OUT spent numeric, OUT reserved numeric, OUT period interval, OUT starts timestamp with time zone, OUT resets timestamp with time zone, OUT own boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_left(p_scope text, p_key text, OUT budget numeric, OUT spent numeric, OUT reserved numeric, OUT period interval, OUT starts timestamp with time zone, OUT resets timestamp with time zone, OUT own boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_note_held(p_scope text, p_key text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_note_held(p_scope text, p_key text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_budget_period(p_what text, p_period interval); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_budget_period(p_what text, p_period interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_reason(p_job_id uuid, p_group text, p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_reason(p_job_id uuid, p_group text, p_job_type text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_take(p_id uuid, p_group text, p_job_type text, p_state jsonb, OUT state jsonb, OUT blocked text, OUT est numeric, OUT budgeted boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_take(p_id uuid, p_group text, p_job_type text, p_state jsonb, OUT state jsonb, OUT blocked text, OUT est numeric, OUT budgeted boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budget_zone_changed(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budget_zone_changed() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_budgeted(p_group text, p_job_type text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_budgeted(p_group text, p_job_type text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_check_row(); Type: ACL; Schema: public; Owner: -
@@ -5652,6 +6752,12 @@ REVOKE ALL ON FUNCTION public.job_queue_child_follows_parent() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_children_by_the_processor() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_count_spend(p_scope text, p_key text, p_usd numeric, p_at timestamp with time zone); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_count_spend(p_scope text, p_key text, p_usd numeric, p_at timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_credits_on_insert(); Type: ACL; Schema: public; Owner: -
@@ -5682,6 +6788,12 @@ REVOKE ALL ON FUNCTION public.job_queue_ended_reason(p_dependency uuid, p_status
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_group_next(p_group text, p_job_type text, p_priority integer, p_weight integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_hold_for_budget(p_group text, p_job_type text, p_except uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_hold_for_budget(p_group text, p_job_type text, p_except uuid[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_insert_graph(p_what text, p_nodes jsonb, p_user_id text, p_priority integer, p_concurrency_key text, p_traceparent text, p_workflow_id uuid, p_parent_id uuid, p_key_prefix text, p_first_key text, p_max_retries integer); Type: ACL; Schema: public; Owner: -
@@ -5750,6 +6862,12 @@ REVOKE ALL ON FUNCTION public.job_queue_note_moved(p_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_parent_progress(p_parent uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_period_start(p_period interval, p_zone text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_period_start(p_period interval, p_zone text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_pick(p_limit integer, p_job_types text[]); Type: ACL; Schema: public; Owner: -
 --
 
@@ -5766,6 +6884,12 @@ REVOKE ALL ON FUNCTION public.job_queue_pick_in_order(p_limit integer, p_job_typ
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_pick_limited(p_limit integer, p_job_types text[], p_paused text[], p_counting boolean, p_type_caps jsonb, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_pick_within_budgets(p_limit integer, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[], OUT fallback boolean); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_pick_within_budgets(p_limit integer, OUT ids uuid[], OUT types text[], OUT prio integer[], OUT turns double precision[], OUT fallback boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_place(p_ids uuid[], p_weight integer, p_releasing boolean, p_resuming text); Type: ACL; Schema: public; Owner: -
@@ -5798,6 +6922,12 @@ REVOKE ALL ON FUNCTION public.job_queue_recount(p_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.job_queue_refresh_statistics(p_min_interval interval) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_refresh_type_costs(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_refresh_type_costs() FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_queue_release_all_held(); Type: ACL; Schema: public; Owner: -
 --
 
@@ -5826,6 +6956,12 @@ REVOKE ALL ON FUNCTION public.job_queue_replace(p_where_type text, p_where_group
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_retry_ids(p_ids uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_seed_spend(p_scope text, p_key text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_seed_spend(p_scope text, p_key text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_select_for_action(p_statuses text[], p_job_type text, p_user_id text, p_since timestamp with time zone, p_until timestamp with time zone, p_error text, p_limit integer, p_workflow_id uuid); Type: ACL; Schema: public; Owner: -
@@ -5862,6 +6998,18 @@ REVOKE ALL ON FUNCTION public.job_queue_settle_done(p_ids uuid[]) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_settle_ids(p_ids uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_spend_recorded(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_spend_recorded() FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_queue_spent_since(p_scope text, p_key text, p_starts timestamp with time zone, p_resets timestamp with time zone); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_spent_since(p_scope text, p_key text, p_starts timestamp with time zone, p_resets timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_sweep_paused(); Type: ACL; Schema: public; Owner: -

@@ -5,6 +5,7 @@ budgets, set-budget and set-price (what groups, types and the service may spend 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -110,28 +111,36 @@ def _usd(text: str) -> Decimal | None:
 
 def cmd_budgets(args: argparse.Namespace) -> int:
     with db.connect(database_url()) as conn:
-        rows = db.run(conn, "spend_budgets_now")
+        rows = db.run(conn, "spend_budgets_now", {"default_groups": args.groups})
     if not rows:
         print("no budgets (processor set-budget)")
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("budget for", "spent", "of", "used", "per", "resets"):
-        table.add_column(name, justify="right" if name in ("spent", "of", "used") else "left")
+    money = ("spent", "reserved", "of", "used")
+    for name in ("budget for", *money, "per", "resets"):
+        table.add_column(name, justify="right" if name in money else "left")
     for r in rows:
         who = {"group": "group", "type": "type", "service": "the service"}[r["scope"]]
         if r["key"] != "*" or r["scope"] == "group":
             who += " " + ("(every group)" if r["key"] == "*" else r["key"])
-        spent = r["spent_usd"]
-        used = "-" if spent is None or not r["budget_usd"] else f"{spent / r['budget_usd']:.0%}"
+        if not r["own"]:
+            who += " (default)"
+        spent, reserved = r["spent_usd"], r["reserved_usd"]
+        used = (
+            "-"
+            if spent is None or not r["budget_usd"]
+            else f"{(spent + reserved) / r['budget_usd']:.0%}"
+        )
         table.add_row(
             console.inert(who),
             "-" if spent is None else f"${spent:.2f}",
+            "-" if reserved is None else f"${reserved:.2f}",
             f"${r['budget_usd']:.2f}",
             used,
             {v: k for k, v in PERIODS.items()}.get(
                 r["period"].replace("mon", "month"), r["period"]
             ),
-            f"{r['resets']:%Y-%m-%d %H:%M} UTC",
+            f"{r['resets'].astimezone(UTC):%Y-%m-%d %H:%M} UTC",
         )
     console.emit(console.output(), table)
     return 0
@@ -184,7 +193,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_set_type_limit)
 
-    p = add_command(sub, "budgets", "spend budgets: spent in their period, and when they reset")
+    p = add_command(
+        sub, "budgets", "spend budgets: spent and reserved in their period, and when they reset"
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=20,
+        metavar="N",
+        help="how many groups under the default budget (*) to list, the fullest first",
+    )
     p.set_defaults(func=cmd_budgets)
 
     p = add_command(sub, "set-budget", "what a group, a job type or the service may spend")

@@ -112,6 +112,17 @@ class JobQueue:
         row = await self.db.fetch_one("reap_waiting")
         return int(row["fixed"]) if row else 0
 
+    async def budgets_reached(self) -> list[dict[str, Any]]:
+        """The budgets that held work back for the first time in their period, each handed to
+        one processor only (it is marked as told)."""
+        return await self.db.fetch_all("budgets_reached")
+
+    async def refresh_type_costs(self) -> int:
+        """Prices each type without a price of its own from its recent completed jobs."""
+        await self.db.fetch_all("forget_budgets_reached")
+        row = await self.db.fetch_one("refresh_type_costs")
+        return int(row["types"]) if row else 0
+
     async def complete_jobs(self, done: list[tuple[ClaimedJob, Any]]) -> set[UUID]:
         """Completes many jobs in one statement, each fenced by its lease token; returns the ids
         completed (the others were no longer held by this worker, and nothing changed)."""

@@ -2,9 +2,11 @@
 
 Read from the database at each scrape (so every processor reports the same queue): jobs by type
 and status, the oldest pending and oldest due job per type, running and waiting per type, caps
-and pause, the fairness groups waiting, the autoscaling number (processor_scaling_metric) and
-the storage of the queue's tables. Kept by this process: its running jobs, attempts and provider
-calls, and histograms of pickup latency and run time (processor.queue.timings)."""
+and pause, the fairness groups waiting, spend budgets (groups held by one, the service's spend
+against its budget, and the few groups nearest theirs: never a label per group), the
+autoscaling number (processor_scaling_metric) and the storage of the queue's tables. Kept by
+this process: its running jobs, attempts and provider calls, and histograms of pickup latency
+and run time (processor.queue.timings)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from processor.auth import require_token
 from processor.providers import metering as spend
 from processor.queue.dispatch import Dispatcher
 
+TOP_GROUPS = 5  # groups nearest their budget given a label each in /metrics
+
 
 async def metrics(request: Request) -> Response:
     require_token(request)
@@ -33,6 +37,8 @@ async def metrics(request: Request) -> Response:
         groups=await db.fetch_one("groups_waiting"),
         scaling=await db.fetch_one("scaling_metric", {"job_types": None, "slots": slots}),
         tables=await db.fetch_all("table_health"),
+        budgets=await db.fetch_one("budget_metrics"),
+        top_groups=await db.fetch_all("budget_top_groups", {"limit": TOP_GROUPS}),
         dispatcher=dispatcher,
     )
     body = generate_latest(_Scrape([snapshot, dispatcher.timings.registry]))
@@ -59,13 +65,17 @@ class _Snapshot(Collector):
         groups: dict[str, Any] | None,
         scaling: dict[str, Any] | None,
         tables: list[dict[str, Any]],
+        budgets: dict[str, Any] | None,
+        top_groups: list[dict[str, Any]],
         dispatcher: Dispatcher,
     ) -> None:
         self.stats, self.types, self.groups = stats, types, groups
         self.scaling, self.tables, self.dispatcher = scaling, tables, dispatcher
+        self.budgets, self.top_groups = budgets or {}, top_groups
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queue()
+        yield from self._budgets()
         yield from self._tables()
         yield from self._process()
 
@@ -117,6 +127,38 @@ class _Snapshot(Collector):
             "(MAX_RUNNING_JOBS): an autoscaler targets 1.",
             value=float(self.scaling["value"]) if self.scaling else 0.0,
         )
+
+    def _budgets(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "processor_budget_groups_held",
+            "Groups whose jobs sit out claims because their spend budget has no room left.",
+            value=self.budgets.get("groups_held") or 0,
+        )
+        if self.budgets.get("service_budget_usd") is not None:
+            for name, key, help_text in (
+                ("budget_usd", "service_budget_usd", "The service's spend budget per period."),
+                ("spent_usd", "service_spent_usd", "Spent against it in its current period."),
+                ("reserved_usd", "service_reserved_usd", "Reserved by running jobs' estimates."),
+            ):
+                yield GaugeMetricFamily(
+                    f"processor_service_{name}", help_text, value=self.budgets[key]
+                )
+        groups = {
+            name: GaugeMetricFamily(
+                f"processor_budget_top_group_{name}",
+                f"{help_text} (the {TOP_GROUPS} groups nearest their budget).",
+                labels=["group"],
+            )
+            for name, help_text in (
+                ("budget_usd", "A group's spend budget per period"),
+                ("spent_usd", "What the group spent in the period"),
+                ("reserved_usd", "What its running jobs reserved"),
+            )
+        }
+        for g in self.top_groups:
+            for name, family in groups.items():
+                family.add_metric([g["key"]], g[name])
+        yield from groups.values()
 
     def _tables(self) -> Iterator[Metric]:
         columns = (

@@ -102,11 +102,24 @@ order by table_name;
 select key, max_running, weight, updated_at from job_concurrency_limits order by key;
 
 -- busiest_groups --
--- The groups with the most work; reads every pending and running job (a view, not a counter).
-select group_key, running, waiting, scheduled, max_running, weight
-from job_queue_groups
-order by waiting + running desc, group_key
-limit %(limit)s;
+-- The groups with the most work; reads every pending and running job (a view, not a counter),
+-- and the budget each falls under, with what it spent and reserved in its period.
+select g.group_key, g.running, g.waiting, g.scheduled, g.max_running, g.weight,
+       b.budget::float8 as budget_usd, (b.spent + b.reserved)::float8 as used_usd,
+       b.own as own_budget,
+       -- held, and not by a cap: by its budget (the claims hold a group whose next job does
+       -- not fit; a raise, a reset or a job of the group ending releases it)
+       b.budget is not null
+       and (g.max_running is null or g.running < g.max_running)
+       and exists (select 1 from job_queue q
+                   where q.status = 'pending' and q.turn = '-infinity'
+                     and coalesce(q.concurrency_key, q.user_id, '') = g.group_key)
+           as budget_held
+from (select * from job_queue_groups
+      order by waiting + running desc, group_key
+      limit %(limit)s) g
+cross join lateral job_queue_budget_left('group', g.group_key) b
+order by g.waiting + g.running desc, g.group_key;
 
 -- groups_waiting --
 -- Groups with a job in line (not held, type not paused): one probe of job_queue_group_turn_idx

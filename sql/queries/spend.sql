@@ -37,11 +37,68 @@ order by provider;
 select count(*) as calls, coalesce(sum(cost_usd), 0)::float8 as cost_usd from provider_calls;
 
 -- spend_budgets_now --
--- Every budget with what it has spent in its period, the fullest first.
+-- Every budget with what is spent and reserved against it in its period, the fullest first: a
+-- group, type or service budget of its own, and the %(default_groups)s fullest groups under
+-- the default budget (*).
 select scope, key, budget_usd::float8 as budget_usd, period::text as period, resets,
-       spent_usd::float8 as spent_usd
+       spent_usd::float8 as spent_usd, reserved_usd::float8 as reserved_usd, own
+from (select *, row_number() over (partition by own
+                                   order by (spent_usd + reserved_usd) / nullif(budget_usd, 0)
+                                            desc nulls last, scope, key) as n
+      from spend_budgets_now) b
+where own or n <= %(default_groups)s
+order by (spent_usd + reserved_usd) / nullif(budget_usd, 0) desc nulls last, scope, key;
+
+-- budgets_reached --
+-- The budgets that held work back for the first time in their period and were not told yet:
+-- one processor takes each (the row lock), writes its log line, and marks it.
+update spend_budget_reached r
+set logged_at = now()
+from (select scope, key, starts from spend_budget_reached
+      where logged_at is null
+      order by reached_at
+      limit 100
+      for update skip locked) t
+cross join lateral job_queue_budget_left(t.scope, t.key) l
+where (r.scope, r.key, r.starts) = (t.scope, t.key, t.starts)
+returning r.scope, r.key, l.budget::float8 as budget_usd, l.spent::float8 as spent_usd,
+          l.reserved::float8 as reserved_usd, l.period::text as period, l.resets;
+
+-- forget_budgets_reached --
+delete from spend_budget_reached where starts < now() - interval '40 days';
+
+-- refresh_type_costs --
+select job_queue_refresh_type_costs() as types;
+
+-- budget_metrics --
+-- For /metrics: how many groups sit out claims because of their budget (held, under a budget,
+-- and not at a cap; one probe of the held jobs' index per held group), and the service's spend
+-- against its budget.
+with recursive g as (
+    (select coalesce(concurrency_key, user_id, '') as k from job_queue
+     where status = 'pending' and turn = '-infinity' order by 1 limit 1)
+    union all
+    select (select coalesce(q.concurrency_key, q.user_id, '') from job_queue q
+            where q.status = 'pending' and q.turn = '-infinity'
+              and coalesce(q.concurrency_key, q.user_id, '') > g.k
+            order by 1 limit 1)
+    from g where g.k is not null
+)
+select (select count(*) from g cross join lateral job_queue_budget_left('group', g.k) l
+        where g.k is not null and l.budget is not null
+          and coalesce(job_group_running(g.k) < job_group_cap(g.k), true)) as groups_held,
+       s.budget::float8 as service_budget_usd, s.spent::float8 as service_spent_usd,
+       s.reserved::float8 as service_reserved_usd
+from job_queue_budget_left('service', '*') s;
+
+-- budget_top_groups --
+-- The groups nearest their budget, for /metrics (a few labels, never one per group).
+select key, budget_usd::float8 as budget_usd, spent_usd::float8 as spent_usd,
+       reserved_usd::float8 as reserved_usd
 from spend_budgets_now
-order by spent_usd / nullif(budget_usd, 0) desc nulls last, scope, key;
+where scope = 'group' and spent_usd is not null and budget_usd > 0
+order by (spent_usd + reserved_usd) / budget_usd desc, key
+limit %(limit)s;
 
 -- set_spend_budget --
 select set_spend_budget(%(key)s, %(usd)s::numeric, %(period)s::interval);

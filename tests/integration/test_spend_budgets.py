@@ -30,8 +30,9 @@ def test_budgets_are_set_changed_and_removed_for_groups_types_and_the_service(co
         ("type", "generate-image"): (20.0, "01:00:00"),
         ("service", "*"): (100.0, "1 mon"),
     }
-    conn.execute("select set_spend_budget('seller-7', null)")
-    assert ("group", "seller-7") not in budgets(conn)
+    conn.execute("select set_spend_budget('seller-7', null)")  # back under the default
+    assert budgets(conn)[("group", "seller-7")]["own"] is False
+    assert float(budgets(conn)[("group", "seller-7")]["budget_usd"]) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -106,6 +107,7 @@ def test_what_each_budget_has_spent_in_its_period(conn):
         ("group", "seller-7"): 0.75,
         ("group", "shop-1"): 1.0,
         ("group", "*"): None,  # a default for many groups: no single figure
+        ("group", "seller-8"): 2.0,  # one of them: under the default, with what it spent
         ("type", "generate-image"): 2.75,
         ("service", "*"): 3.75,
     }
@@ -119,7 +121,9 @@ def test_a_jobs_estimate_is_its_price_for_what_is_left_to_make(conn):
     conn.execute("select set_job_type_price('generate-complete-pack', 0.60)")
     estimate = "select job_estimated_cost(%s) as c"
     assert float(conn.execute(estimate, (pack,)).fetchone()["c"]) == 0.60
-    for slot in ("main", "lifestyle", "infographic", "detail"):  # 4 of 6 already stored
+    # It ran before and stored 4 of its 6 images (checkpoints).
+    conn.execute("update job_queue set processed_at = now() where id = %s", (pack,))
+    for slot in ("main", "lifestyle", "infographic", "detail"):
         conn.execute(
             "insert into generated_images (job_id, project_id, slot, kind, storage_path, url,"
             " width, height, mime_type, provider, model) values (%s, 'p1', %s, %s, %s, 'u', 1,"
@@ -148,7 +152,7 @@ def test_budgets_and_prices_from_the_command_line(database_url, conn, monkeypatc
     call(conn, job, 4.80)
     assert main(["budgets"]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines[1][:6] == ["group", "seller-7", "$4.80", "$5.00", "96%", "day"]
+    assert lines[1][:7] == ["group", "seller-7", "$4.80", "$0.00", "$5.00", "96%", "day"]
     assert any(line[:3] == ["type", "generate-image", "$4.80"] for line in lines)
     assert main(["set-budget", "none", "--group", "seller-7"]) == 0
     assert ("group", "seller-7") not in budgets(conn)

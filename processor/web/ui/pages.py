@@ -11,6 +11,7 @@ import hmac
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -195,6 +196,8 @@ async def overview(request: Request) -> Response:
         cron_job=JOB_NAME,
         job_types=await db.fetch_all("job_type_states"),
         groups=await db.fetch_all("busiest_groups", {"limit": 10}),
+        budgets=await db.fetch_all("spend_budgets_now", {"default_groups": 5}),
+        periods=BUDGET_PERIODS,
     )
 
 
@@ -371,6 +374,49 @@ async def pause(request: Request) -> Response:
     return RedirectResponse("/ui", 303)
 
 
+BUDGET_PERIODS = {"hour": "1 hour", "day": "1 day", "week": "7 days", "month": "1 month"}
+
+
+async def set_budget(request: Request) -> Response:
+    """Sets, changes or removes a spend budget (the overview's form): a group's, a job type's
+    or the service's; an empty amount removes it. With the page's CSRF rules."""
+    session = await _sessions(request).load(request)
+    if session is None:
+        return _to_login(request)
+    form = await _checked_form(request, session)
+    if form is None:
+        return Response("bad or missing CSRF token", 403)
+    scope = str(form.get("scope", ""))
+    key = str(form.get("key", "")).strip()
+    amount = str(form.get("usd", "")).strip().removeprefix("$")
+    period = BUDGET_PERIODS.get(str(form.get("period", "day")))
+    if scope not in ("group", "type", "service"):
+        return _plain("scope must be group, type or service", 400)
+    if period is None:
+        return _plain(f"period must be one of {', '.join(BUDGET_PERIODS)}", 400)
+    if scope != "service" and (not _storable(key) or not 0 < len(key) <= 200):
+        return _plain(f"a {scope} is 1 to 200 characters with no control character", 400)
+    try:
+        usd = None if amount in ("", "none") else Decimal(amount)
+    except InvalidOperation:
+        return _plain(f"the amount must be a number of USD (such as 4.80), got {amount!r}", 400)
+    if usd is not None and (not usd.is_finite() or usd < 0):
+        return _plain(f"the amount must be at least 0, got {amount!r}", 400)
+    query = {"group": "set_spend_budget", "type": "set_job_type_budget"}.get(
+        scope, "set_service_budget"
+    )
+    try:
+        params: dict[str, Any] = {"usd": usd, "period": period}
+        if scope != "service":
+            params["key"] = key
+        await _db(request).fetch_all(query, params)
+    except DatabaseError as exc:
+        if exc.outage:
+            raise
+        return _plain(f"budget refused: {exc.reason}", exc.status)
+    return RedirectResponse("/ui#budgets", 303)
+
+
 BULK_LIMIT = 100  # jobs one bulk action takes, oldest first (the CLI takes up to 10,000)
 BULK_STATUSES = {
     "retry": ("failed", "cancelled"),
@@ -450,5 +496,6 @@ routes: list[BaseRoute] = [
     Route("/ui/bulk/{action}", bulk, methods=["POST"]),
     Route("/ui/jobs/{job_id}/{action}", act, methods=["POST"]),
     Route("/ui/types/{job_type}/{action}", pause, methods=["POST"]),
+    Route("/ui/budgets", set_budget, methods=["POST"]),
     Mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static"),
 ]
