@@ -359,7 +359,8 @@ begin
             lease_token = gen_random_uuid(),
             processed_at = now(),
             budget_reserved = case when v_reserving ? j.id::text
-                                   then coalesce((v_reserving ->> j.id::text)::numeric, 0) end,
+                                   then greatest(coalesce((v_reserving ->> j.id::text)::numeric,
+                                                          0), 0) end,
             budget_estimate = (v_reserving ->> j.id::text)::numeric
         where j.id = any (v_ids)
         returning j.*
@@ -905,8 +906,7 @@ CREATE FUNCTION public.job_items_needed(p_job_type text, p_payload jsonb) RETURN
     select case
         when p_job_type in ('generate-image', 'generate-images') then 1
         when p_job_type = 'generate-complete-pack'
-            then 6 + case when coalesce((p_payload ->> 'include_aplus')::boolean, false)
-                          then 7 else 0 end
+            then 6 + case when p_payload -> 'include_aplus' = 'true'::jsonb then 7 else 0 end
         when p_job_type = 'generate-aplus' then 7  -- six images and the document
     end
 $$;
@@ -1349,8 +1349,11 @@ CREATE FUNCTION public.job_queue_budget_period(p_what text, p_period interval) R
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 begin
-    if p_period is null or p_period not in (interval '1 hour', interval '1 day', interval '7 days',
-                                            interval '1 month') then
+    if p_period is null
+       or not (p_period = interval '1 hour' and extract(hour from p_period) = 1
+               or p_period = interval '1 day' and extract(day from p_period) = 1
+               or p_period = interval '7 days' and extract(day from p_period) = 7
+               or p_period = interval '1 month' and extract(month from p_period) = 1) then
         raise exception '%: period must be 1 hour, 1 day, 1 week or 1 month, got %', p_what,
             coalesce(p_period::text, 'null') using errcode = '22023';
     end if;
@@ -1365,6 +1368,7 @@ $$;
 CREATE FUNCTION public.job_queue_budget_reason(p_job_id uuid, p_group text, p_job_type text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
     SET jit TO 'off'
     AS $_$
 declare
@@ -1375,6 +1379,7 @@ declare
     v_est numeric;
     v_zone text := coalesce((select budget_time_zone from job_queue_settings where id), 'UTC');
     v_running integer;
+    v_blind boolean;
     i integer;
 begin
     v_est := job_estimated_cost(p_job_id);
@@ -1382,14 +1387,18 @@ begin
         select * into v_left from job_queue_budget_left(v_scopes[i], v_names[i]);
         continue when v_left.budget is null;
         v_room := v_left.budget - v_left.spent - v_left.reserved;
-        continue when v_room > 0 and (v_est is null or v_est <= v_room);
-        select count(*) into v_running from job_queue q
-        where q.status = 'processing' and q.budget_reserved > 0
+        select count(*) filter (where q.budget_reserved > 0),
+               coalesce(bool_or(q.budget_reserved is not null and q.budget_estimate is null),
+                        false)
+        into v_running, v_blind
+        from job_queue q
+        where q.status = 'processing' and q.id <> p_job_id
           and case v_scopes[i]
                   when 'group' then coalesce(q.concurrency_key, q.user_id, '') = p_group
                   when 'type' then q.job_type = p_job_type
                   else true end;
-        return format('%s budget: $%s of $%s spent %s%s%s; resets at %s',
+        continue when job_queue_budget_fits(v_room, v_blind, v_est);
+        return format('%s budget: $%s of $%s spent %s%s%s; %s',
             case v_scopes[i] when 'group' then p_group || '''s'
                              when 'type' then 'job type ' || p_job_type || '''s'
                              else 'the service''s' end,
@@ -1405,10 +1414,16 @@ begin
                              case when v_running = 1 then 'job' else 'jobs' end)
                  else '' end,
             case when v_room <= 0 then ''
+                 when v_est is null
+                     then '; this job has no estimate, and one without an estimate is running'
+                          ' under it (they start one at a time)'
                  else format('; this job needs about $%s', to_char(v_est, 'FM999999990.00')) end,
-            to_char(v_left.resets at time zone v_zone,
-                    case when v_left.resets - now() <= interval '1 day' then 'HH24:MI'
-                         else 'YYYY-MM-DD HH24:MI' end) || ' ' || v_zone);
+            case when v_est > v_left.budget
+                     then 'that is more than the whole budget: raise the budget or check the'
+                          ' price of ' || p_job_type
+                 else 'resets at ' || to_char(v_left.resets at time zone v_zone,
+                          case when v_left.resets - now() <= interval '1 day' then 'HH24:MI'
+                               else 'YYYY-MM-DD HH24:MI' end) || ' ' || v_zone end);
     end loop;
     return null;
 end;
@@ -2484,7 +2499,8 @@ begin
     end if;
     v_group_caps := exists (select 1 from job_concurrency_limits where max_running is not null);
     -- Rounds: a round that met a budget without room reads again without that group or type
-    -- (a seller's thousand jobs over its budget do not hide the next seller's), four at most.
+    -- (a seller's thousand jobs over its budget do not hide the next seller's), eight at most.
+    -- (In one global order nothing is held: a claim reads past the jobs over their budgets.)
     <<rounds>>
     loop
         v_outs := cardinality(v_out_groups) + cardinality(v_out_types);
@@ -2557,7 +2573,7 @@ begin
                        coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
             exit when cardinality(v_ids) >= p_limit;
         end loop;
-        exit rounds when v_stop or cardinality(v_ids) >= p_limit or v_rounds >= 4
+        exit rounds when v_stop or cardinality(v_ids) >= p_limit or v_rounds >= 8
                          or cardinality(v_out_groups) + cardinality(v_out_types) = v_outs;
     end loop rounds;
     if v_budgets then
@@ -2827,10 +2843,7 @@ begin
                 perform job_queue_hold_for_budget(v_got_groups[i], v_got_types[i], ids);
                 v_held := v_held || jsonb_build_array(v_got_groups[i], v_got_types[i])::text;
                 v_passed := v_passed || v_got[i];
-                v_holding := true;
-                -- The jobs after it were weighed with it counted: the next round weighs them
-                -- again without it.
-                exit;
+                v_holding := true;  -- (rows passed: another round may find more)
             else
                 fallback := true;  -- nothing reserved yet: the general path starts afresh
                 return;
@@ -3238,9 +3251,9 @@ begin
         select * into v_left from job_queue_budget_left('group', p_group);
         v_usd := v_left.budget - v_left.spent - v_left.reserved;
         -- The next held job of each type (held jobs of several types are held together): the
-        -- group stays held while none of them fits.
+        -- group stays held while none of them fits (one without an estimate fits any room).
         if v_usd <= 0
-           or v_usd < (select min(job_estimated_cost(n.id))
+           or v_usd < (select min(coalesce(job_estimated_cost(n.id), 0))
                        from (select distinct on (q.job_type) q.id from job_queue q
                              where q.status = 'pending' and q.turn = '-infinity'
                                and coalesce(q.concurrency_key, q.user_id, '') = p_group
@@ -3361,9 +3374,10 @@ begin
         end if;
         insert into spend_counters as k (scope, key, starts, spent_usd)
         select 'group', g, v_left.starts, sum(cost)
-        from (select coalesce(j.concurrency_key, j.user_id, c.user_id, '') as g,
+        from (select coalesce(c.group_key, j.concurrency_key, j.user_id, c.user_id, '') as g,
                      c.cost_usd as cost
-              from provider_calls c left join job_queue j on j.id = c.job_id
+              from provider_calls c
+              left join job_queue j on c.group_key is null and j.id = c.job_id
               where c.created_at >= v_left.starts and c.created_at < v_left.resets) s
         where g <> ''
           and not exists (select 1 from spend_budgets b where b.scope = 'group' and b.key = g)
@@ -3770,17 +3784,22 @@ declare
     v_group text;
     v_type text;
 begin
-    -- The lock first: a budget being set (its seed, under the lock exclusively) either sees
-    -- this call in the ledger or is seen by it.
-    perform pg_advisory_xact_lock_shared(hashtext('processor:spend'));
-    if not exists (select 1 from spend_budgets) then
-        return null;
-    end if;
+    -- Whose call it was, kept on the call: a job pruned later takes its group and type with it.
     select coalesce(j.concurrency_key, j.user_id, new.user_id, ''), j.job_type
     into v_group, v_type
     from job_queue j where j.id = new.job_id;
     if not found then
         v_group := coalesce(new.user_id, '');
+    end if;
+    new.group_key := coalesce(new.group_key, v_group);
+    new.job_type := coalesce(new.job_type, v_type);
+    v_group := new.group_key;
+    v_type := new.job_type;
+    -- The lock: a budget being set (its seed, under the lock exclusively) either sees this
+    -- call in the ledger or is seen by it.
+    perform pg_advisory_xact_lock_shared(hashtext('processor:spend'));
+    if not exists (select 1 from spend_budgets) then
+        return new;
     end if;
     if new.cost_usd > 0 then
         update job_queue set budget_reserved = greatest(budget_reserved - new.cost_usd, 0)
@@ -3791,7 +3810,7 @@ begin
         perform job_queue_count_spend('type', v_type, new.cost_usd, new.created_at);
     end if;
     perform job_queue_count_spend('service', '*', new.cost_usd, new.created_at);
-    return null;
+    return new;
 end;
 $$;
 
@@ -3805,11 +3824,12 @@ CREATE FUNCTION public.job_queue_spent_since(p_scope text, p_key text, p_starts 
     AS $$
     select coalesce(sum(c.cost_usd), 0)
     from provider_calls c
-    left join job_queue j on j.id = c.job_id
+    left join job_queue j on c.group_key is null and j.id = c.job_id  -- (calls before 0027)
     where c.created_at >= p_starts and c.created_at < p_resets
       and (p_scope = 'service'
-           or p_scope = 'type' and j.job_type = p_key
-           or p_scope = 'group' and coalesce(j.concurrency_key, j.user_id, c.user_id, '') = p_key)
+           or p_scope = 'type' and coalesce(c.job_type, j.job_type) = p_key
+           or p_scope = 'group'
+              and coalesce(c.group_key, j.concurrency_key, j.user_id, c.user_id, '') = p_key)
 $$;
 
 --
@@ -4080,6 +4100,11 @@ begin
     v_list := job_queue_budget_reason(v_job.id, v_group, v_job.job_type);
     if v_list is not null then
         return v_list;
+    end if;
+    if v_job.turn = '-infinity' then
+        return format('held with its group''s other jobs, which did not fit its cap or budget: '
+                      'back in line when a job of the group ends, or within %s',
+                      (select rebuild_every from job_queue_settings where id));
     end if;
     return 'due: waiting for a free processor slot';
 end;
@@ -5723,6 +5748,8 @@ CREATE TABLE public.provider_calls (
     cost_usd numeric(14,6) DEFAULT 0 NOT NULL,
     error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    group_key text,
+    job_type text,
     CONSTRAINT provider_calls_status_check CHECK ((status = ANY (ARRAY['ok'::text, 'rate_limited'::text, 'transient'::text, 'permanent'::text])))
 );
 
@@ -5731,6 +5758,18 @@ CREATE TABLE public.provider_calls (
 --
 
 COMMENT ON TABLE public.provider_calls IS 'One row per AI provider call: units as the vendor reported them and an estimated cost (PROVIDER_PRICES).';
+
+--
+-- Name: COLUMN provider_calls.group_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.provider_calls.group_key IS 'The fair-share group of the call''s job when it was made (concurrency_key, else user_id): what budgets count it against, after the job is pruned too.';
+
+--
+-- Name: COLUMN provider_calls.job_type; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.provider_calls.job_type IS 'The type of the call''s job when it was made.';
 
 --
 -- Name: provider_calls_id_seq; Type: SEQUENCE; Schema: public; Owner: -
@@ -6435,7 +6474,7 @@ CREATE TRIGGER job_type_limits_noted AFTER INSERT OR DELETE OR UPDATE OR TRUNCAT
 -- Name: provider_calls provider_calls_spend; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER provider_calls_spend AFTER INSERT ON public.provider_calls FOR EACH ROW EXECUTE FUNCTION public.job_queue_spend_recorded();
+CREATE TRIGGER provider_calls_spend BEFORE INSERT ON public.provider_calls FOR EACH ROW EXECUTE FUNCTION public.job_queue_spend_recorded();
 
 --
 -- Name: spend_budgets spend_budgets_noted; Type: TRIGGER; Schema: public; Owner: -

@@ -46,6 +46,14 @@ create table spend_counters (
 comment on table spend_counters is
     'What the provider calls cost in the current period of each budget (a group''s own or the default *, a type''s, the service''s), from starts on; seeded from the ledger when a budget is set and kept by a trigger on provider_calls.';
 
+alter table provider_calls
+    add column group_key text,
+    add column job_type text;
+comment on column provider_calls.group_key is
+    'The fair-share group of the call''s job when it was made (concurrency_key, else user_id): what budgets count it against, after the job is pruned too.';
+comment on column provider_calls.job_type is
+    'The type of the call''s job when it was made.';
+
 alter table job_queue
     add column budget_reserved numeric(14, 6),
     add column budget_estimate numeric(14, 6);
@@ -73,6 +81,40 @@ create table job_type_costs (
 );
 comment on table job_type_costs is
     'The ledger''s price of a whole job per type, for types without a price of their own (job_type_prices): the 90th percentile of what recent completed jobs cost, children included (job_queue_refresh_type_costs).';
+
+-- As in 0012, and an include_aplus that is not a JSON boolean counts as false rather than
+-- failing the cast: a claim asks this of every job it weighs against a budget, and one bad
+-- payload must not stop the claims (its handler refuses it with a reason).
+create or replace function job_items_needed(p_job_type text, p_payload jsonb) returns integer
+language sql immutable
+as $$
+    select case
+        when p_job_type in ('generate-image', 'generate-images') then 1
+        when p_job_type = 'generate-complete-pack'
+            then 6 + case when p_payload -> 'include_aplus' = 'true'::jsonb then 7 else 0 end
+        when p_job_type = 'generate-aplus' then 7  -- six images and the document
+    end
+$$;
+
+-- As in 0026, and a period is the calendar's as written: '30 days' and '24 hours' equal
+-- '1 month' and '1 day' as intervals, but are not calendar periods, and are refused.
+create or replace function job_queue_budget_period(p_what text, p_period interval)
+    returns interval
+language plpgsql immutable
+set search_path = pg_catalog, public, pg_temp
+as $$
+begin
+    if p_period is null
+       or not (p_period = interval '1 hour' and extract(hour from p_period) = 1
+               or p_period = interval '1 day' and extract(day from p_period) = 1
+               or p_period = interval '7 days' and extract(day from p_period) = 7
+               or p_period = interval '1 month' and extract(month from p_period) = 1) then
+        raise exception '%: period must be 1 hour, 1 day, 1 week or 1 month, got %', p_what,
+            coalesce(p_period::text, 'null') using errcode = '22023';
+    end if;
+    return p_period;
+end;
+$$;
 
 -- The budget a group, type or the service falls under (a group without its own takes the
 -- default *, the group of jobs with neither concurrency_key nor user_id does not), and what is
@@ -436,8 +478,8 @@ as $$
 $$;
 
 -- The ledger's counter for one budget: what the calls in its current period cost. A call
--- is attributed to its job's group (concurrency_key, else user_id) and type; a call whose job
--- is gone, to the user it was made for.
+-- is attributed to the group and type it was made for (provider_calls.group_key, job_type;
+-- for calls recorded before 0027, its job's, else the user it was made for).
 create function job_queue_spent_since(p_scope text, p_key text, p_starts timestamptz,
                                       p_resets timestamptz)
     returns numeric
@@ -446,11 +488,12 @@ set search_path = pg_catalog, public, pg_temp
 as $$
     select coalesce(sum(c.cost_usd), 0)
     from provider_calls c
-    left join job_queue j on j.id = c.job_id
+    left join job_queue j on c.group_key is null and j.id = c.job_id  -- (calls before 0027)
     where c.created_at >= p_starts and c.created_at < p_resets
       and (p_scope = 'service'
-           or p_scope = 'type' and j.job_type = p_key
-           or p_scope = 'group' and coalesce(j.concurrency_key, j.user_id, c.user_id, '') = p_key)
+           or p_scope = 'type' and coalesce(c.job_type, j.job_type) = p_key
+           or p_scope = 'group'
+              and coalesce(c.group_key, j.concurrency_key, j.user_id, c.user_id, '') = p_key)
 $$;
 
 -- Seeds the counters of a budget just set, changed or removed from the ledger (for the
@@ -486,9 +529,10 @@ begin
         end if;
         insert into spend_counters as k (scope, key, starts, spent_usd)
         select 'group', g, v_left.starts, sum(cost)
-        from (select coalesce(j.concurrency_key, j.user_id, c.user_id, '') as g,
+        from (select coalesce(c.group_key, j.concurrency_key, j.user_id, c.user_id, '') as g,
                      c.cost_usd as cost
-              from provider_calls c left join job_queue j on j.id = c.job_id
+              from provider_calls c
+              left join job_queue j on c.group_key is null and j.id = c.job_id
               where c.created_at >= v_left.starts and c.created_at < v_left.resets) s
         where g <> ''
           and not exists (select 1 from spend_budgets b where b.scope = 'group' and b.key = g)
@@ -581,17 +625,22 @@ declare
     v_group text;
     v_type text;
 begin
-    -- The lock first: a budget being set (its seed, under the lock exclusively) either sees
-    -- this call in the ledger or is seen by it.
-    perform pg_advisory_xact_lock_shared(hashtext('processor:spend'));
-    if not exists (select 1 from spend_budgets) then
-        return null;
-    end if;
+    -- Whose call it was, kept on the call: a job pruned later takes its group and type with it.
     select coalesce(j.concurrency_key, j.user_id, new.user_id, ''), j.job_type
     into v_group, v_type
     from job_queue j where j.id = new.job_id;
     if not found then
         v_group := coalesce(new.user_id, '');
+    end if;
+    new.group_key := coalesce(new.group_key, v_group);
+    new.job_type := coalesce(new.job_type, v_type);
+    v_group := new.group_key;
+    v_type := new.job_type;
+    -- The lock: a budget being set (its seed, under the lock exclusively) either sees this
+    -- call in the ledger or is seen by it.
+    perform pg_advisory_xact_lock_shared(hashtext('processor:spend'));
+    if not exists (select 1 from spend_budgets) then
+        return new;
     end if;
     if new.cost_usd > 0 then
         update job_queue set budget_reserved = greatest(budget_reserved - new.cost_usd, 0)
@@ -602,12 +651,12 @@ begin
         perform job_queue_count_spend('type', v_type, new.cost_usd, new.created_at);
     end if;
     perform job_queue_count_spend('service', '*', new.cost_usd, new.created_at);
-    return null;
+    return new;
 end;
 $$;
 
 create trigger provider_calls_spend
-after insert on provider_calls
+before insert on provider_calls
 for each row execute function job_queue_spend_recorded();
 
 -- The ledger's price of a whole job per type (job_type_costs), from the last 5,000 finished
@@ -678,6 +727,7 @@ create function job_queue_budget_reason(p_job_id uuid, p_group text, p_job_type 
     returns text
 language plpgsql stable
 set search_path = pg_catalog, public, pg_temp
+set enable_seqscan = off  -- the running jobs by job_queue_running_idx, whatever the statistics
 set jit = off
 as $$
 declare
@@ -688,6 +738,7 @@ declare
     v_est numeric;
     v_zone text := coalesce((select budget_time_zone from job_queue_settings where id), 'UTC');
     v_running integer;
+    v_blind boolean;
     i integer;
 begin
     v_est := job_estimated_cost(p_job_id);
@@ -695,14 +746,18 @@ begin
         select * into v_left from job_queue_budget_left(v_scopes[i], v_names[i]);
         continue when v_left.budget is null;
         v_room := v_left.budget - v_left.spent - v_left.reserved;
-        continue when v_room > 0 and (v_est is null or v_est <= v_room);
-        select count(*) into v_running from job_queue q
-        where q.status = 'processing' and q.budget_reserved > 0
+        select count(*) filter (where q.budget_reserved > 0),
+               coalesce(bool_or(q.budget_reserved is not null and q.budget_estimate is null),
+                        false)
+        into v_running, v_blind
+        from job_queue q
+        where q.status = 'processing' and q.id <> p_job_id
           and case v_scopes[i]
                   when 'group' then coalesce(q.concurrency_key, q.user_id, '') = p_group
                   when 'type' then q.job_type = p_job_type
                   else true end;
-        return format('%s budget: $%s of $%s spent %s%s%s; resets at %s',
+        continue when job_queue_budget_fits(v_room, v_blind, v_est);
+        return format('%s budget: $%s of $%s spent %s%s%s; %s',
             case v_scopes[i] when 'group' then p_group || '''s'
                              when 'type' then 'job type ' || p_job_type || '''s'
                              else 'the service''s' end,
@@ -718,10 +773,16 @@ begin
                              case when v_running = 1 then 'job' else 'jobs' end)
                  else '' end,
             case when v_room <= 0 then ''
+                 when v_est is null
+                     then '; this job has no estimate, and one without an estimate is running'
+                          ' under it (they start one at a time)'
                  else format('; this job needs about $%s', to_char(v_est, 'FM999999990.00')) end,
-            to_char(v_left.resets at time zone v_zone,
-                    case when v_left.resets - now() <= interval '1 day' then 'HH24:MI'
-                         else 'YYYY-MM-DD HH24:MI' end) || ' ' || v_zone);
+            case when v_est > v_left.budget
+                     then 'that is more than the whole budget: raise the budget or check the'
+                          ' price of ' || p_job_type
+                 else 'resets at ' || to_char(v_left.resets at time zone v_zone,
+                          case when v_left.resets - now() <= interval '1 day' then 'HH24:MI'
+                               else 'YYYY-MM-DD HH24:MI' end) || ' ' || v_zone end);
     end loop;
     return null;
 end;
@@ -816,7 +877,8 @@ begin
             lease_token = gen_random_uuid(),
             processed_at = now(),
             budget_reserved = case when v_reserving ? j.id::text
-                                   then coalesce((v_reserving ->> j.id::text)::numeric, 0) end,
+                                   then greatest(coalesce((v_reserving ->> j.id::text)::numeric,
+                                                          0), 0) end,
             budget_estimate = (v_reserving ->> j.id::text)::numeric
         where j.id = any (v_ids)
         returning j.*
@@ -907,10 +969,7 @@ begin
                 perform job_queue_hold_for_budget(v_got_groups[i], v_got_types[i], ids);
                 v_held := v_held || jsonb_build_array(v_got_groups[i], v_got_types[i])::text;
                 v_passed := v_passed || v_got[i];
-                v_holding := true;
-                -- The jobs after it were weighed with it counted: the next round weighs them
-                -- again without it.
-                exit;
+                v_holding := true;  -- (rows passed: another round may find more)
             else
                 fallback := true;  -- nothing reserved yet: the general path starts afresh
                 return;
@@ -1354,7 +1413,8 @@ begin
     end if;
     v_group_caps := exists (select 1 from job_concurrency_limits where max_running is not null);
     -- Rounds: a round that met a budget without room reads again without that group or type
-    -- (a seller's thousand jobs over its budget do not hide the next seller's), four at most.
+    -- (a seller's thousand jobs over its budget do not hide the next seller's), eight at most.
+    -- (In one global order nothing is held: a claim reads past the jobs over their budgets.)
     <<rounds>>
     loop
         v_outs := cardinality(v_out_groups) + cardinality(v_out_types);
@@ -1427,7 +1487,7 @@ begin
                        coalesce((v_counts ->> ('t:' || v_row.job_type))::integer, 0) + 1);
             exit when cardinality(v_ids) >= p_limit;
         end loop;
-        exit rounds when v_stop or cardinality(v_ids) >= p_limit or v_rounds >= 4
+        exit rounds when v_stop or cardinality(v_ids) >= p_limit or v_rounds >= 8
                          or cardinality(v_out_groups) + cardinality(v_out_types) = v_outs;
     end loop rounds;
     if v_budgets then
@@ -1493,6 +1553,11 @@ begin
     if v_list is not null then
         return v_list;
     end if;
+    if v_job.turn = '-infinity' then
+        return format('held with its group''s other jobs, which did not fit its cap or budget: '
+                      'back in line when a job of the group ends, or within %s',
+                      (select rebuild_every from job_queue_settings where id));
+    end if;
     return 'due: waiting for a free processor slot';
 end;
 $$;
@@ -1520,9 +1585,9 @@ begin
         select * into v_left from job_queue_budget_left('group', p_group);
         v_usd := v_left.budget - v_left.spent - v_left.reserved;
         -- The next held job of each type (held jobs of several types are held together): the
-        -- group stays held while none of them fits.
+        -- group stays held while none of them fits (one without an estimate fits any room).
         if v_usd <= 0
-           or v_usd < (select min(job_estimated_cost(n.id))
+           or v_usd < (select min(coalesce(job_estimated_cost(n.id), 0))
                        from (select distinct on (q.job_type) q.id from job_queue q
                              where q.status = 'pending' and q.turn = '-infinity'
                                and coalesce(q.concurrency_key, q.user_id, '') = p_group

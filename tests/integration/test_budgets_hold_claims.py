@@ -21,6 +21,13 @@ from tests.support import add_job, claim, job
 IMAGE = {"project_id": "p1", "kind": "main", "product": {"name": "Mug"}}
 
 
+@pytest.fixture(autouse=True)
+def _claims_in_the_common_case(conn):
+    """The claims here take the common case (job_queue_pick_within_budgets): a fresh database's
+    first claim would take the general path instead, to put held jobs back in line."""
+    conn.execute("update job_queue_scheduler set rebuilt_at = now()")
+
+
 def images(conn, n: int, user: str, job_type: str = "generate-image") -> list[uuid.UUID]:
     return [add_job(conn, job_type, payload=IMAGE, user_id=user) for _ in range(n)]
 
@@ -528,3 +535,67 @@ def test_a_job_capped_and_budgeted_reserves_and_a_row_written_with_a_hold_holds_
     assert sorted(r["user_id"] for r in taken) == ["seller-7", "seller-7", "seller-8"]
     assert budget(conn)["reserved_usd"] == 0.60  # two at the cap, each $0.30
     assert job(conn, forged)["budget_reserved"] is None  # written with one: holds nothing
+
+
+def test_a_payload_the_estimate_cannot_read_stops_no_claim(conn):
+    conn.execute("select set_service_budget(100)")
+    conn.execute("select set_job_type_price('generate-complete-pack', 0.60)")
+    bad = add_job(
+        conn,
+        "generate-complete-pack",
+        payload={"project_id": "p1", "product": {"name": "M"}, "include_aplus": 2},
+    )
+    good = images(conn, 1, "seller-8")[0]
+    assert {r["id"] for r in claim(conn, 10)} == {bad, good}  # its handler refuses it
+
+
+def test_a_group_held_behind_a_job_without_an_estimate_comes_back_in_line(conn):
+    conn.execute("select set_job_type_price('generate-aplus', 5.00)")
+    conn.execute("select set_spend_budget('seller-7', 1.00)")
+    dear = images(conn, 1, "seller-7", "generate-aplus")[0]
+    assert claim(conn, 10) == []  # $5.00 > $1.00: held
+    unknown = add_job(conn, "thumbnail", payload={"x": 1}, user_id="seller-7")
+    assert job(conn, unknown)["turn"] == float("-inf")  # placed behind it
+    assert "back in line when a job of the group ends" in reason(conn, unknown)
+    assert "more than the whole budget" in reason(conn, dear)
+    conn.execute("select job_queue_release_all_held()")
+    assert [r["id"] for r in claim(conn, 10)] == [unknown]
+
+
+def test_a_job_without_an_estimate_says_it_waits_for_the_other(conn):
+    conn.execute("select set_spend_budget('seller-7', 1.00)")
+    first, second = [add_job(conn, "thumbnail", payload={"x": 1}, user_id="seller-7") for _ in "ab"]
+    assert [r["id"] for r in claim(conn, 10)] == [first]
+    assert "this job has no estimate, and one without an estimate is running" in reason(
+        conn, second
+    )
+
+
+def test_many_groups_over_budget_ahead_in_line_hide_no_one_with_fair_share(conn):
+    conn.execute("select set_job_type_price('generate-image', 0.30)")
+    conn.execute("select set_spend_budget('*', 0.10)")
+    conn.execute("select set_spend_budget('lucky', 10)")
+    for g in range(12):
+        images(conn, 1, f"seller-{g}")
+    mine = [  # behind all of them in line
+        add_job(conn, "generate-image", payload=IMAGE, user_id="lucky", priority=-1)
+        for _ in range(3)
+    ]
+    assert {r["id"] for r in claim(conn, 10)} == set(mine)
+
+
+def test_a_re_seed_keeps_the_spend_of_pruned_jobs_by_their_group_and_type(conn):
+    conn.execute("select set_job_type_budget('generate-image', 5.00, '1 month')")
+    conn.execute("select set_spend_budget('shop-1', 5.00, '1 month')")
+    gone = add_job(conn, "generate-image", payload=IMAGE, user_id="u1", concurrency_key="shop-1")
+    call(conn, gone, 0.90)
+    conn.execute("delete from job_queue where id = %s", (gone,))
+    conn.execute("update job_queue_settings set budget_time_zone = 'Europe/Berlin'")  # re-seeds
+    assert budget(conn, "group", "shop-1")["spent_usd"] == 0.90
+    assert budget(conn, "type", "generate-image")["spent_usd"] == 0.90
+
+
+def test_periods_that_equal_calendar_ones_only_as_intervals_are_refused(conn):
+    for period in ("30 days", "24 hours"):
+        with pytest.raises(psycopg.Error, match="period must be 1 hour, 1 day, 1 week or 1 month"):
+            conn.execute("select set_spend_budget('s', 1, %s::interval)", (period,))
