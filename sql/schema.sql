@@ -1090,36 +1090,35 @@ declare
     i integer;
     k integer;
 begin
-    select st.budget_time_zone, d.usd, d.period,
-           exists (select 1 from spend_budgets where scope = 'type')
-    into v_zone, v_default_usd, v_default_period, v_typed
-    from job_queue_settings st
-    left join spend_budgets d on d.scope = 'group' and d.key = '*'
-    where st.id;
-    -- The jobs asked about, their prices, and what is left of their groups' budgets: one
-    -- statement for all of them.
-    select array_agg(j.group_key order by u.n), array_agg(j.job_type order by u.n),
-           array_agg(job_items_needed(j.job_type, j.payload) order by u.n),
-           array_agg(j.depends_on is not null order by u.n),
-           array_agg(j.processed_at is not null order by u.n),
-           array_agg(coalesce(p.usd, c.usd) order by u.n),
-           array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0) order by u.n),
-           array_agg(coalesce(r.blind, false) order by u.n),
-           array_agg(g.usd is not null order by u.n)
-    into v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
+    -- The settings, the jobs asked about, their prices, and what is left of their groups'
+    -- budgets: one statement for all of them.
+    -- (Every join is lateral, so a nested loop over p_ids in their order: no sort.)
+    select min(cfg.z), min(cfg.d_usd), min(cfg.d_period), bool_or(cfg.typed),
+           array_agg(j.group_key), array_agg(j.job_type),
+           array_agg(job_items_needed(j.job_type, j.payload)),
+           array_agg(j.depends_on is not null), array_agg(j.processed_at is not null),
+           array_agg(coalesce((select p.usd from job_type_prices p where p.job_type = j.job_type),
+                              (select c.usd from job_type_costs c where c.job_type = j.job_type))),
+           array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0)),
+           array_agg(coalesce(r.blind, false)), array_agg(g.usd is not null)
+    into v_zone, v_default_usd, v_default_period, v_typed,
+         v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
          v_j_blinds, v_j_budgeted
-    from unnest(p_ids) with ordinality u(id, n)
+    from (select st.budget_time_zone as z, d.usd as d_usd, d.period as d_period,
+                 exists (select 1 from spend_budgets where scope = 'type') as typed
+          from job_queue_settings st
+          left join spend_budgets d on d.scope = 'group' and d.key = '*'
+          where st.id) cfg
+    left join unnest(p_ids) with ordinality u(id, n) on true
     left join lateral (select coalesce(q.concurrency_key, q.user_id, '') as group_key,
                               q.job_type, q.payload, q.depends_on, q.processed_at
                        from job_queue q where q.id = u.id) j on true
-    left join job_type_prices p on p.job_type = j.job_type
-    left join job_type_costs c on c.job_type = j.job_type
     left join lateral (
         select x.usd, x.period from spend_budgets x
         where x.scope = 'group' and x.key = j.group_key
         union all
-        select v_default_usd, v_default_period
-        where j.group_key <> '' and v_default_usd is not null
+        select cfg.d_usd, cfg.d_period
+        where j.group_key <> '' and cfg.d_usd is not null
         limit 1) g on true
     left join lateral (
         select sum(q.budget_reserved) as held,
@@ -1127,9 +1126,10 @@ begin
         from job_queue q
         where g.usd is not null and q.status = 'processing'
           and coalesce(q.concurrency_key, q.user_id, '') = j.group_key) r on true
-    left join spend_counters gc
-        on g.usd is not null and gc.scope = 'group' and gc.key = j.group_key
-       and gc.starts = job_queue_period_start(g.period, v_zone);
+    left join lateral (
+        select x.spent_usd from spend_counters x
+        where g.usd is not null and x.scope = 'group' and x.key = j.group_key
+          and x.starts = job_queue_period_start(g.period, cfg.z)) gc on true;
     -- The jobs taken before, then the jobs asked about, in order: each takes its estimate off
     -- the budgets it falls under, if it fits them.
     for i in 1 .. v_before + coalesce(cardinality(p_ids), 0) loop
@@ -1262,16 +1262,6 @@ CREATE FUNCTION public.job_queue_budget_fits(p_room numeric, p_blind boolean, p_
     AS $$
     select p_room is null
         or p_room > 0 and (coalesce(p_est <= p_room, false) or p_est is null and not p_blind)
-$$;
-
---
--- Name: job_queue_budget_hand(jsonb); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.job_queue_budget_hand(p_reserving jsonb) RETURNS void
-    LANGUAGE sql
-    AS $$
-    select set_config('processor.reserving', coalesce(p_reserving, '{}')::text, true)
 $$;
 
 --
@@ -2577,7 +2567,7 @@ begin
                          or cardinality(v_out_groups) + cardinality(v_out_types) = v_outs;
     end loop rounds;
     if v_budgets then
-        perform job_queue_budget_hand(v_budget -> 'r');
+        perform set_config('processor.reserving', coalesce(v_budget -> 'r', '{}')::text, true);
     end if;
     return v_ids;
 end;
@@ -2761,7 +2751,7 @@ begin
         exit when cardinality(ids) >= p_limit or not v_moved or v_idle >= 4;
     end loop;
     if v_budgets then
-        perform job_queue_budget_hand(v_budget -> 'r');
+        perform set_config('processor.reserving', coalesce(v_budget -> 'r', '{}')::text, true);
     end if;
 end;
 $$;
@@ -2854,7 +2844,7 @@ begin
         exit when cardinality(ids) >= p_limit or v_rounds >= 4 or not v_holding;
     end loop;
     -- The reservations go to claim_jobs, which writes them in the update that starts the jobs.
-    perform job_queue_budget_hand(v_reserving);
+    perform set_config('processor.reserving', v_reserving::text, true);
 end;
 $$;
 
@@ -6725,12 +6715,6 @@ REVOKE ALL ON FUNCTION public.job_queue_budget_fit(p_ids uuid[], p_before_groups
 --
 
 REVOKE ALL ON FUNCTION public.job_queue_budget_fits(p_room numeric, p_blind boolean, p_est numeric) FROM PUBLIC;
-
---
--- Name: FUNCTION job_queue_budget_hand(p_reserving jsonb); Type: ACL; Schema: public; Owner: -
---
-
-REVOKE ALL ON FUNCTION public.job_queue_budget_hand(p_reserving jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_queue_budget_left(p_scope text, p_key text, OUT budget numeric, OUT spent numeric, OUT reserved numeric, OUT period interval, OUT starts timestamp with time zone, OUT resets timestamp with time zone, OUT own boolean); Type: ACL; Schema: public; Owner: -

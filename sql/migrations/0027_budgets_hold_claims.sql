@@ -265,36 +265,35 @@ declare
     i integer;
     k integer;
 begin
-    select st.budget_time_zone, d.usd, d.period,
-           exists (select 1 from spend_budgets where scope = 'type')
-    into v_zone, v_default_usd, v_default_period, v_typed
-    from job_queue_settings st
-    left join spend_budgets d on d.scope = 'group' and d.key = '*'
-    where st.id;
-    -- The jobs asked about, their prices, and what is left of their groups' budgets: one
-    -- statement for all of them.
-    select array_agg(j.group_key order by u.n), array_agg(j.job_type order by u.n),
-           array_agg(job_items_needed(j.job_type, j.payload) order by u.n),
-           array_agg(j.depends_on is not null order by u.n),
-           array_agg(j.processed_at is not null order by u.n),
-           array_agg(coalesce(p.usd, c.usd) order by u.n),
-           array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0) order by u.n),
-           array_agg(coalesce(r.blind, false) order by u.n),
-           array_agg(g.usd is not null order by u.n)
-    into v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
+    -- The settings, the jobs asked about, their prices, and what is left of their groups'
+    -- budgets: one statement for all of them.
+    -- (Every join is lateral, so a nested loop over p_ids in their order: no sort.)
+    select min(cfg.z), min(cfg.d_usd), min(cfg.d_period), bool_or(cfg.typed),
+           array_agg(j.group_key), array_agg(j.job_type),
+           array_agg(job_items_needed(j.job_type, j.payload)),
+           array_agg(j.depends_on is not null), array_agg(j.processed_at is not null),
+           array_agg(coalesce((select p.usd from job_type_prices p where p.job_type = j.job_type),
+                              (select c.usd from job_type_costs c where c.job_type = j.job_type))),
+           array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0)),
+           array_agg(coalesce(r.blind, false)), array_agg(g.usd is not null)
+    into v_zone, v_default_usd, v_default_period, v_typed,
+         v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
          v_j_blinds, v_j_budgeted
-    from unnest(p_ids) with ordinality u(id, n)
+    from (select st.budget_time_zone as z, d.usd as d_usd, d.period as d_period,
+                 exists (select 1 from spend_budgets where scope = 'type') as typed
+          from job_queue_settings st
+          left join spend_budgets d on d.scope = 'group' and d.key = '*'
+          where st.id) cfg
+    left join unnest(p_ids) with ordinality u(id, n) on true
     left join lateral (select coalesce(q.concurrency_key, q.user_id, '') as group_key,
                               q.job_type, q.payload, q.depends_on, q.processed_at
                        from job_queue q where q.id = u.id) j on true
-    left join job_type_prices p on p.job_type = j.job_type
-    left join job_type_costs c on c.job_type = j.job_type
     left join lateral (
         select x.usd, x.period from spend_budgets x
         where x.scope = 'group' and x.key = j.group_key
         union all
-        select v_default_usd, v_default_period
-        where j.group_key <> '' and v_default_usd is not null
+        select cfg.d_usd, cfg.d_period
+        where j.group_key <> '' and cfg.d_usd is not null
         limit 1) g on true
     left join lateral (
         select sum(q.budget_reserved) as held,
@@ -302,9 +301,10 @@ begin
         from job_queue q
         where g.usd is not null and q.status = 'processing'
           and coalesce(q.concurrency_key, q.user_id, '') = j.group_key) r on true
-    left join spend_counters gc
-        on g.usd is not null and gc.scope = 'group' and gc.key = j.group_key
-       and gc.starts = job_queue_period_start(g.period, v_zone);
+    left join lateral (
+        select x.spent_usd from spend_counters x
+        where g.usd is not null and x.scope = 'group' and x.key = j.group_key
+          and x.starts = job_queue_period_start(g.period, cfg.z)) gc on true;
     -- The jobs taken before, then the jobs asked about, in order: each takes its estimate off
     -- the budgets it falls under, if it fits them.
     for i in 1 .. v_before + coalesce(cardinality(p_ids), 0) loop
@@ -441,7 +441,7 @@ $$;
 -- One job of a claim that reads its jobs one at a time (with caps, in one global order,
 -- mark_job_processing): decided against its budgets. p_state carries, within one claim, the
 -- jobs it took under a budget before it ({"g": groups, "t": types, "e": estimates}) and what
--- they reserve ({"r": {job id: estimate}}: what claim_jobs writes, see job_queue_budget_hand).
+-- they reserve ({"r": {job id: estimate}}: what claim_jobs writes, see claim_jobs).
 -- est: what the job reserves when it starts (budgeted: it falls under a budget).
 create function job_queue_budget_take(
     p_id uuid, p_group text, p_job_type text, p_state jsonb,
@@ -466,15 +466,6 @@ begin
             'r', coalesce(state -> 'r', '{}') || jsonb_build_object(p_id::text, est));
     end if;
 end;
-$$;
-
--- Hands what a pick reserved ({job id: estimate}) to claim_jobs, which writes it in the update
--- that starts the jobs: a setting of the transaction, processor.reserving, read once and
--- cleared there (no second write of the rows).
-create function job_queue_budget_hand(p_reserving jsonb) returns void
-language sql
-as $$
-    select set_config('processor.reserving', coalesce(p_reserving, '{}')::text, true)
 $$;
 
 -- The ledger's counter for one budget: what the calls in its current period cost. A call
@@ -980,7 +971,7 @@ begin
         exit when cardinality(ids) >= p_limit or v_rounds >= 4 or not v_holding;
     end loop;
     -- The reservations go to claim_jobs, which writes them in the update that starts the jobs.
-    perform job_queue_budget_hand(v_reserving);
+    perform set_config('processor.reserving', v_reserving::text, true);
 end;
 $$;
 
@@ -1374,7 +1365,7 @@ begin
         exit when cardinality(ids) >= p_limit or not v_moved or v_idle >= 4;
     end loop;
     if v_budgets then
-        perform job_queue_budget_hand(v_budget -> 'r');
+        perform set_config('processor.reserving', coalesce(v_budget -> 'r', '{}')::text, true);
     end if;
 end;
 $$;
@@ -1491,7 +1482,7 @@ begin
                          or cardinality(v_out_groups) + cardinality(v_out_types) = v_outs;
     end loop rounds;
     if v_budgets then
-        perform job_queue_budget_hand(v_budget -> 'r');
+        perform set_config('processor.reserving', coalesce(v_budget -> 'r', '{}')::text, true);
     end if;
     return v_ids;
 end;
@@ -1827,7 +1818,6 @@ select processor_keep_private(array[
     'function job_items_stored(uuid, uuid[])',
     'function job_queue_budget_fits(numeric, boolean, numeric)',
     'function job_queue_budget_take(uuid, text, text, jsonb)',
-    'function job_queue_budget_hand(jsonb)',
     'function job_queue_pick_within_budgets(integer)',
     'function job_queue_hold_for_budget(text, text, uuid[])',
     'function job_queue_spent_since(text, text, timestamptz, timestamptz)',
