@@ -234,6 +234,7 @@ declare
     v_default_usd numeric;  -- the default group budget (*)
     v_default_period interval;
     v_typed boolean;  -- whether any type has a budget
+    v_serviced boolean;  -- whether the service has one
     v_keys text[] := '{}';  -- the budgets met so far ('g:<group>', 't:<type>', 's:*') ...
     v_rooms numeric[] := '{}';  -- ... what is left of each (null: no budget) ...
     v_blinds boolean[] := '{}';  -- ... and whether a job under it runs without an estimate
@@ -269,6 +270,7 @@ begin
     -- budgets: one statement for all of them.
     -- (Every join is lateral, so a nested loop over p_ids in their order: no sort.)
     select min(cfg.z), min(cfg.d_usd), min(cfg.d_period), bool_or(cfg.typed),
+           bool_or(cfg.serviced),
            array_agg(j.group_key), array_agg(j.job_type),
            array_agg(job_items_needed(j.job_type, j.payload)),
            array_agg(j.depends_on is not null), array_agg(j.processed_at is not null),
@@ -276,11 +278,12 @@ begin
                               (select c.usd from job_type_costs c where c.job_type = j.job_type))),
            array_agg(g.usd - coalesce(r.held, 0) - coalesce(gc.spent_usd, 0)),
            array_agg(coalesce(r.blind, false)), array_agg(g.usd is not null)
-    into v_zone, v_default_usd, v_default_period, v_typed,
+    into v_zone, v_default_usd, v_default_period, v_typed, v_serviced,
          v_j_groups, v_j_types, v_j_needed, v_j_children, v_j_started, v_j_prices, v_j_rooms,
          v_j_blinds, v_j_budgeted
     from (select st.budget_time_zone as z, d.usd as d_usd, d.period as d_period,
-                 exists (select 1 from spend_budgets where scope = 'type') as typed
+                 exists (select 1 from spend_budgets where scope = 'type') as typed,
+                 exists (select 1 from spend_budgets where scope = 'service') as serviced
           from job_queue_settings st
           left join spend_budgets d on d.scope = 'group' and d.key = '*'
           where st.id) cfg
@@ -338,7 +341,8 @@ begin
         v_at := '{}';
         for k in 1 .. 3 loop
             v_scope := (array['group', 'type', 'service'])[k];
-            continue when v_scope = 'type' and not v_typed;
+            continue when v_scope = 'type' and not v_typed
+                          or v_scope = 'service' and not v_serviced;
             v_name := case k when 1 then v_group when 2 then v_type else '*' end;
             v_pos := array_position(v_keys, left(v_scope, 1) || ':' || v_name);
             if v_pos is null then
