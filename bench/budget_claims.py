@@ -21,13 +21,12 @@ the ratios budgets / none per round. The periodic release of held groups (every 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from pathlib import Path
 
 import psycopg
 from common import private_database
+from fair_claim_cpu import cpu_seconds
 
 GROUPS = 1000
 PER_GROUP = 40
@@ -59,12 +58,6 @@ def fill(url: str, budgets: bool) -> None:
                 (GROUPS,),
             )
         conn.execute("vacuum analyze")
-
-
-def cpu_seconds(pid: int) -> float:
-    """A backend's user + system CPU so far (from /proc: the server runs on this machine)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(conn: psycopg.Connection, jobs: int, limit: int) -> tuple[float, float, int, float]:

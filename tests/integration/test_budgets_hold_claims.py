@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.support import add_job, claim, job
+from tests.support import add_job, claim, job, store_images
 
 IMAGE = {"project_id": "p1", "kind": "main", "product": {"name": "Mug"}}
 
@@ -201,13 +201,7 @@ def test_a_job_with_4_of_6_images_stored_reserves_only_the_missing_2(conn):
         " where id = %s",
         (pack,),
     )
-    for slot in ("main", "lifestyle", "infographic", "detail"):
-        conn.execute(
-            "insert into generated_images (job_id, project_id, slot, kind, storage_path, url,"
-            " width, height, mime_type, provider, model) values (%s, 'p1', %s, %s, %s, 'u', 1,"
-            " 1, 'image/png', 'demo', 'm')",
-            (pack, slot, slot, f"p1/{pack}/{slot}.png"),
-        )
+    store_images(conn, pack, ["main", "lifestyle", "infographic", "detail"])
     assert [r["id"] for r in claim(conn)] == [pack]
     held = job(conn, pack)
     assert (float(held["budget_estimate"]), float(held["budget_reserved"])) == (0.20, 0.20)

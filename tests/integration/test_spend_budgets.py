@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from tests.support import add_job
+from tests.support import add_job, store_images
 
 
 def budgets(conn) -> dict[tuple[str, str], dict]:
@@ -123,13 +123,7 @@ def test_a_jobs_estimate_is_its_price_for_what_is_left_to_make(conn):
     assert float(conn.execute(estimate, (pack,)).fetchone()["c"]) == 0.60
     # It ran before and stored 4 of its 6 images (checkpoints).
     conn.execute("update job_queue set processed_at = now() where id = %s", (pack,))
-    for slot in ("main", "lifestyle", "infographic", "detail"):
-        conn.execute(
-            "insert into generated_images (job_id, project_id, slot, kind, storage_path, url,"
-            " width, height, mime_type, provider, model) values (%s, 'p1', %s, %s, %s, 'u', 1,"
-            " 1, 'image/png', 'demo', 'm')",
-            (pack, slot, slot, f"p1/{pack}/{slot}.png"),
-        )
+    store_images(conn, pack, ["main", "lifestyle", "infographic", "detail"])
     assert float(conn.execute(estimate, (pack,)).fetchone()["c"]) == 0.20  # the missing 2
     other = add_job(conn, "thumbnail", payload={"x": 1})
     assert conn.execute(estimate, (other,)).fetchone()["c"] is None  # no price, no ledger
