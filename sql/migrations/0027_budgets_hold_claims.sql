@@ -565,7 +565,9 @@ begin
     for v_budget in select scope, key from spend_budgets order by scope, key loop
         perform job_queue_seed_spend(v_budget.scope, v_budget.key);
     end loop;
-    perform job_queue_release_all_held();
+    if job_queue_release_all_held() > 0 then
+        perform job_queue_wake();
+    end if;
     return null;
 end;
 $$;
@@ -1699,10 +1701,11 @@ begin
     end if;
     perform job_queue_seed_spend(p_scope, p_key);
     perform job_queue_refresh_type_costs();  -- the ledger's estimates, from the first claim on
-    if p_scope = 'group' and p_key <> '*' then
-        perform job_queue_release_held(p_key);
-    elsif p_scope = 'group' then
-        perform job_queue_release_all_held();
+    if (case when p_scope = 'group' and p_key <> '*' then job_queue_release_held(p_key)
+             when p_scope = 'group' then job_queue_release_all_held()
+             else 0 end) > 0
+       or p_scope <> 'group' then
+        perform job_queue_wake();  -- what it let through starts now, not at the next tick
     end if;
 end;
 $$;

@@ -593,3 +593,17 @@ def test_periods_that_equal_calendar_ones_only_as_intervals_are_refused(conn):
     for period in ("30 days", "24 hours"):
         with pytest.raises(psycopg.Error, match="period must be 1 hour, 1 day, 1 week or 1 month"):
             conn.execute("select set_spend_budget('s', 1, %s::interval)", (period,))
+
+
+def test_a_raise_that_releases_jobs_wakes_the_processors(database_url, conn):
+    conn.execute("select set_job_type_price('generate-image', 0.30)")
+    conn.execute("select set_spend_budget('seller-7', 0.30)")
+    images(conn, 2, "seller-7")
+    assert len(claim(conn, 10)) == 1  # the second is held
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("listen job_queue_insert")
+        conn.execute("select set_spend_budget('seller-7', 0.40)")  # still no room: no wake
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        conn.execute("select set_spend_budget('seller-7', 0.60)")
+        woken = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in woken] == ["job_queue_insert"]
