@@ -607,3 +607,43 @@ def test_a_raise_that_releases_jobs_wakes_the_processors(database_url, conn):
         conn.execute("select set_spend_budget('seller-7', 0.60)")
         woken = list(listener.notifies(timeout=5, stop_after=1))
     assert [n.channel for n in woken] == ["job_queue_insert"]
+
+
+def test_budgeted_claims_through_a_transaction_pooler_reserve_and_never_overspend(
+    poolers, database_url, conn
+):
+    conn.execute("select set_job_type_price('generate-image', 0.30)")
+    conn.execute("select set_spend_budget('seller-7', 1.50)")
+    images(conn, 20, "seller-7")
+    others = images(conn, 5, "seller-8")
+    url = poolers["transaction"].url_for(database_url)
+
+    def claimer(n: int) -> int:
+        taken = 0
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as c:
+            for _ in range(10):
+                taken += len(c.execute("select id from claim_jobs(%s, 2)", (f"w{n}",)).fetchall())
+        return taken
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert running(conn, "seller-7") == 5  # $1.50 / $0.30
+    assert budget(conn)["reserved_usd"] == 1.50  # each start wrote its reservation
+    assert {job(conn, i)["status"] for i in others} == {"processing"}
+
+
+def test_a_claim_left_open_holds_back_only_budgeted_work(database_url, conn):
+    conn.execute("select set_job_type_price('generate-image', 0.30)")
+    conn.execute("select set_spend_budget('seller-7', 5.00)")
+    for _ in range(3):  # first in line
+        add_job(conn, "generate-image", payload=IMAGE, user_id="seller-7", priority=1)
+    free = images(conn, 2, "seller-8")
+    with psycopg.connect(database_url) as stuck:  # a claimer frozen mid-claim
+        assert len(stuck.execute("select id from claim_jobs('frozen', 1)").fetchall()) == 1
+        taken = {r["id"] for r in claim(conn, 10)}  # waits 100 ms for the lock, no more
+        assert taken == set(free)
+        stuck.rollback()
+    assert len(claim(conn, 10)) == 3  # once it is gone, the budgeted work starts
